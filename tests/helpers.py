@@ -1,0 +1,20 @@
+"""Shared test utilities."""
+from __future__ import annotations
+
+import os
+
+from ml_collections import config_flags
+from absl import flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(path: str = "configs/vsepp_shapes.py:tiny", *overrides: str):
+  """Parse a config file + `--config.x=y` overrides exactly as the CLI does (locked: unknown keys fail)."""
+  file_part, _, variant = path.partition(":")
+  spec = os.path.join(REPO, file_part) + (f":{variant}" if variant else "")
+  argv = ["test", f"--config={spec}", *overrides]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config

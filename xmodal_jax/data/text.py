@@ -1,0 +1,92 @@
+"""Caption normalisation and the word vocabulary used by GRU text encoders.
+
+`normalize_caption` is THE one normalisation used everywhere (training, evaluation, serving).
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+from typing import Iterable, Sequence
+
+import numpy as np
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
+SPECIALS = (PAD, UNK, BOS, EOS)
+_PUNCT = re.compile(r"[^\w\s']+|_")
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_caption(text: str) -> str:
+  """Lower-case, punctuation removed (apostrophes kept), whitespace collapsed. Raises on empty/non-text."""
+  if not isinstance(text, str):
+    raise ValueError(f"Caption must be a string, got {type(text).__name__}: {text!r}.")
+  out = _SPACES.sub(" ", _PUNCT.sub(" ", text.lower())).strip()
+  if not out:
+    raise ValueError(f"Caption {text!r} is empty after normalisation; fix or remove it in the data.")
+  return out
+
+
+class WordVocab:
+  """Word-level vocabulary: id 0 = <pad>, 1 = <unk>, 2 = <bos>, 3 = <eos>, then words by frequency.
+
+  Built on the training captions only (`build`), saved as JSON next to the run (`save` / `load`), so
+  evaluation and serving tokenise exactly as training did.
+  """
+
+  def __init__(self, words: Sequence[str]):
+    words = list(words)
+    if tuple(words[:len(SPECIALS)]) != SPECIALS:
+      raise ValueError(f"A WordVocab must start with the special tokens {SPECIALS}.")
+    if len(set(words)) != len(words):
+      raise ValueError("WordVocab words must be unique.")
+    self.words = words
+    self._index = {w: i for i, w in enumerate(words)}
+
+  @classmethod
+  def build(cls, captions: Iterable[str], min_count: int = 1) -> "WordVocab":
+    counts = collections.Counter(w for c in captions for w in normalize_caption(c).split())
+    kept = sorted((w for w, n in counts.items() if n >= min_count and w not in SPECIALS),
+                  key=lambda w: (-counts[w], w))
+    if not kept:
+      raise ValueError(f"No word occurs at least min_count={min_count} times in the training captions.")
+    return cls(list(SPECIALS) + kept)
+
+  def __len__(self) -> int:
+    return len(self.words)
+
+  @property
+  def pad_id(self) -> int:
+    return 0
+
+  @property
+  def unk_id(self) -> int:
+    return 1
+
+  def encode(self, text: str) -> list[int]:
+    return [self._index.get(w, 1) for w in normalize_caption(text).split()]
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return " ".join(self.words[i] for i in ids if i >= len(SPECIALS))
+
+  def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """texts -> (tokens int32 [n, max_len], mask bool [n, max_len]); longer texts are cut at max_len."""
+    tokens = np.zeros((len(texts), max_len), np.int32)
+    for row, text in enumerate(texts):
+      ids = self.encode(text)[:max_len]
+      tokens[row, :len(ids)] = ids
+    return tokens, tokens != 0
+
+  def save(self, path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+      json.dump({"kind": "word_vocab", "words": self.words}, f)
+
+  @classmethod
+  def load(cls, path: str) -> "WordVocab":
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"Vocabulary file {path} not found; train in this workdir first "
+                              "(training writes it) or point --workdir at the run that made it.")
+    with open(path) as f:
+      return cls(json.load(f)["words"])

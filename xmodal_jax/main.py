@@ -1,0 +1,71 @@
+r"""The `xmodal` command line.
+
+  xmodal train --config=configs/vsepp_shapes.py --workdir=DIR [--config.FIELD=VALUE ...]
+  xmodal eval  --config=configs/vsepp_shapes.py --workdir=DIR [--split=test] [--checkpoint=best]
+
+`train` in a workdir that has checkpoints resumes from the latest one (parameters, optimiser, step, RNG
+and data position). Unknown config fields are an error. `--multihost` calls jax.distributed.initialize()
+(Cloud TPU pod slices / multi-node GPU).
+"""
+from __future__ import annotations
+
+import logging as std_logging
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+COMMANDS = ("train", "eval")
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and results.")
+flags.DEFINE_list("split", None, "eval: splits to evaluate (default: the task's eval splits).")
+flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "eval: which checkpoint to restore.")
+flags.DEFINE_integer("stop_at_step", None, "train: stop (after checkpointing) at this step, as a preemption would.")
+flags.DEFINE_bool("multihost", False, "Initialise jax.distributed (one process per host).")
+flags.DEFINE_bool("verbose_checkpointing", False, "Show orbax's INFO logs (hidden by default: very chatty).")
+
+
+class _QuietLibraries(std_logging.Filter):
+  """Drops INFO-and-below records from orbax (one checkpoint logs dozens of lines)."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f"usage: xmodal {{{'|'.join(COMMANDS)}}} --config=configs/X.py --workdir=DIR "
+                         f"(got {' '.join(argv[1:]) or 'no command'})")
+  if FLAGS.config is None or FLAGS.workdir is None:
+    raise app.UsageError("--config and --workdir are required.")
+  if not FLAGS.verbose_checkpointing:
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+  import jax  # after absl parsed flags, so XLA/JAX flags from the environment apply
+  if FLAGS.multihost:
+    jax.distributed.initialize()
+  from xmodal_jax.train import trainer
+  logging.info("JAX %s: %d process(es), %d device(s): %s", jax.__version__, jax.process_count(),
+               jax.device_count(), jax.devices()[0].device_kind)
+  if argv[1] == "train":
+    results = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, stop_at_step=FLAGS.stop_at_step)
+    if results["stopped_early"]:
+      print(f"Stopped at step {results['step']}; rerun the same command to resume.")
+    else:
+      print(results["report"])
+      print(f"Done: {results['step']} steps in {results['train_seconds']:.0f}s (+{results['eval_seconds']:.0f}s "
+            f"eval). Results: {FLAGS.workdir}/results.json; TensorBoard: tensorboard --logdir {FLAGS.workdir}")
+  else:
+    results = trainer.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, splits=tuple(FLAGS.split or ()) or None,
+                                          which=FLAGS.checkpoint)
+    print(results["report"])
+
+
+def run() -> None:
+  """Console entry point."""
+  app.run(main, argv=sys.argv)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,97 @@
+"""Device mesh, logical-axis rules and shardings: the one place that maps model axes to devices.
+
+Every parameter is annotated with *logical* axis names in the model code (`embed`, `hidden`, `conv_out`,
+...). `logical_axis_rules` maps those names onto the two mesh axes (`data`, `model`); changing the
+parallelism layout means changing this table (or `config.mesh`), never the models.
+
+Gotcha (see NOTES-stack.md): `jax.make_mesh` defaults to Explicit axis types in this JAX; a plain jitted
+step then fails to shard contractions. We always build meshes with Auto axes.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "model")
+
+# Logical axis name -> mesh axis (or None = replicated). Batch dims go over `data`; wide feature dims
+# over `model` (tensor parallelism). With FSDP, the otherwise replicated `embed`-like dims are split over
+# `data` as well, so each data-parallel replica holds 1/|data| of the parameters.
+_BASE_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", "data"),
+    ("length", None),
+    ("vocab", "model"),
+    ("hidden", "model"),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("conv_out", "model"),
+    ("joint", "model"),
+    ("conv_h", None),
+    ("conv_w", None),
+)
+_FSDP_SHARDED = ("embed", "hidden_in", "conv_in")
+
+
+def logical_axis_rules(fsdp: bool = False) -> tuple[tuple[str, Any], ...]:
+  """The rule table: pairs (logical axis name, mesh axis or None)."""
+  extra = tuple((name, "data" if fsdp else None) for name in _FSDP_SHARDED)
+  return _BASE_RULES + extra
+
+
+def create_mesh(shape: Sequence[int] = (-1, 1), axis_names: Sequence[str] = MESH_AXES,
+                devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh over all (or the given) devices; one entry of `shape` may be -1 (inferred).
+
+  Example: 8 devices, shape (2, -1) -> a 2x4 mesh with axes (data=2, model=4).
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  shape = list(shape)
+  if len(shape) != len(axis_names):
+    raise ValueError(f"config.mesh.shape={tuple(shape)} must have one entry per mesh axis {tuple(axis_names)}.")
+  n_infer = shape.count(-1)
+  if n_infer > 1:
+    raise ValueError(f"config.mesh.shape={tuple(shape)}: at most one entry may be -1.")
+  known = int(np.prod([s for s in shape if s != -1]))
+  if n_infer:
+    if len(devices) % known:
+      raise ValueError(f"config.mesh.shape={tuple(shape)} does not divide the {len(devices)} devices; "
+                       f"choose sizes whose product divides {len(devices)}.")
+    shape[shape.index(-1)] = len(devices) // known
+  if int(np.prod(shape)) != len(devices):
+    raise ValueError(f"config.mesh.shape={tuple(shape)} needs {int(np.prod(shape))} devices but "
+                     f"{len(devices)} are available; set config.mesh.shape so the product is {len(devices)} "
+                     "(use -1 for one axis to infer it).")
+  return Mesh(np.asarray(devices).reshape(shape), tuple(axis_names),
+              axis_types=(jax.sharding.AxisType.Auto,) * len(axis_names))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dim over `data`, everything else replicated."""
+  return NamedSharding(mesh, P("data"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def logical_shardings(abstract_boxed_tree: Any, mesh: Mesh, rules) -> Any:
+  """Shardings for a tree whose leaves may be `nn.LogicallyPartitioned` boxes (e.g. from eval_shape).
+
+  The returned tree has the structure of `nn.meta.unbox(tree)`: one NamedSharding per array.
+  Unannotated leaves are replicated.
+  """
+  specs = nn.get_partition_spec(abstract_boxed_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def global_batch_from_host(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assemble each host's slice of the batch into global arrays sharded over `data`.
+
+  On one host this is a plain sharded `device_put`; with several hosts each contributes its rows.
+  """
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
