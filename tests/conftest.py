@@ -1,8 +1,13 @@
 """Test set-up: 8 fake CPU devices, so sharded code is tested without accelerators.
 
 XLA_FLAGS must be set before JAX is imported anywhere, which is why this lives in conftest.py.
+A per-session persistent compilation cache lets tests that build the same programs several times (kill and
+resume runs the trainer three times) compile once; it starts empty, so nothing carries over between sessions.
 """
+import atexit
 import os
+import shutil
+import tempfile
 
 _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
@@ -10,3 +15,9 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Keep TensorFlow (imported by clu/tfds) quiet and off any accelerator.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="xmodal-test-jax-cache-")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
