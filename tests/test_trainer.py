@@ -88,9 +88,19 @@ def test_cli_train_then_eval(tmp_path):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir)), os.listdir(workdir)
   assert os.path.exists(os.path.join(workdir, "vocab.json"))
   ev = subprocess.run(cmd + ["eval", "--config=configs/vsepp_shapes.py:tiny", f"--workdir={workdir}",
-                             "--split=test", "--checkpoint=best"], cwd=REPO, env=env, capture_output=True, text=True)
+                             "--split=test"], cwd=REPO, env=env, capture_output=True, text=True)
   assert ev.returncode == 0, ev.stderr[-3000:]
-  assert "i2t" in ev.stdout.lower() or "image" in ev.stdout.lower(), ev.stdout
+  assert "Image->Text" in ev.stdout, ev.stdout
+  # The restored latest checkpoint reproduces the training run's final test metrics exactly.
+  line = [l for l in ev.stdout.splitlines() if l.startswith("metrics: ")][-1]
+  restored = json.loads(line[len("metrics: "):])
+  assert restored["step"] == 4
+  for key, value in results["metrics"].items():
+    if key.startswith("test/"):
+      assert restored[key] == pytest.approx(value, abs=1e-6), key
+  best = subprocess.run(cmd + ["eval", "--config=configs/vsepp_shapes.py:tiny", f"--workdir={workdir}",
+                               "--split=val", "--checkpoint=best"], cwd=REPO, env=env, capture_output=True, text=True)
+  assert best.returncode == 0 and "best checkpoint" in best.stdout, best.stderr[-3000:]
   bad = subprocess.run(cmd + ["train", "--config=configs/vsepp_shapes.py:tiny", f"--workdir={workdir}",
                               "--config.train.no_such_key=1"], cwd=REPO, env=env, capture_output=True, text=True)
   assert bad.returncode != 0 and "no_such_key" in bad.stderr

@@ -9,6 +9,7 @@ and data position). Unknown config fields are an error. `--multihost` calls jax.
 """
 from __future__ import annotations
 
+import json
 import logging as std_logging
 import sys
 
@@ -60,6 +61,7 @@ def main(argv: list[str]) -> None:
     results = trainer.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, splits=tuple(FLAGS.split or ()) or None,
                                           which=FLAGS.checkpoint)
     print(results["report"])
+    print("metrics: " + json.dumps({"step": results["step"], **results["metrics"]}, sort_keys=True))
 
 
 def run() -> None:

@@ -13,23 +13,30 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-  """Wraps two orbax CheckpointManagers (latest keep-N, async; best-by-metric keep-1)."""
+  """Wraps two orbax CheckpointManagers (latest keep-N, async; best-by-metric keep-1).
+
+  create=False (evaluation) never makes directories; a missing workdir then reads as "no checkpoints".
+  """
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3, best_metric: str | None = None,
-               best_mode: str = "max", use_async: bool = True):
+               best_mode: str = "max", use_async: bool = True, create: bool = True):
     if best_mode not in ("max", "min"):
       raise ValueError(f"config.checkpoint.best_mode={best_mode!r}; use 'max' or 'min'.")
     self.best_metric = best_metric or None
+    latest_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    if not create and not os.path.isdir(latest_dir):
+      raise FileNotFoundError(f"No checkpoints in {workdir} (expected {latest_dir}); train first with "
+                              "`xmodal train --workdir=...` or point --workdir at a trained run.")
     self._latest = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")), item_names=("state", "data"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+        latest_dir, item_names=("state", "data"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
                                              enable_async_checkpointing=use_async))
     self._best = None
     if self.best_metric:
       self._best = ocp.CheckpointManager(
           os.path.abspath(os.path.join(workdir, "best")), item_names=("state", "data"),
           options=ocp.CheckpointManagerOptions(
-              max_to_keep=1, create=True, enable_async_checkpointing=use_async, best_mode=best_mode,
+              max_to_keep=1, create=create, enable_async_checkpointing=use_async, best_mode=best_mode,
               best_fn=lambda metrics: metrics[self.best_metric], keep_checkpoints_without_metrics=False))
 
   @staticmethod

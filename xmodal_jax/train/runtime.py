@@ -6,7 +6,6 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from xmodal_jax.train import sharding
@@ -48,7 +47,10 @@ class Runtime:
       valid = len(next(iter(batch.values())))
       if valid < batch_size:
         batch = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - valid, axis=0)]) for k, v in batch.items()}
-      out = jitted(params, batch)
-      out = multihost_utils.process_allgather(out, tiled=True) if jax.process_count() > 1 else out
-      outputs.append(np.asarray(out)[:valid])
+      out = jitted(params, {k: self._global_array(v) for k, v in batch.items()})
+      outputs.append(np.asarray(out)[:valid])  # replicated output: readable on every host
     return np.concatenate(outputs, axis=0)
+
+  def _global_array(self, value: np.ndarray) -> jax.Array:
+    """A host array that every process holds in full -> a global array sharded over `data`."""
+    return jax.make_array_from_callback(value.shape, sharding.batch_sharding(self.mesh), lambda index: value[index])

@@ -266,7 +266,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
       ckpt.save_best(step, state, data.get_state(), final)
       results["metrics"] = final
       results["report"] = _report(task, final, task.eval_splits, title=f"step {step}")
-      logging.info("\n%s", results["report"])
       if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:
           json.dump(results, f, indent=2, sort_keys=True)
@@ -282,11 +281,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, splits: tuple[str, ...] | None = None,
                         which: str = "latest") -> dict[str, Any]:
   """Restore the latest (or best) checkpoint of `workdir` and evaluate it on `splits`."""
-  setup = build(config, workdir)
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
                                     best_metric=config.checkpoint.best_metric or None,
-                                    best_mode=config.checkpoint.best_mode, use_async=False)
+                                    best_mode=config.checkpoint.best_mode, use_async=False, create=False)
   try:
+    setup = build(config, workdir)
     step, state, _ = ckpt.restore(setup.abstract_state, which=which)
   finally:
     ckpt.close()
