@@ -4,8 +4,8 @@ import pathlib
 from setuptools import find_packages, setup
 
 _HERE = pathlib.Path(__file__).parent
-_REQUIREMENTS = [line.strip() for line in (_HERE / "requirements.txt").read_text().splitlines()
-                 if line.strip() and not line.startswith("#")]
+_REQUIREMENTS = [line.split("#")[0].strip() for line in (_HERE / "requirements.txt").read_text().splitlines()
+                 if line.split("#")[0].strip()]
 
 setup(
     name="xmodal_jax",

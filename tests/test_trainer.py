@@ -86,7 +86,7 @@ def test_cli_train_then_eval(tmp_path):
   results = json.load(open(os.path.join(workdir, "results.json")))
   assert results["step"] == 4 and "test/i2t_r1" in results["metrics"]
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir)), os.listdir(workdir)
-  assert os.path.exists(os.path.join(workdir, "vocab.json"))
+  assert os.path.exists(os.path.join(workdir, "tokenizer.json"))
   ev = subprocess.run(cmd + ["eval", "--config=configs/vsepp_shapes.py:tiny", f"--workdir={workdir}",
                              "--split=test"], cwd=REPO, env=env, capture_output=True, text=True)
   assert ev.returncode == 0, ev.stderr[-3000:]

@@ -2,6 +2,7 @@ r"""The `xmodal` command line.
 
   xmodal train --config=configs/vsepp_shapes.py --workdir=DIR [--config.FIELD=VALUE ...]
   xmodal eval  --config=configs/vsepp_shapes.py --workdir=DIR [--split=test] [--checkpoint=best]
+  xmodal prepare --source=folder:PATH|karpathy:JSON:IMAGE_ROOT --out=DIR [--image_size=256] [--skip_bad]
 
 `train` in a workdir that has checkpoints resumes from the latest one (parameters, optimiser, step, RNG
 and data position). Unknown config fields are an error. `--multihost` calls jax.distributed.initialize()
@@ -16,7 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "eval")
+COMMANDS = ("train", "eval", "prepare")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).", lock_config=True)
@@ -25,6 +26,10 @@ flags.DEFINE_list("split", None, "eval: splits to evaluate (default: the task's 
 flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "eval: which checkpoint to restore.")
 flags.DEFINE_integer("stop_at_step", None, "train: stop (after checkpointing) at this step, as a preemption would.")
 flags.DEFINE_bool("multihost", False, "Initialise jax.distributed (one process per host).")
+flags.DEFINE_string("source", None, "prepare: folder:PATH or karpathy:JSON_FILE:IMAGE_ROOT.")
+flags.DEFINE_string("out", None, "prepare: output directory (default: the cache dir configs use).")
+flags.DEFINE_integer("image_size", 256, "prepare: shorter side of the stored images (>= the training crop).")
+flags.DEFINE_bool("skip_bad", False, "prepare: skip (and count) bad records instead of stopping at the first.")
 flags.DEFINE_bool("verbose_checkpointing", False, "Show orbax's INFO logs (hidden by default: very chatty).")
 
 
@@ -39,6 +44,15 @@ def main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"usage: xmodal {{{'|'.join(COMMANDS)}}} --config=configs/X.py --workdir=DIR "
                          f"(got {' '.join(argv[1:]) or 'no command'})")
+  if argv[1] == "prepare":
+    if not FLAGS.source:
+      raise app.UsageError("prepare needs --source=folder:PATH or --source=karpathy:JSON_FILE:IMAGE_ROOT.")
+    from xmodal_jax.data import prepared
+    out = FLAGS.out or prepared.default_prepared_dir(FLAGS.source, FLAGS.image_size)
+    summary = prepared.prepare(FLAGS.source, out, image_size=FLAGS.image_size, skip_bad=FLAGS.skip_bad)
+    print(f"Prepared {FLAGS.source} -> {out}: {summary['examples']} images in {summary['seconds']}s"
+          + (f"; skipped {summary['skipped']}" if summary["skipped"] else ""))
+    return
   if FLAGS.config is None or FLAGS.workdir is None:
     raise app.UsageError("--config and --workdir are required.")
   if not FLAGS.verbose_checkpointing:

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 from absl import logging
 
-from xmodal_jax.data.text import WordVocab
+from xmodal_jax.data.tokenizers import Tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +24,7 @@ class TokenizedCaptions:
     return self.offsets[image_indices] + (keys.astype(np.int64) % counts)
 
 
-def tokenize_captions(captions: Sequence[Sequence[str]], vocab: WordVocab, max_len: int,
+def tokenize_captions(captions: Sequence[Sequence[str]], vocab: Tokenizer, max_len: int,
                       name: str = "") -> TokenizedCaptions:
   """Flatten per-image caption lists and encode them; warns with a count when captions are cut at max_len."""
   flat, owner, offsets = [], [], [0]

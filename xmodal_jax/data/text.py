@@ -28,7 +28,31 @@ def normalize_caption(text: str) -> str:
   return out
 
 
-class WordVocab:
+def pad_token_ids(ids: Sequence[Sequence[int]], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """Id lists -> (tokens int32 [n, max_len], mask bool [n, max_len]), cut at max_len, padded with id 0.
+
+  Shared by every tokenizer; id 0 is <pad> and never a real token, so the mask is `tokens != 0`.
+  """
+  tokens = np.zeros((len(ids), max_len), np.int32)
+  for row, row_ids in enumerate(ids):
+    row_ids = row_ids[:max_len]
+    tokens[row, :len(row_ids)] = row_ids
+  return tokens, tokens != 0
+
+
+class TokenizerBase:
+  """What every tokenizer shares: the special ids (<pad>=0, <unk>=1, <bos>=2, <eos>=3) and batch encoding."""
+  pad_id, unk_id, bos_id, eos_id = 0, 1, 2, 3
+
+  def encode(self, text: str) -> list[int]:
+    raise NotImplementedError
+
+  def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """texts -> (tokens int32 [n, max_len], mask bool [n, max_len]); longer texts are cut at max_len."""
+    return pad_token_ids([self.encode(t) for t in texts], max_len)
+
+
+class WordVocab(TokenizerBase):
   """Word-level vocabulary: id 0 = <pad>, 1 = <unk>, 2 = <bos>, 3 = <eos>, then words by frequency.
 
   Built on the training captions only (`build`), saved as JSON next to the run (`save` / `load`), so
@@ -56,27 +80,11 @@ class WordVocab:
   def __len__(self) -> int:
     return len(self.words)
 
-  @property
-  def pad_id(self) -> int:
-    return 0
-
-  @property
-  def unk_id(self) -> int:
-    return 1
-
   def encode(self, text: str) -> list[int]:
-    return [self._index.get(w, 1) for w in normalize_caption(text).split()]
+    return [self._index.get(w, self.unk_id) for w in normalize_caption(text).split()]
 
   def decode(self, ids: Iterable[int]) -> str:
     return " ".join(self.words[i] for i in ids if i >= len(SPECIALS))
-
-  def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """texts -> (tokens int32 [n, max_len], mask bool [n, max_len]); longer texts are cut at max_len."""
-    tokens = np.zeros((len(texts), max_len), np.int32)
-    for row, text in enumerate(texts):
-      ids = self.encode(text)[:max_len]
-      tokens[row, :len(ids)] = ids
-    return tokens, tokens != 0
 
   def save(self, path: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

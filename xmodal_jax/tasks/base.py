@@ -32,14 +32,17 @@ class CheckpointableIterator(Protocol):
 
 
 class Task(abc.ABC):
-  """Base class of the systems. Subclasses set `eval_splits` and implement the abstract methods."""
-
-  #: splits evaluated during training (the first) and at the end (all of them).
-  eval_splits: tuple[str, ...] = ("val", "test")
+  """Base class of the systems. Subclasses implement the abstract methods."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config = config
     self.workdir = workdir
+
+  @property
+  def eval_splits(self) -> tuple[str, ...]:
+    """`config.eval.splits`: the first is evaluated during training (and picks the best checkpoint), all at
+    the end."""
+    return tuple(self.config.eval.splits)
 
   # ---- data
   @abc.abstractmethod

@@ -17,7 +17,7 @@ from xmodal_jax.data import sources
 from xmodal_jax.data.captions import TokenizedCaptions, tokenize_captions
 from xmodal_jax.data.iterator import EpochBatchIterator
 from xmodal_jax.data.preprocess import normalize_images
-from xmodal_jax.data.text import WordVocab
+from xmodal_jax.data import tokenizers
 from xmodal_jax.evaluation import retrieval
 from xmodal_jax.models.dual_encoder import DualEncoder
 from xmodal_jax.models.gru_text import GRUTextEncoder
@@ -30,51 +30,59 @@ from xmodal_jax.train.runtime import Runtime
 class VSEPPTask(Task):
   """Image-text retrieval with VSE++; evaluates R@1/5/10 both ways on whole splits and 1K folds."""
 
-  eval_splits = ("val", "test")
-
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     super().__init__(config, workdir)
-    self._data: dict[str, sources.CaptionedImages] = {}
+    self._data: dict[str, sources.SplitData] = {}
+    self._eval_images: dict[str, np.ndarray] = {}
     self._tokens: dict[str, TokenizedCaptions] = {}
-    self.vocab = self._load_or_build_vocab()
+    self.tokenizer = self._load_or_build_tokenizer()
+    for name in self.eval_splits:  # fail now, not after training, if an eval split is missing
+      self.split(name)
     dtype = jnp.dtype(config.model.dtype)
     self.model = DualEncoder(
         image_backbone=ResNetEncoder(**config.model.image, dtype=dtype),
-        text_encoder=GRUTextEncoder(vocab_size=len(self.vocab), **config.model.text, dtype=dtype),
+        text_encoder=GRUTextEncoder(vocab_size=len(self.tokenizer), **config.model.text, dtype=dtype),
         embed_dim=config.model.embed_dim)
 
   # ---- data
-  def split(self, name: str) -> sources.CaptionedImages:
+  def split(self, name: str) -> sources.SplitData:
     if name not in self._data:
       self._data[name] = sources.load_split(self.config.data, name)
     return self._data[name]
 
   def tokens(self, name: str) -> TokenizedCaptions:
     if name not in self._tokens:
-      self._tokens[name] = tokenize_captions(self.split(name).captions, self.vocab, self.config.data.max_len, name)
+      self._tokens[name] = tokenize_captions(self.split(name).captions, self.tokenizer, self.config.data.max_len, name)
     return self._tokens[name]
 
-  def _load_or_build_vocab(self) -> WordVocab:
-    """The run's vocabulary lives in the workdir: built from train captions once, reused on resume/eval."""
-    path = os.path.join(self.workdir, "vocab.json")
+  def _load_or_build_tokenizer(self):
+    """The run's tokenizer lives in the workdir: built from the train captions once, reused on resume/eval."""
+    path = tokenizers.tokenizer_path(self.workdir)
     if os.path.exists(path):
-      return WordVocab.load(path)
-    vocab = WordVocab.build((c for caps in self.split("train").captions for c in caps),
-                            min_count=self.config.data.vocab_min_count)
+      return tokenizers.load_tokenizer(path)
+    cfg = self.config.data
+    options = ({"min_count": cfg.vocab_min_count} if cfg.tokenizer == "word"
+               else {"vocab_size": cfg.vocab_size})
+    tokenizer = tokenizers.build_tokenizer(cfg.tokenizer, (c for caps in self.split("train").captions for c in caps),
+                                           **options)
     if jax.process_index() == 0:
-      vocab.save(path)
-    return vocab
+      tokenizer.save(path)
+    return tokenizer
 
   def train_iterator(self, *, process_index: int, process_count: int) -> EpochBatchIterator:
     data, toks = self.split("train"), self.tokens("train")
 
+    cfg = self.config.data
+
     def load(indices: np.ndarray, keys: np.ndarray) -> dict[str, np.ndarray]:
       rows = toks.sample_one_per_image(indices, keys)
-      return {"images": data.images[indices], "tokens": toks.tokens[rows], "mask": toks.mask[rows],
+      images = data.load_images(indices, cfg.image_size, keys=keys, flip=cfg.flip)
+      return {"images": images, "tokens": toks.tokens[rows], "mask": toks.mask[rows],
               "image_ids": data.image_ids[indices]}
 
     return EpochBatchIterator(len(data), self.config.train.batch_size, load, seed=self.config.seed,
-                              process_index=process_index, process_count=process_count)
+                              process_index=process_index, process_count=process_count,
+                              num_threads=cfg.num_threads, prefetch=cfg.prefetch)
 
   # ---- model and objective
   def init_params(self, rng: jax.Array):
@@ -103,7 +111,10 @@ class VSEPPTask(Task):
     """(image embeddings [N, D], caption embeddings [M, D]) of a split, in split order."""
     bs = self.config.eval.batch_size
     toks = self.tokens(name)
-    images = runtime.map_batches(self._embed_images, params, {"images": self.split(name).images}, bs)
+    if name not in self._eval_images:  # centre crops of the whole split, decoded once
+      data = self.split(name)
+      self._eval_images[name] = data.load_images(np.arange(len(data)), self.config.data.image_size)
+    images = runtime.map_batches(self._embed_images, params, {"images": self._eval_images[name]}, bs)
     texts = runtime.map_batches(self._embed_texts, params, {"tokens": toks.tokens, "mask": toks.mask}, bs)
     return images, texts
 

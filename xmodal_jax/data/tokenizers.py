@@ -1,0 +1,163 @@
+"""Tokenizers for text encoders: the word vocabulary (GRUs) and a SentencePiece model (transformers).
+
+Both are built on the TRAIN captions only, share the id layout 0 = <pad>, 1 = <unk>, 2 = <bos>, 3 = <eos>,
+pass every caption through `normalize_caption`, and are stored as one JSON file in the run's workdir
+(`tokenizer_path`), so evaluation and serving tokenise exactly as training did. Configs go through
+`build_tokenizer` / `load_tokenizer`.
+"""
+from __future__ import annotations
+
+import base64
+import inspect
+import io
+import json
+import os
+import re
+from typing import Iterable, Protocol, Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+from xmodal_jax.data.text import SPECIALS, TokenizerBase, WordVocab, normalize_caption
+
+_SP_KIND = "sentencepiece"
+_SP_MODEL_TYPES = ("unigram", "bpe")
+_SP_SEED = 0
+_TOO_HIGH = re.compile(r"Vocabulary size (?:is )?too high.*?<= (\d+)")
+
+
+class Tokenizer(Protocol):
+  """What text pipelines and models may rely on, whatever the tokenizer kind."""
+
+  @property
+  def pad_id(self) -> int: ...
+  @property
+  def unk_id(self) -> int: ...
+  def __len__(self) -> int: ...
+  def encode(self, text: str) -> list[int]: ...
+  def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]: ...
+  def decode(self, ids: Iterable[int]) -> str: ...
+  def save(self, path: str) -> None: ...
+
+
+class SentencePieceTokenizer(TokenizerBase):
+  """A SentencePiece subword model (unigram or BPE) trained in memory on normalised training captions.
+
+  `normalize_caption` is the only normalisation: the model's own normaliser is the identity. Training is
+  single-threaded with a fixed seed and no sentence sampling, so the same captions give a byte-identical
+  model. A `vocab_size` that the corpus cannot fill raises a ValueError naming the largest size that fits
+  (rather than silently training a smaller vocabulary than the config asks for).
+  """
+
+  def __init__(self, model_proto: bytes):
+    self._model = bytes(model_proto)
+    self._sp = spm.SentencePieceProcessor(model_proto=self._model)
+    layout = (self._sp.pad_id(), self._sp.unk_id(), self._sp.bos_id(), self._sp.eos_id())
+    if layout != (0, 1, 2, 3):
+      raise ValueError(f"SentencePiece model has (pad, unk, bos, eos) ids {layout}; expected (0, 1, 2, 3).")
+
+  @classmethod
+  def build(cls, captions: Iterable[str], vocab_size: int = 8000,
+            model_type: str = "unigram") -> "SentencePieceTokenizer":
+    """Trains on `captions` (normalised first); deterministic for a given caption sequence."""
+    if model_type not in _SP_MODEL_TYPES:
+      raise ValueError(f"Unknown SentencePiece model_type {model_type!r}; choose one of {_SP_MODEL_TYPES}.")
+    if vocab_size <= len(SPECIALS):
+      raise ValueError(f"vocab_size must exceed the {len(SPECIALS)} special tokens, got {vocab_size}.")
+    sentences = [normalize_caption(c) for c in captions]
+    if not sentences:
+      raise ValueError("No training captions to build a SentencePiece model from.")
+    model = io.BytesIO()
+    spm.set_random_generator_seed(_SP_SEED)
+    try:
+      spm.SentencePieceTrainer.train(
+          sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
+          model_type=model_type, normalization_rule_name="identity", character_coverage=1.0,
+          input_sentence_size=0, shuffle_input_sentence=False, num_threads=1, minloglevel=2,
+          pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+          pad_piece=SPECIALS[0], unk_piece=SPECIALS[1], bos_piece=SPECIALS[2], eos_piece=SPECIALS[3])
+    except RuntimeError as e:
+      too_high = _TOO_HIGH.search(str(e))
+      if too_high:
+        raise ValueError(f"vocab_size={vocab_size} is too large for these {len(sentences)} training captions: "
+                         f"a {model_type} model fits at most {too_high.group(1)} pieces; lower vocab_size.") from e
+      raise ValueError(f"SentencePiece training failed (vocab_size={vocab_size}, model_type={model_type}): {e}") from e
+    return cls(model.getvalue())
+
+  @property
+  def serialized_model(self) -> bytes:
+    return self._model
+
+  def __len__(self) -> int:
+    return self._sp.get_piece_size()
+
+  def __reduce__(self):
+    return type(self), (self._model,)
+
+  def encode(self, text: str) -> list[int]:
+    return self._sp.encode(normalize_caption(text), out_type=int)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Ids -> text; special ids (pad, unk, bos, eos) are dropped, as in `WordVocab.decode`."""
+    return self._sp.decode([int(i) for i in ids if i >= len(SPECIALS)])
+
+  def save(self, path: str) -> None:
+    """One JSON file: the kind, and the serialized model proto in base64."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+      json.dump({"kind": _SP_KIND, "model": base64.b64encode(self._model).decode("ascii")}, f)
+
+  @classmethod
+  def load(cls, path: str) -> "SentencePieceTokenizer":
+    payload = _read_json(path)
+    if payload.get("kind") != _SP_KIND:
+      raise ValueError(f"{path} holds a {payload.get('kind')!r} tokenizer, not a {_SP_KIND!r} one; "
+                       "use load_tokenizer to read either kind.")
+    return cls(base64.b64decode(payload["model"]))
+
+
+# Tokenizer kind (as configs name it) -> class; `load_tokenizer` maps the kind stored in the file back.
+_BUILDERS = {"word": WordVocab, "sentencepiece": SentencePieceTokenizer}
+_STORED_KINDS = {"word_vocab": WordVocab, _SP_KIND: SentencePieceTokenizer}
+
+
+def _read_json(path: str) -> dict:
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Tokenizer file {path} not found; the run's workdir holds it once training has "
+                            "built it: train in this workdir first or point --workdir at the run that made it.")
+  with open(path) as f:
+    try:
+      payload = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} is not a tokenizer file (not JSON): {e}") from e
+  if not isinstance(payload, dict):
+    raise ValueError(f"{path} is not a tokenizer file (expected a JSON object).")
+  return payload
+
+
+def tokenizer_path(workdir: str) -> str:
+  """The one place a run stores its tokenizer."""
+  return os.path.join(workdir, "tokenizer.json")
+
+
+def build_tokenizer(kind: str, captions: Iterable[str], **kwargs) -> Tokenizer:
+  """Builds a tokenizer of `kind` on training captions; kwargs are that kind's `build` options.
+
+  "word": min_count. "sentencepiece": vocab_size, model_type.
+  """
+  if kind not in _BUILDERS:
+    raise ValueError(f"Unknown tokenizer kind {kind!r}; choose one of {sorted(_BUILDERS)}.")
+  build = _BUILDERS[kind].build
+  accepted = [p for p in inspect.signature(build).parameters if p != "captions"]
+  unknown = sorted(set(kwargs) - set(accepted))
+  if unknown:
+    raise ValueError(f"Tokenizer kind {kind!r} does not take options {unknown}; it takes {accepted}.")
+  return build(captions, **kwargs)
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+  """Reads back a tokenizer of either kind saved by `.save(path)`."""
+  kind = _read_json(path).get("kind")
+  if kind not in _STORED_KINDS:
+    raise ValueError(f"{path} holds an unknown tokenizer kind {kind!r}; known: {sorted(_STORED_KINDS)}.")
+  return _STORED_KINDS[kind].load(path)
