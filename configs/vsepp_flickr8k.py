@@ -23,7 +23,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.text.update(embed_dim=300, hidden_dim=512)
   config.train.update(num_steps=1_200, eval_every=400, checkpoint_every=400)
   config.optimizer.update(learning_rate=1e-3, weight_decay=5e-4)
-  config.loss.max_violation_warmup_steps = 400
+  # Sum of hinges throughout. Measured here (README): switching to max violation at step 400 made val R@K fall
+  # (rsum 23.4 at step 400 -> 12.9 at step 800): the hardest negative needs a good encoder, which a CNN trained
+  # from scratch on 6,000 images is not (VSE++ reports the same without ImageNet initialisation).
+  config.loss.max_violation = False
   config.eval.fold_size = 0  # val is exactly 1,000 images
   config.eval.splits = ("val",)  # this copy of Flickr8k has train / val / unassigned, no test split
   if arg not in (None, ""):
