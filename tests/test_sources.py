@@ -51,6 +51,9 @@ def test_folder_source_prepares_once_and_reads_back(tmp_path):
   assert len(train) == 6 and sorted(train.image_ids.tolist()) == list(range(100, 106))
   by_id = {int(i): caps for i, caps in zip(train.image_ids, train.captions)}
   assert by_id[103] == lines[3]["captions"]
+  # Boxes come along, rescaled with the image (40x30 -> 32x24: factor 0.8).
+  for boxes in train.boxes:
+    np.testing.assert_allclose(boxes, [[1.6, 2.4, 8.0, 6.4]], rtol=1e-5)
   # Images: shorter side resized to prepare_size (30 -> 24, 40 -> 32), centre crop 24x24, colour kept.
   images = train.load_images(np.arange(len(train)), 24)
   assert images.shape == (6, 24, 24, 3) and images.dtype == np.uint8

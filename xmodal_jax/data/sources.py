@@ -24,7 +24,8 @@ SOURCE_KINDS = ("shapes", "folder", "karpathy", "tfds")
 
 
 class SplitData:
-  """One split: `captions` (list of caption lists), `image_ids` int64 [N], images on demand.
+  """One split: `captions` (list of caption lists), `image_ids` int64 [N], `boxes` (per image float32
+  [num_boxes, 4] (x, y, w, h) in the stored image's pixels; [0, 4] where the data has none), images on demand.
 
   load_images(indices, size, keys=None, flip=False) -> uint8 [n, size, size, 3]: with `keys` (training) a
   random crop (+ flip) per example drawn from its key, else a centre crop.
@@ -32,6 +33,7 @@ class SplitData:
   name: str
   captions: list[list[str]]
   image_ids: np.ndarray
+  boxes: list[np.ndarray]
   extras: Any = None
 
   def __len__(self) -> int:
@@ -53,8 +55,9 @@ class SplitData:
 class InMemorySplit(SplitData):
   """Images already decoded in one uint8 array [N, H, W, 3] (shapes world)."""
 
-  def __init__(self, name: str, images: np.ndarray, captions, image_ids, extras=None):
+  def __init__(self, name: str, images: np.ndarray, captions, image_ids, boxes, extras=None):
     self.name, self.images, self.captions, self.image_ids, self.extras = name, images, captions, image_ids, extras
+    self.boxes = boxes
 
   def _image(self, index: int) -> np.ndarray:
     return self.images[index]
@@ -70,12 +73,13 @@ class TfdsSplit(SplitData):
 
   def __init__(self, name: str, source, fields: "FieldMap"):
     self.name, self._source, self._fields = name, source, fields
-    captions, ids = [], []
+    captions, ids, boxes = [], [], []
     for i in range(len(source)):
       example = source[i]
       captions.append(fields.captions(example))
       ids.append(fields.image_id(example, i))
-    self.captions, self.image_ids = captions, np.asarray(ids, np.int64)
+      boxes.append(fields.boxes(example))
+    self.captions, self.image_ids, self.boxes = captions, np.asarray(ids, np.int64), boxes
     if len(set(ids)) != len(ids):
       raise ValueError(f"Split {name!r} has duplicate image ids; re-prepare the data set.")
 
@@ -97,6 +101,12 @@ class FieldMap:
     if self.kind == "coco_captions":
       return int(example["image/id"])
     return int(example["image_id"])
+
+  def boxes(self, example) -> np.ndarray:
+    """(x, y, w, h) pixels. coco_captions keeps normalised boxes without the image size: not mapped yet."""
+    if self.kind == "coco_captions":
+      return np.zeros((0, 4), np.float32)
+    return np.asarray(example["boxes"], np.float32).reshape(-1, 4)
 
   def captions(self, example) -> list[str]:
     raw = example["captions"]["text"] if self.kind == "coco_captions" else example["captions"]
@@ -148,7 +158,8 @@ def load_split(data_config: ml_collections.ConfigDict, split: str) -> SplitData:
     if split not in sizes:
       raise ValueError(f"Shapes world has splits {sorted(sizes)}, not {split!r}.")
     world = shapes_world.generate_split(split, sizes[split], seed=data_config.seed, image_size=data_config.image_size)
-    return InMemorySplit(split, world.images, world.captions, world.image_ids, extras=world)
+    boxes = [b[:n] for b, n in zip(world.boxes, world.num_objects)]
+    return InMemorySplit(split, world.images, world.captions, world.image_ids, boxes, extras=world)
   if kind in ("folder", "karpathy"):
     from xmodal_jax.data import prepared
     out_dir = prepared_dir(data_config)
