@@ -10,7 +10,6 @@ Every split is a `SplitData`: captions and image ids in memory, images loaded (a
 from __future__ import annotations
 
 import io
-import os
 from typing import Any, Sequence
 
 import ml_collections

@@ -5,7 +5,6 @@ model.embed_dim, loss (margin, max_violation, max_violation_warmup_steps), eval 
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
