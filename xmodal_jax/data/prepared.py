@@ -26,8 +26,9 @@ _PREPARE_VERSION = "1.0.0"
 _JPEG_QUALITY = 90
 
 
-def _tfds():
-  import tensorflow_datasets as tfds  # heavy import: only when real data is used
+def import_tfds():
+  """tensorflow_datasets, imported on first use (heavy: only when real data is used), progress bars off."""
+  import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
   return tfds
 
@@ -37,7 +38,7 @@ def _builder_class():
   global _BUILDER
   if _BUILDER is not None:
     return _BUILDER
-  tfds = _tfds()
+  tfds = import_tfds()
 
   class CaptionedImages(tfds.core.GeneratorBasedBuilder):
     """Images (JPEG, shorter side resized) + captions + image id + boxes, one example per image."""

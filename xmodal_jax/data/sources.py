@@ -17,10 +17,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from xmodal_jax.data import preprocess, shapes_world
-
-SOURCE_KINDS = ("shapes", "folder", "karpathy", "tfds")
-
+from xmodal_jax.data import prepared, preprocess, shapes_world
 
 class SplitData:
   """One split: `captions` (list of caption lists), `image_ids` int64 [N], `boxes` (per image float32
@@ -112,23 +109,17 @@ class FieldMap:
     return [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in raw]
 
 
-def _tfds():
-  import tensorflow_datasets as tfds
-  tfds.disable_progress_bar()
-  return tfds
-
-
 def _open_builder_split(builder, split: str, fields: FieldMap, what: str) -> TfdsSplit:
   """A split of a prepared tfds builder, images left as JPEG bytes (decoded per batch by TfdsSplit)."""
   available = list(builder.info.splits.keys())
   if split not in available:
     raise ValueError(f"{what} has no split {split!r}; it has {available}.")
-  source = builder.as_data_source(split, decoders={"image": _tfds().decode.SkipDecoding()})
+  source = builder.as_data_source(split, decoders={"image": prepared.import_tfds().decode.SkipDecoding()})
   return TfdsSplit(split, source, fields)
 
 
 def _open_registered_tfds(name: str, config_name: str | None, split: str, data_dir: str | None) -> TfdsSplit:
-  tfds = _tfds()
+  tfds = prepared.import_tfds()
   full = f"{name}/{config_name}" if config_name else name
   try:
     builder = tfds.builder(full, data_dir=data_dir or None, file_format="array_record")
@@ -144,7 +135,6 @@ def _open_registered_tfds(name: str, config_name: str | None, split: str, data_d
 
 
 def prepared_dir(data_config: ml_collections.ConfigDict) -> str:
-  from xmodal_jax.data import prepared
   return data_config.prepared_dir or prepared.default_prepared_dir(data_config.source, data_config.prepare_size)
 
 
@@ -160,7 +150,6 @@ def load_split(data_config: ml_collections.ConfigDict, split: str) -> SplitData:
     boxes = [b[:n] for b, n in zip(world.boxes, world.num_objects)]
     return InMemorySplit(split, world.images, world.captions, world.image_ids, boxes, extras=world)
   if kind in ("folder", "karpathy"):
-    from xmodal_jax.data import prepared
     out_dir = prepared_dir(data_config)
     if not prepared.is_prepared(out_dir):
       logging.info("Preparing %s into %s (once; later runs reuse it).", spec, out_dir)
