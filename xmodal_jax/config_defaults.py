@@ -71,3 +71,75 @@ def vsepp(source: str = "shapes") -> ml_collections.ConfigDict:
       max_violation=True,
       max_violation_warmup_steps=300))  # sum of hinges first (max violation from scratch can stall)
   return config
+
+
+def s1_data(source: str) -> ml_collections.ConfigDict:
+  """`data(source)` plus S1's rules for queries and labels on captioned data (shapes world has its own)."""
+  config = data(source)
+  config.update(dict(
+      query_min_images=20,      # a query = an n-gram (rules: data/query_mining.py) in >= this many train images
+      query_max_fraction=0.5,   # ... and in at most this fraction of them
+      query_max_n=3,            # longest n-gram
+      query_max_count=0,        # > 0: keep only the most frequent
+      taxonomy="flickr8k",      # class labels from the captions (data/taxonomy.py)
+      label_min_votes=3))       # captions (of 5) that must name a class
+  return config
+
+
+def _s1_stage(task: str, num_steps: int, batch_size: int, best_metric: str) -> ml_collections.ConfigDict:
+  """A training stage of the S1 pipeline: trainer sections without the shared seed / mesh / data."""
+  stage = trainer()
+  del stage["seed"], stage["mesh"]
+  stage.task = task
+  stage.train.update(num_steps=num_steps, batch_size=batch_size, eval_every=max(1, num_steps // 2),
+                     checkpoint_every=max(1, num_steps // 2), log_every=min(50, num_steps))
+  stage.optimizer.warmup_steps = min(200, num_steps // 10)
+  stage.checkpoint.best_metric = best_metric
+  return stage
+
+
+def s1(source: str = "shapes", eval_splits: tuple[str, ...] = ("val", "test")) -> ml_collections.ConfigDict:
+  """The S1 pipeline: text generator -> text embedding -> pixel embedding -> features -> fusion (+ ablations)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.data = s1_data(source)
+  config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1), fsdp=False))
+  config.pipeline = ("text_generator", "text_embedding", "pixel_embedding", "features",
+                     "fusion", "pixel_only", "text_only", "ablation")
+  image = dict(stem_width=32, stem_stride=4, stage_widths=(32, 64, 128), blocks_per_stage=(1, 1, 1), norm_groups=8)
+  stages = ml_collections.ConfigDict()
+
+  stages.text_generator = _s1_stage("s1_text_generator", 1_500, 128, "val/p_at_3")
+  stages.text_generator.model = ml_collections.ConfigDict(dict(dtype="float32", embed_dim=64, image=dict(image)))
+  stages.text_generator.loss = ml_collections.ConfigDict(dict(
+      softmax="sampled",          # sampled | full
+      num_samples=64,             # shared negatives per step (sampled)
+      distribution="log_uniform", # proposal over query ids (sorted by train frequency): log_uniform | uniform
+      scale=16.0))                # s in softmax(-s * d(x, w))
+  stages.text_generator.eval.top_k = 10
+
+  stages.text_embedding = _s1_stage("s1_text_embedding", 1_000, 256, "val/assoc_r5")
+  stages.text_embedding.model = ml_collections.ConfigDict(dict(dim=200, embed_dim=200, max_ngrams=16))
+  stages.text_embedding.loss = ml_collections.ConfigDict(dict(temperature=0.1))
+
+  stages.pixel_embedding = _s1_stage("s1_pixel_embedding", 1_500, 128, "val/accuracy")
+  stages.pixel_embedding.model = ml_collections.ConfigDict(dict(dtype="float32", bottleneck_dim=1024,
+                                                                image=dict(image)))
+
+  stages.features = ml_collections.ConfigDict(dict(
+      job="s1_features", splits=("train",) + tuple(eval_splits),
+      generator="text_generator", text_embedding="text_embedding",  # or "minilm" (pretrained, 384-d)
+      pixel="pixel_embedding", top_n=3, checkpoint="latest", chunk=2048))
+
+  for name, inputs in (("fusion", ("text", "pixel")), ("pixel_only", ("pixel",)), ("text_only", ("text",))):
+    stage = _s1_stage("s1_fusion", 1_000, 128, "val/accuracy")
+    stage.model = ml_collections.ConfigDict(dict(inputs=inputs, hidden=(512,), dropout_rate=0.2))
+    stage.features = ml_collections.ConfigDict(dict(stage="features"))
+    stage.optimizer.update(learning_rate=1e-3, weight_decay=1e-2)
+    stages[name] = stage
+  stages.ablation = ml_collections.ConfigDict(dict(job="s1_ablation", rows=("pixel_only", "text_only", "fusion")))
+  for stage in stages.values():
+    if "eval" in stage:
+      stage.eval.splits = tuple(eval_splits)
+  config.stages = stages
+  return config

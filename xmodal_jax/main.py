@@ -3,6 +3,10 @@ r"""The `xmodal` command line.
   xmodal train --config=configs/vsepp_shapes.py --workdir=DIR [--config.FIELD=VALUE ...]
   xmodal eval  --config=configs/vsepp_shapes.py --workdir=DIR [--split=test] [--checkpoint=best]
   xmodal prepare --source=folder:PATH|karpathy:JSON:IMAGE_ROOT --out=DIR [--image_size=256] [--skip_bad]
+  xmodal classify --workdir=DIR IMAGE [IMAGE ...]      (a finished S1 pipeline run, e.g. configs/s1_shapes.py)
+
+Multi-stage configs (S1: `pipeline` + `stages`) run their stages in order in WORKDIR/<stage>; finished stages
+are skipped, so the same command resumes; `--stages=a,b` runs only those.
 
 `train` in a workdir that has checkpoints resumes from the latest one (parameters, optimiser, step, RNG
 and data position). Unknown config fields are an error. `--multihost` calls jax.distributed.initialize()
@@ -17,7 +21,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "eval", "prepare")
+COMMANDS = ("train", "eval", "prepare", "classify")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).", lock_config=True)
@@ -30,6 +34,8 @@ flags.DEFINE_string("source", None, "prepare: folder:PATH or karpathy:JSON_FILE:
 flags.DEFINE_string("out", None, "prepare: output directory (default: the cache dir configs use).")
 flags.DEFINE_integer("image_size", 256, "prepare: shorter side of the stored images (>= the training crop).")
 flags.DEFINE_bool("skip_bad", False, "prepare: skip (and count) bad records instead of stopping at the first.")
+flags.DEFINE_list("stages", None, "train/eval of a pipeline config: only these stages.")
+flags.DEFINE_bool("json", False, "classify: print one JSON object per image instead of text.")
 flags.DEFINE_bool("verbose_checkpointing", False, "Show orbax's INFO logs (hidden by default: very chatty).")
 
 
@@ -41,9 +47,14 @@ class _QuietLibraries(std_logging.Filter):
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) != 2 or argv[1] not in COMMANDS:
+  if len(argv) < 2 or argv[1] not in COMMANDS or (len(argv) > 2 and argv[1] != "classify"):
     raise app.UsageError(f"usage: xmodal {{{'|'.join(COMMANDS)}}} --config=configs/X.py --workdir=DIR "
                          f"(got {' '.join(argv[1:]) or 'no command'})")
+  if not FLAGS.verbose_checkpointing:
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+  if argv[1] == "classify":
+    _classify(argv[2:])
+    return
   if argv[1] == "prepare":
     if not FLAGS.source:
       raise app.UsageError("prepare needs --source=folder:PATH or --source=karpathy:JSON_FILE:IMAGE_ROOT.")
@@ -55,14 +66,16 @@ def main(argv: list[str]) -> None:
     return
   if FLAGS.config is None or FLAGS.workdir is None:
     raise app.UsageError("--config and --workdir are required.")
-  if not FLAGS.verbose_checkpointing:
-    logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # after absl parsed flags, so XLA/JAX flags from the environment apply
   if FLAGS.multihost:
     jax.distributed.initialize()
   from xmodal_jax.train import trainer
   logging.info("JAX %s: %d process(es), %d device(s): %s", jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].device_kind)
+  from xmodal_jax.train import pipeline
+  if pipeline.is_pipeline(FLAGS.config):
+    _run_pipeline(argv[1], FLAGS.config)
+    return
   if argv[1] == "train":
     results = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, stop_at_step=FLAGS.stop_at_step)
     if results["stopped_early"]:
@@ -76,6 +89,40 @@ def main(argv: list[str]) -> None:
                                           which=FLAGS.checkpoint)
     print(results["report"])
     print("metrics: " + json.dumps({"step": results["step"], **results["metrics"]}, sort_keys=True))
+
+
+def _run_pipeline(command: str, config) -> None:
+  from xmodal_jax.train import pipeline, trainer
+  only = tuple(FLAGS.stages or ())
+  if command == "train":
+    results = pipeline.run_pipeline(config, FLAGS.workdir, stop_at_step=FLAGS.stop_at_step, only=only)
+    print(results["report"])
+    if results["stopped_early"]:
+      print(f"Stopped in stage {results['stage']}; rerun the same command to resume.")
+    else:
+      print(f"Done: stages in {FLAGS.workdir}/<stage>; TensorBoard: tensorboard --logdir {FLAGS.workdir}")
+    return
+  for name in config.pipeline:
+    if (only and name not in only) or "job" in config.stages[name]:
+      continue
+    results = trainer.evaluate_checkpoint(pipeline.stage_config(config, name), pipeline.stage_dir(FLAGS.workdir, name),
+                                          splits=tuple(FLAGS.split or ()) or None, which=FLAGS.checkpoint)
+    print(f"== {name} ==\n{results['report']}")
+    print("metrics: " + json.dumps({"stage": name, "step": results["step"], **results["metrics"]}, sort_keys=True))
+
+
+def _classify(paths: list[str]) -> None:
+  if not FLAGS.workdir or not paths:
+    raise app.UsageError("usage: xmodal classify --workdir=DIR IMAGE [IMAGE ...] (DIR: a finished S1 pipeline run)")
+  from xmodal_jax.serving.s1_classifier import MultimodalClassifier
+  from xmodal_jax.train import pipeline
+  model = MultimodalClassifier(pipeline.load_pipeline_config(FLAGS.workdir), FLAGS.workdir, mesh_shape=(-1, 1))
+  for path, result in zip(paths, model.classify(model.load_image_files(paths))):
+    if FLAGS.json:
+      print(json.dumps({"image": path, **result}))
+      continue
+    phrases = ", ".join(f"{p!r} ({s:.2f})" for p, s in result["phrases"])
+    print(f"{path}: {result['label']} (p={result['probability']:.3f}); phrases: {phrases}")
 
 
 def run() -> None:

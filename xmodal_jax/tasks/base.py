@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import optax
 
+from xmodal_jax.data import sources
 from xmodal_jax.train import optimizer as optimizer_lib
 from xmodal_jax.train.runtime import Runtime
 from xmodal_jax.train.state import TrainState
@@ -37,6 +38,7 @@ class Task(abc.ABC):
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config = config
     self.workdir = workdir
+    self._splits: dict[str, sources.SplitData] = {}
 
   @property
   def eval_splits(self) -> tuple[str, ...]:
@@ -45,6 +47,12 @@ class Task(abc.ABC):
     return tuple(self.config.eval.splits)
 
   # ---- data
+  def split(self, name: str) -> sources.SplitData:
+    """The split `name` of `config.data.source`, loaded once per task."""
+    if name not in self._splits:
+      self._splits[name] = sources.load_split(self.config.data, name)
+    return self._splits[name]
+
   @abc.abstractmethod
   def train_iterator(self, *, process_index: int, process_count: int) -> CheckpointableIterator:
     """Per-host training batches; rows of one global batch are split across processes."""

@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from xmodal_jax.data import sources
 from xmodal_jax.data.captions import TokenizedCaptions, tokenize_captions
 from xmodal_jax.data.iterator import EpochBatchIterator
 from xmodal_jax.data.preprocess import normalize_images
@@ -31,7 +30,6 @@ class VSEPPTask(Task):
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     super().__init__(config, workdir)
-    self._data: dict[str, sources.SplitData] = {}
     self._eval_images: dict[str, np.ndarray] = {}
     self._tokens: dict[str, TokenizedCaptions] = {}
     self.tokenizer = self._load_or_build_tokenizer()
@@ -44,11 +42,6 @@ class VSEPPTask(Task):
         embed_dim=config.model.embed_dim)
 
   # ---- data
-  def split(self, name: str) -> sources.SplitData:
-    if name not in self._data:
-      self._data[name] = sources.load_split(self.config.data, name)
-    return self._data[name]
-
   def tokens(self, name: str) -> TokenizedCaptions:
     if name not in self._tokens:
       self._tokens[name] = tokenize_captions(self.split(name).captions, self.tokenizer, self.config.data.max_len, name)

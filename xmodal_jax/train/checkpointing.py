@@ -55,7 +55,7 @@ class Checkpointer:
 
   def save_best(self, step: int, state: Any, data_state: dict, metrics: dict[str, float]) -> None:
     """Offer a checkpoint to the best-by-metric manager; kept only if `metrics[best_metric]` is the best."""
-    if self._best is None:
+    if self._best is None or step in self._best.all_steps():
       return
     if self.best_metric not in metrics:
       raise KeyError(f"config.checkpoint.best_metric={self.best_metric!r} is not among the evaluation "

@@ -22,9 +22,11 @@ class Runtime:
   def data_parallelism(self) -> int:
     return self.mesh.shape["data"]
 
-  def map_batches(self, fn: Callable[..., jax.Array], params: Any, arrays: dict[str, np.ndarray],
-                  batch_size: int) -> np.ndarray:
+  def map_batches(self, fn: Callable[..., Any], params: Any, arrays: dict[str, np.ndarray],
+                  batch_size: int) -> Any:
     """fn(params, **batch) -> [batch, ...] over all rows of `arrays` (same leading dim N) -> [N, ...].
+
+    fn may return a pytree of such arrays (e.g. a tuple (scores, ids)); the result has the same structure.
 
     The last batch is padded (by repeating its last row) and the padding dropped, so every call compiles
     once. `batch_size` is rounded up to a multiple of the data-parallel size. Every host must pass the
@@ -48,8 +50,8 @@ class Runtime:
       if valid < batch_size:
         batch = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - valid, axis=0)]) for k, v in batch.items()}
       out = jitted(params, {k: self._global_array(v) for k, v in batch.items()})
-      outputs.append(np.asarray(out)[:valid])  # replicated output: readable on every host
-    return np.concatenate(outputs, axis=0)
+      outputs.append(jax.tree.map(lambda x: np.asarray(x)[:valid], out))  # replicated: readable on every host
+    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *outputs)
 
   def _global_array(self, value: np.ndarray) -> jax.Array:
     """A host array that every process holds in full -> a global array sharded over `data`."""

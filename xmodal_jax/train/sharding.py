@@ -30,6 +30,8 @@ _BASE_RULES: tuple[tuple[str, Any], ...] = (
     ("heads", "model"),
     ("conv_out", "model"),
     ("joint", "model"),
+    ("queries", "model"),     # S1's query matrix W [K, 64]: K rows split over `model`
+    ("query_embed", None),
     ("conv_h", None),
     ("conv_w", None),
 )

@@ -278,9 +278,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
     writer.close()
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, splits: tuple[str, ...] | None = None,
-                        which: str = "latest") -> dict[str, Any]:
-  """Restore the latest (or best) checkpoint of `workdir` and evaluate it on `splits`."""
+def restore_params(config: ml_collections.ConfigDict, workdir: str, which: str = "latest"
+                   ) -> tuple[Setup, int, Any]:
+  """(setup, step, params) of the latest (or best) checkpoint of `workdir`, sharded as in training."""
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
                                     best_metric=config.checkpoint.best_metric or None,
                                     best_mode=config.checkpoint.best_mode, use_async=False, create=False)
@@ -289,7 +289,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, spli
     step, state, _ = ckpt.restore(setup.abstract_state, which=which)
   finally:
     ckpt.close()
+  return setup, step, state.params
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, splits: tuple[str, ...] | None = None,
+                        which: str = "latest") -> dict[str, Any]:
+  """Restore the latest (or best) checkpoint of `workdir` and evaluate it on `splits`."""
+  setup, step, params = restore_params(config, workdir, which)
   splits = tuple(splits or setup.task.eval_splits)
-  metrics = evaluate_splits(setup, state.params, splits)
+  metrics = evaluate_splits(setup, params, splits)
   return {"step": step, "metrics": metrics,
           "report": _report(setup.task, metrics, splits, title=f"step {step}, {which} checkpoint")}

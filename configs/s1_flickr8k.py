@@ -1,0 +1,30 @@
+r"""S1, the multimodal image classifier, on real photos: Flickr8k (6,091 train / 1,000 val images x 5 captions).
+
+Flickr8k has neither search queries nor classes, so both come from the captions by documented rules:
+queries = n-grams (1-3 words, no stopword at either end) found in >= 20 train images (data/query_mining.py;
+~1,200 queries), labels = the first of 9 concepts (dog, snow, water, bike, skateboard, ball sport, child,
+woman, man) named by >= 3 of an image's 5 captions, else unlabelled (data/taxonomy.py; ~11% unlabelled).
+
+Run (from the repo root; the data folder is read at run time, never copied; prepared once into
+~/.cache/xmodal_jax/prepared/):
+  xmodal train --config=configs/s1_flickr8k.py --workdir=workdirs/s1_flickr8k \
+      [--config.data.source=folder:/path/to/flickr8k]
+  xmodal classify --workdir=workdirs/s1_flickr8k photo.jpg
+
+Expected (2-core CPU, CNNs from scratch at 64 px, ~30 min): val accuracy of the 9-way classifier well above
+the 24% majority class; README.md has the measured ablation table and class distribution.
+"""
+import ml_collections
+
+from xmodal_jax import config_defaults
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = config_defaults.s1("folder:../shared/data/flickr8k", eval_splits=("val",))
+  config.data.update(image_size=64, prepare_size=80, flip=True)
+  for name in ("text_generator", "pixel_embedding"):
+    config.stages[name].train.update(num_steps=1_000, eval_every=500, checkpoint_every=500)
+    config.stages[name].optimizer.update(learning_rate=1e-3, weight_decay=5e-4)
+  if arg not in (None, ""):
+    raise ValueError(f"configs/s1_flickr8k.py: unknown variant {arg!r}.")
+  return config

@@ -1,0 +1,47 @@
+r"""S1, the multimodal image classifier, on the built-in shapes world: text generator (CNN -> 64-d -> sampled
+cosine softmax over the 434 queries) -> siamese bag-of-n-grams text embedding (200-d) -> pixel CNN (1024-d
+bottleneck) -> features (top-3 phrases) -> fusion classifier, plus the pixel-only and text-only ablations.
+
+Run (from the repo root); the same command resumes an interrupted pipeline and skips finished stages:
+  xmodal train --config=configs/s1_shapes.py --workdir=workdirs/s1_shapes
+  xmodal classify --workdir=workdirs/s1_shapes IMAGE.png [...]
+One stage: `--stages=fusion`. Any field: `--config.stages.text_generator.train.num_steps=300`,
+`--config.stages.features.text_embedding=minilm` (pretrained MiniLM text features).
+Variants: `:tiny` (seconds; tests), `:full` (ResNet-101-like backbone, 224 px: for accelerators, not run here).
+
+Expected (2-core CPU, ~25 min): 10-way test accuracy of fusion >= pixel-only; README.md has the measured
+ablation table.
+"""
+import ml_collections
+
+from xmodal_jax import config_defaults
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = config_defaults.s1("shapes", eval_splits=("val", "test"))
+  config.data.flip = False  # queries say "left" / "right"
+  if arg == "tiny":
+    config.data.update(num_train=256, num_val=64, num_test=64)
+    small = dict(stem_width=8, stage_widths=(8, 16), blocks_per_stage=(1, 1), norm_groups=4)
+    for name in ("text_generator", "pixel_embedding"):
+      config.stages[name].model.image.update(small)
+    config.stages.pixel_embedding.model.bottleneck_dim = 32
+    config.stages.text_embedding.model.update(dim=16, embed_dim=16)
+    config.stages.features.chunk = 100
+    for stage in config.stages.values():
+      if "train" in stage:
+        stage.train.update(batch_size=32, num_steps=4, log_every=2, eval_every=2, checkpoint_every=2)
+        stage.optimizer.warmup_steps = 1
+        stage.eval.batch_size = 32
+        if "hidden" in stage.model:
+          stage.model.hidden = (16,)
+  elif arg == "full":
+    config.data.image_size = 224
+    full = dict(stem_width=64, stem_stride=2, stage_widths=(64, 128, 256, 512), blocks_per_stage=(3, 4, 23, 3),
+                norm_groups=32)  # ResNet-101's depth, basic blocks
+    for name in ("text_generator", "pixel_embedding"):
+      config.stages[name].model.image.update(full)
+      config.stages[name].model.dtype = "bfloat16"
+  elif arg not in (None, ""):
+    raise ValueError(f"configs/s1_shapes.py: unknown variant {arg!r}; use no variant, ':tiny' or ':full'.")
+  return config

@@ -1,0 +1,84 @@
+"""S1 end to end on the tiny shapes config: every stage on a 2x4 mesh, resume/skip, features, classify CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import REPO, load_config
+from xmodal_jax.data import shapes_world
+from xmodal_jax.train import pipeline
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("s1") / "run")
+  config = load_config("configs/s1_shapes.py:tiny", "--config.mesh.shape=(2,4)")
+  stopped = pipeline.run_pipeline(config, workdir, stop_at_step=2)  # a "preemption" in the first stage
+  assert stopped["stopped_early"] and stopped["stage"] == "text_generator"
+  results = pipeline.run_pipeline(config, workdir)
+  return config, workdir, results
+
+
+def test_every_stage_runs_and_writes_its_outputs(tiny_run):
+  config, workdir, results = tiny_run
+  assert not results["stopped_early"]
+  assert list(results["stages"]) == list(config.pipeline)
+  gen = results["stages"]["text_generator"]
+  assert gen["step"] == config.stages.text_generator.train.num_steps  # resumed after the stop at step 2
+  assert {"val/p_at_1", "val/p_at_3", "test/r_at_10"} <= set(gen["metrics"])
+  for split, n in (("train", 256), ("val", 64), ("test", 64)):
+    with np.load(os.path.join(workdir, "features", f"{split}.npz")) as f:
+      assert f["text"].shape == (n, config.stages.text_embedding.model.dim)
+      assert f["pixel"].shape == (n, config.stages.pixel_embedding.model.bottleneck_dim)
+      assert f["top_ids"].shape == (n, 3) and np.all(np.diff(f["top_scores"], axis=1) <= 1e-6)
+      assert np.array_equal(f["labels"], shapes_world.generate_split(split, n, seed=0).label)
+  for name in ("fusion", "pixel_only", "text_only"):
+    assert 0.0 <= results["stages"][name]["metrics"]["test/accuracy"] <= 100.0
+  table = open(os.path.join(workdir, "ablation", "ablation.md")).read()
+  assert "| text + pixel (fusion) |" in table and "| pixel (pixel_only) |" in table
+  assert "Ablation" in results["report"]
+
+
+def test_rerun_skips_finished_stages_and_config_change_reruns_downstream(tiny_run):
+  config, workdir, first = tiny_run
+  again = pipeline.run_pipeline(config, workdir)
+  assert again["stages"]["fusion"]["metrics"] == first["stages"]["fusion"]["metrics"]
+  assert "finished earlier" in again["report"]
+  changed = load_config("configs/s1_shapes.py:tiny", "--config.mesh.shape=(2,4)",
+                        "--config.stages.fusion.model.dropout_rate=0.5")
+  out = pipeline.run_pipeline(changed, workdir, only=("fusion",))
+  assert list(out["stages"]) == ["fusion"] and "finished earlier" not in out["report"]
+  with pytest.raises(ValueError, match="Unknown stage"):
+    pipeline.run_pipeline(config, workdir, only=("nope",))
+
+
+def test_classify_cli_prints_label_probability_and_phrases(tiny_run, tmp_path):
+  _, workdir, _ = tiny_run
+  world = shapes_world.generate_split("test", 2, seed=0)
+  paths = []
+  for i in range(2):
+    paths.append(str(tmp_path / f"img{i}.png"))
+    Image.fromarray(world.images[i]).save(paths[-1])
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "xmodal_jax.main", "classify", f"--workdir={workdir}", "--json", *paths]
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+  assert [r["image"] for r in rows] == paths
+  for row in rows:
+    assert row["label"] in shapes_world.LABEL_NAMES and 0.0 < row["probability"] <= 1.0
+    assert len(row["phrases"]) == 3 and all(p in shapes_world.all_queries() for p, _ in row["phrases"])
+  missing = subprocess.run(cmd[:-2] + [str(tmp_path / "missing.png")], cwd=REPO, env=env, capture_output=True,
+                           text=True)
+  assert missing.returncode != 0 and "missing.png" in missing.stderr and "does not exist" in missing.stderr
+
+
+def test_fusion_stage_without_features_names_the_fix(tmp_path):
+  from xmodal_jax.tasks.s1_fusion import FusionTask
+  config = pipeline.stage_config(load_config("configs/s1_shapes.py:tiny"), "fusion")
+  with pytest.raises(FileNotFoundError, match="run the features stage first"):
+    FusionTask(config, str(tmp_path / "fusion"))

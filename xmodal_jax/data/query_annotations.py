@@ -1,0 +1,93 @@
+"""Search queries and class labels per image, for the multimodal classifier (S1).
+
+Shapes world has both built in (3-5 true queries per image, a 10-way label). Captioned real data gets them
+from its captions by documented rules: queries are the frequent n-grams of `data/query_mining.py` (vocabulary
+built on the train split only), labels the majority concept of `data/taxonomy.py` (-1 = no majority).
+
+Query ids are sorted by decreasing train frequency (id 0 = most frequent), which is what the log-uniform
+sampler of the sampled softmax assumes.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import ml_collections
+import numpy as np
+
+from xmodal_jax.data import query_mining, shapes_world, sources, taxonomy
+
+
+@dataclasses.dataclass
+class QueryAnnotations:
+  """One split's targets. query_ids[i] int32 [q_i] / query_weights[i] float32 [q_i] (sum 1): image i's queries;
+  labels int32 [N] (-1 = unlabelled); label_names index the labels."""
+  query_ids: list[np.ndarray]
+  query_weights: list[np.ndarray]
+  labels: np.ndarray
+  label_names: tuple[str, ...]
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def images_with_queries(self, minimum: int = 1) -> np.ndarray:
+    """int64 indices of the images that have at least `minimum` queries."""
+    return np.asarray([i for i, ids in enumerate(self.query_ids) if len(ids) >= minimum], np.int64)
+
+  def labelled_images(self) -> np.ndarray:
+    return np.flatnonzero(self.labels >= 0).astype(np.int64)
+
+  def sample_queries(self, indices: np.ndarray, keys: np.ndarray, count: int = 1) -> np.ndarray:
+    """int32 [n, count]: `count` distinct queries per image, drawn by weight from each example's key.
+
+    Deterministic in the keys. Images must have at least `count` queries."""
+    out = np.empty((len(indices), count), np.int32)
+    for row, (index, key) in enumerate(zip(indices, keys)):
+      ids, weights = self.query_ids[int(index)], self.query_weights[int(index)]
+      rng = np.random.default_rng(int(key))
+      out[row] = rng.choice(ids, size=count, replace=False, p=weights)
+    return out
+
+  def query_sets(self) -> list[set[int]]:
+    return [set(ids.tolist()) for ids in self.query_ids]
+
+
+def query_vocabulary(data_config: ml_collections.ConfigDict, train: sources.SplitData) -> list[str]:
+  """The query phrases (id order), built from the train split only."""
+  if _is_shapes(data_config):
+    counts = collections.Counter(q for queries in train.extras.queries for q in queries)
+    return sorted(shapes_world.all_queries(), key=lambda q: (-counts[q], q))
+  vocab = query_mining.build_query_vocab(
+      train.captions, min_images=data_config.query_min_images, max_image_fraction=data_config.query_max_fraction,
+      max_n=data_config.query_max_n, max_queries=data_config.query_max_count)
+  if not vocab:
+    raise ValueError(f"No search query appears in >= {data_config.query_min_images} train images of "
+                     f"{data_config.source}; lower config.data.query_min_images.")
+  return vocab
+
+
+def label_names(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The taxonomy's class names (index = label)."""
+  if _is_shapes(data_config):
+    return shapes_world.LABEL_NAMES
+  if data_config.taxonomy != "flickr8k":
+    raise ValueError(f"config.data.taxonomy={data_config.taxonomy!r}: the only caption taxonomy is 'flickr8k' "
+                     "(data/taxonomy.py); add a concept list there for another data set.")
+  return taxonomy.class_names(taxonomy.FLICKR8K_CONCEPTS)
+
+
+def annotate(data_config: ml_collections.ConfigDict, split: sources.SplitData, vocab: list[str]) -> QueryAnnotations:
+  """Queries (ids into `vocab`) and labels of every image of `split`."""
+  if _is_shapes(data_config):
+    index = {q: i for i, q in enumerate(vocab)}
+    ids = [np.asarray(sorted(index[q] for q in queries), np.int32) for queries in split.extras.queries]
+    weights = [np.full(len(i), 1.0 / len(i), np.float32) for i in ids]
+    return QueryAnnotations(ids, weights, split.extras.label.astype(np.int32), label_names(data_config))
+  names = label_names(data_config)
+  pairs = query_mining.image_queries(split.captions, vocab, max_n=data_config.query_max_n)
+  labels = taxonomy.caption_labels(split.captions, taxonomy.FLICKR8K_CONCEPTS, min_votes=data_config.label_min_votes)
+  return QueryAnnotations([p[0] for p in pairs], [p[1] for p in pairs], labels, names)
+
+
+def _is_shapes(data_config: ml_collections.ConfigDict) -> bool:
+  return str(data_config.source).partition(":")[0] == "shapes"

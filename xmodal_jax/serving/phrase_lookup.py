@@ -1,0 +1,144 @@
+"""Phrase generation by nearest queries, and new queries from class prototypes (system S1, seed eq. 2).
+
+The text generator scores the K query embeddings W [K, D] against an image embedding x by cosine similarity
+(seed eq. 1; the softmax is monotone in it, so the top-k queries are the top-k cosines). New queries are added
+without retraining as class prototypes (seed eq. 2):
+
+  phi_c = 1/|S_c| * sum_{x in S_c} f(x),   f(x) the L2-normalised image feature,
+
+appended after the old ids (`extend_queries`) or written over existing rows (`replace_queries`).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xmodal_jax.models.layers import l2_normalize
+
+METHODS = ("exact", "approx")
+
+
+@functools.partial(jax.jit, static_argnames=("k", "method", "recall_target"))
+def top_queries(x: jnp.ndarray, w: jnp.ndarray, k: int, *, method: str = "exact", recall_target: float = 0.95
+                ) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """The k queries nearest to each x: (cosine similarities [batch, k], ids int32 [batch, k]), best first.
+
+  x [batch, D], w [K, D]. "exact": `jax.lax.top_k`; "approx": `jax.lax.approx_max_k` with `recall_target`
+  (approximate on TPU; on CPU XLA rewrites it to the same exact TopK as "exact"). k, method and recall_target
+  are static. Cost O(batch * K * D) plus a [batch, K] score buffer.
+  """
+  if method not in METHODS:
+    raise ValueError(f"Unknown top-k method {method!r}; choose one of {METHODS}.")
+  if x.ndim != 2 or w.ndim != 2 or x.shape[-1] != w.shape[-1]:
+    raise ValueError(f"top_queries expects x [batch, D] and w [K, D], got {x.shape} and {w.shape}.")
+  if not 1 <= k <= w.shape[0]:
+    raise ValueError(f"k={k} must be in [1, K={w.shape[0]}].")
+  # Cosines as dots scaled by W's inverse row norms: no normalised [K, D] copy of W (forward only, so unlike
+  # `cosine_logits` there is no backward pass that would need the unscaled dots).
+  w32 = w.astype(jnp.float32)
+  inv_norm = 1.0 / jnp.maximum(jnp.sqrt(jnp.sum(w32 * w32, axis=-1)), 1e-6)  # [K]
+  dots = jnp.einsum("bd,kd->bk", l2_normalize(x), w32, precision=jax.lax.Precision.HIGHEST)
+  scores = dots * inv_norm[None, :]  # [batch, K]
+  if method == "exact":
+    values, ids = jax.lax.top_k(scores, k)
+  else:
+    values, ids = jax.lax.approx_max_k(scores, k, recall_target=recall_target)
+  return values, ids.astype(jnp.int32)
+
+
+def class_prototypes(features: Any, members: Any) -> jnp.ndarray:
+  """Seed eq. 2: phi_c = mean over x in S_c of f(x), f(x) = L2-normalised `features` rows; returns [C, D].
+
+  features [N, D]; members bool [C, N], row c marks the images of S_c. An empty S_c raises ValueError
+  (checked when `members` is concrete, i.e. outside jit). Prototypes are means, not re-normalised.
+  """
+  features = jnp.asarray(features)
+  if features.ndim != 2 or np.ndim(members) != 2 or np.shape(members)[1] != features.shape[0]:
+    raise ValueError(f"class_prototypes expects features [N, D] and members [C, N], got {features.shape} "
+                     f"and {np.shape(members)}.")
+  if not isinstance(members, jax.core.Tracer):
+    counts = np.asarray(members).astype(bool).sum(axis=1)
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+      raise ValueError(f"members row {int(empty[0])} is empty: class prototype {int(empty[0])} has no images "
+                       f"(empty rows: {empty.tolist()}).")
+  weights = jnp.asarray(members).astype(jnp.float32)  # [C, N]
+  sums = jnp.einsum("cn,nd->cd", weights, l2_normalize(features), precision=jax.lax.Precision.HIGHEST)
+  return sums / jnp.sum(weights, axis=1, keepdims=True)
+
+
+def _check_rows(w: Any, prototypes: Any) -> None:
+  if np.ndim(w) != 2 or np.ndim(prototypes) != 2 or np.shape(w)[1] != np.shape(prototypes)[1]:
+    raise ValueError(f"Expected w [K, D] and prototypes [C, D], got {np.shape(w)} and {np.shape(prototypes)}.")
+
+
+def extend_queries(w: Any, prototypes: Any) -> jnp.ndarray:
+  """[K + C, D]: the C prototypes appended as new queries with ids K..K+C-1; old ids keep their rows."""
+  _check_rows(w, prototypes)
+  w = jnp.asarray(w)
+  return jnp.concatenate([w, jnp.asarray(prototypes).astype(w.dtype)], axis=0)
+
+
+def replace_queries(w: Any, ids: Any, prototypes: Any) -> jnp.ndarray:
+  """[K, D]: rows `ids` (int [C]) replaced by the C prototypes; the other rows unchanged."""
+  _check_rows(w, prototypes)
+  if np.shape(ids) != (np.shape(prototypes)[0],):
+    raise ValueError(f"ids must have shape [C] = ({np.shape(prototypes)[0]},), got {np.shape(ids)}.")
+  if not isinstance(ids, jax.core.Tracer):
+    ids_np = np.asarray(ids)
+    if ids_np.size and (ids_np.min() < 0 or ids_np.max() >= np.shape(w)[0]):
+      raise ValueError(f"ids must be in [0, K={np.shape(w)[0]}), got min {ids_np.min()} max {ids_np.max()}.")
+    if len(np.unique(ids_np)) != ids_np.size:
+      raise ValueError(f"ids must be distinct, got {ids_np.tolist()}.")
+  w = jnp.asarray(w)
+  return w.at[jnp.asarray(ids)].set(jnp.asarray(prototypes).astype(w.dtype))
+
+
+def _duplicates(phrases: Sequence[str]) -> list[str]:
+  return sorted(p for p, n in collections.Counter(phrases).items() if n > 1)
+
+
+@dataclasses.dataclass
+class PhraseTable:
+  """K phrases and their query vectors [K, D] (row i is the embedding of phrases[i])."""
+  phrases: list[str]
+  vectors: Any
+  _device_vectors: Any = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+  def __post_init__(self):
+    self.phrases = list(self.phrases)
+    if np.ndim(self.vectors) != 2 or np.shape(self.vectors)[0] != len(self.phrases):
+      raise ValueError(f"PhraseTable needs vectors [K, D] with K = len(phrases) = {len(self.phrases)}, "
+                       f"got shape {np.shape(self.vectors)}.")
+    dups = _duplicates(self.phrases)
+    if dups:
+      raise ValueError(f"Duplicate phrases: {dups}.")
+
+  def __len__(self) -> int:
+    return len(self.phrases)
+
+  def lookup(self, x: Any, k: int = 3, method: str = "exact") -> list[list[tuple[str, float]]]:
+    """The k best (phrase, cosine score) pairs for each row of x [batch, D] (or one x [D]), best first."""
+    x = jnp.asarray(x)
+    if self._device_vectors is None:  # transfer W once, not on every lookup
+      self._device_vectors = jnp.asarray(self.vectors)
+    scores, ids = top_queries(x[None] if x.ndim == 1 else x, self._device_vectors, k, method=method)
+    scores, ids = np.asarray(scores), np.asarray(ids)
+    return [[(self.phrases[i], float(s)) for s, i in zip(row_s, row_i)] for row_s, row_i in zip(scores, ids)]
+
+  def extend(self, new_phrases: Sequence[str], prototypes: Any) -> PhraseTable:
+    """A new table with `new_phrases` appended (ids K..K+C-1), their vectors the `prototypes` [C, D]."""
+    new_phrases = list(new_phrases)
+    if np.ndim(prototypes) != 2 or np.shape(prototypes)[0] != len(new_phrases):
+      raise ValueError(f"extend needs prototypes [C, D] with C = len(new_phrases) = {len(new_phrases)}, "
+                       f"got shape {np.shape(prototypes)}.")
+    dups = sorted(set(new_phrases) & set(self.phrases)) or _duplicates(new_phrases)
+    if dups:
+      raise ValueError(f"Duplicate phrases (new phrases must be distinct and not in the table): {dups}.")
+    return PhraseTable(self.phrases + new_phrases, extend_queries(self.vectors, prototypes))

@@ -1,0 +1,82 @@
+"""S1 stage 1, the text generator: CNN -> 64-d x -> cosine softmax over K search queries (seed eq. 1).
+
+Each training example is (image, one of its queries drawn by weight). Training uses a sampled softmax
+(config.loss.softmax="sampled": `num_samples` shared negatives from a log-uniform proposal, log-Q corrected)
+so the cost of a step does not grow with K; "full" uses all K. Evaluation scores all K and reports how often
+the generated top phrases are true queries of the image: p@1, p@3 (precision of the top 3, the phrases S1
+uses) and r@10 (recall of the image's queries in the top 10).
+
+Config: data (+ query_* fields), model.image (ResNet), model.embed_dim (64), loss (softmax, num_samples,
+distribution, scale), eval.top_k.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from xmodal_jax.data.preprocess import normalize_images
+from xmodal_jax.models.text_generator import TextGenerator
+from xmodal_jax.objectives import sampled_softmax
+from xmodal_jax.serving import phrase_lookup
+from xmodal_jax.tasks.s1_base import S1TaskBase
+from xmodal_jax.train.runtime import Runtime
+
+
+class TextGeneratorTask(S1TaskBase):
+
+  def __init__(self, config, workdir):
+    super().__init__(config, workdir)
+    if config.loss.softmax not in ("sampled", "full"):
+      raise ValueError(f"config.loss.softmax={config.loss.softmax!r}; use 'sampled' or 'full'.")
+    for name in self.eval_splits:
+      self.annotations(name)
+    self.model = TextGenerator(self.backbone(), num_queries=len(self.queries), embed_dim=config.model.embed_dim)
+    self._top_fns = {}
+
+  def train_iterator(self, *, process_index, process_count):
+    notes = self.annotations("train")
+    return self.image_iterator(notes.images_with_queries(),
+                               lambda images, keys: {"labels": notes.sample_queries(images, keys)[:, 0]},
+                               process_index=process_index, process_count=process_count)
+
+  def loss_fn(self, params, batch, rng, step):
+    x, table = self.model.apply({"params": params}, normalize_images(batch["images"]))
+    w = table[:len(self.queries)]
+    cfg = self.config.loss
+    if cfg.softmax == "full":
+      return sampled_softmax.full_softmax_loss(x, w, batch["labels"], cfg.scale)
+    return sampled_softmax.sampled_softmax_loss(x, w, batch["labels"], rng, num_samples=cfg.num_samples,
+                                                scale=cfg.scale, distribution=cfg.distribution)
+
+  # ---- evaluation and phrase generation
+  def embed_images(self, params, images):
+    """uint8 images [batch, H, W, 3] -> x [batch, embed_dim]."""
+    return self.model.apply({"params": params}, normalize_images(images), method=TextGenerator.embed_image)
+
+  def top_phrases(self, params, images, k: int, method: str = "exact"):
+    """(cosine scores [batch, k], query ids [batch, k]) of the k nearest queries (seed: phrase generation)."""
+    x = self.embed_images(params, images)
+    w = self.model.apply({"params": params}, method=TextGenerator.query_table)
+    return phrase_lookup.top_queries(x, w, k, method=method)
+
+  def generate(self, params, images: np.ndarray, runtime: Runtime, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if k not in self._top_fns:  # one function object per k, so runtime.map_batches compiles it once
+      self._top_fns[k] = functools.partial(self.top_phrases, k=k)
+    return runtime.map_batches(self._top_fns[k], params, {"images": images}, self.config.eval.batch_size)
+
+  def evaluate(self, params, split, runtime):
+    k = max(10, int(self.config.eval.top_k))
+    _, top = self.generate(params, self.eval_images(split), runtime, k)
+    notes = self.annotations(split)
+    truth = notes.query_sets()
+    keep = [i for i, t in enumerate(truth) if t]
+    hits = np.asarray([[int(q) in truth[i] for q in top[i]] for i in keep], np.float32)
+    sizes = np.asarray([len(truth[i]) for i in keep], np.float32)
+    return {"p_at_1": 100.0 * float(hits[:, 0].mean()), "p_at_3": 100.0 * float(hits[:, :3].mean()),
+            "r_at_10": 100.0 * float(np.mean(hits[:, :10].sum(1) / sizes)), "images": float(len(keep))}
+
+  def format_results(self, metrics, split):
+    return (f"{split}: generated phrases vs the image's true queries ({int(metrics['images'])} images)\n"
+            "| p@1 | p@3 | r@10 |\n|---:|---:|---:|\n"
+            f"| {metrics['p_at_1']:.2f} | {metrics['p_at_3']:.2f} | {metrics['r_at_10']:.2f} |")

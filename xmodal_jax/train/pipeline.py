@@ -1,0 +1,134 @@
+"""Multi-stage runs (S1): an ordered list of stages, each an ordinary training run of the one trainer, or a
+job (a function, e.g. feature extraction), in subdirectories of one workdir.
+
+A pipeline config has `pipeline` (stage names, in order), `stages.<name>` (a full trainer config with a
+`task`, or a config with a `job`), and the sections every stage shares: `seed`, `data`, `mesh`. Those are
+copied into each stage, so `--config.data.source=...` changes every stage at once; anything else is
+overridden per stage, e.g. `--config.stages.text_generator.train.num_steps=100`.
+
+Layout: WORKDIR/config.json (the pipeline config), WORKDIR/<stage>/... (each stage's own run). A stage that
+finished is skipped on the next run; one that was interrupted resumes from its checkpoint; so the same
+command resumes the whole pipeline.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+
+from xmodal_jax import tasks
+
+SHARED_SECTIONS = ("seed", "data", "mesh")
+DONE_FILE = "stage_done.json"
+
+
+def is_pipeline(config: ml_collections.ConfigDict) -> bool:
+  return "pipeline" in config and "stages" in config
+
+
+def stage_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """The complete config of stage `name`: its own section plus the shared ones (unlocked copy)."""
+  if name not in config.stages:
+    raise ValueError(f"Stage {name!r} is not in config.stages ({sorted(config.stages.keys())}).")
+  stage = ml_collections.ConfigDict(config.stages[name].to_dict())
+  for section in SHARED_SECTIONS:
+    value = config[section]
+    stage[section] = ml_collections.ConfigDict(value.to_dict()) if isinstance(value, ml_collections.ConfigDict) \
+        else value
+  return stage
+
+
+def stage_dir(workdir: str, name: str) -> str:
+  return os.path.join(workdir, name)
+
+
+def load_pipeline_config(workdir: str) -> ml_collections.ConfigDict:
+  """The pipeline config a run in `workdir` was started with (for `xmodal classify` / serving)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: --workdir must be a pipeline run made by `xmodal train "
+                            "--config=configs/s1_*.py --workdir=...`.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def _tuples(value: Any) -> Any:
+  """JSON lists back to tuples (configs use tuples for shapes and names)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def _stage_finished(path: str, fingerprint: str) -> bool:
+  """True if the stage finished with this config; a stage that finished with another config (its own or an
+  earlier stage's changed) is moved aside to <path>.old so that it re-runs from scratch."""
+  done = os.path.join(path, DONE_FILE)
+  if not os.path.exists(done):
+    return False  # new, or interrupted: the trainer resumes from its checkpoint
+  with open(done) as f:
+    if json.load(f).get("config") == fingerprint:
+      return True
+  if jax.process_index() == 0:
+    old = path.rstrip("/") + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(path, old)
+    logging.warning("Stage %s finished with a different config (its own or an earlier stage's); moved it to %s "
+                    "and re-running it.", path, old)
+  return False
+
+
+def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int | None = None,
+                 only: tuple[str, ...] = ()) -> dict[str, Any]:
+  """Run the stages in order (skipping finished ones). Returns {stage: results} and a 'report' string.
+
+  stop_at_step applies to every training stage (like a preemption); `only` restricts to those stages.
+  """
+  from xmodal_jax.train import trainer  # noqa: PLC0415 (keeps TensorFlow-importing modules lazy)
+
+  for name in only:
+    if name not in config.pipeline:
+      raise ValueError(f"Unknown stage {name!r}; the pipeline has {tuple(config.pipeline)}.")
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
+  results: dict[str, Any] = {}
+  reports = []
+  fingerprint = ""
+  for name in config.pipeline:
+    cfg, path = stage_config(config, name), stage_dir(workdir, name)
+    # A stage's identity includes every earlier stage's config, so a change upstream re-runs what follows.
+    fingerprint = fingerprint + "\n" + cfg.to_json_best_effort(sort_keys=True)
+    if only and name not in only:
+      continue
+    if _stage_finished(path, fingerprint):
+      logging.info("Stage %s: finished earlier (%s); skipping.", name, path)
+      with open(os.path.join(path, DONE_FILE)) as f:
+        results[name] = json.load(f)["results"]
+      reports.append(f"== {name} (finished earlier) ==\n{results[name].get('report', '')}")
+      continue
+    logging.info("Stage %s -> %s", name, path)
+    start = time.time()
+    if "job" in cfg:
+      out = tasks.get_job(cfg.job)(config, workdir, name)
+    else:
+      out = trainer.train_and_evaluate(cfg, path, stop_at_step=stop_at_step)
+      out.pop("state", None)
+      if out["stopped_early"]:
+        results[name] = out
+        return {"stages": results, "stopped_early": True, "stage": name, "report": "\n\n".join(reports)}
+    out["seconds"] = time.time() - start
+    results[name] = out
+    reports.append(f"== {name} ==\n{out.get('report', '')}")
+    if jax.process_index() == 0:
+      with open(os.path.join(path, DONE_FILE), "w") as f:
+        json.dump({"config": fingerprint, "results": out}, f, indent=2, sort_keys=True, default=float)
+  return {"stages": results, "stopped_early": False, "report": "\n\n".join(r for r in reports if r)}
