@@ -82,3 +82,19 @@ def test_fusion_stage_without_features_names_the_fix(tmp_path):
   config = pipeline.stage_config(load_config("configs/s1_shapes.py:tiny"), "fusion")
   with pytest.raises(FileNotFoundError, match="run the features stage first"):
     FusionTask(config, str(tmp_path / "fusion"))
+
+
+def test_minilm_text_features_option(tiny_run):
+  from xmodal_jax.models import minilm
+  ok, reason = minilm.available()
+  if not ok:
+    pytest.skip(reason)
+  _, workdir, _ = tiny_run
+  config = load_config("configs/s1_shapes.py:tiny", "--config.mesh.shape=(2,4)",
+                       "--config.stages.features.text_embedding=minilm")
+  out = pipeline.run_pipeline(config, workdir, only=("features", "text_only"))
+  with np.load(os.path.join(workdir, "features", "val.npz")) as f:
+    assert f["text"].shape == (64, 384)
+    norms = np.linalg.norm(f["text"], axis=1)  # means of 3 unit vectors
+    assert np.all(norms <= 1 + 1e-5) and np.all(norms > 0.3)
+  assert "test/accuracy" in out["stages"]["text_only"]["metrics"]
