@@ -8,7 +8,8 @@ For each K, times (median of --steps runs after --warmup, block_until_ready) and
   sampled loss+grad   sampled_softmax_loss, grad w.r.t. (x, W); dense [K, D] grad of W     O(B S D) + O(K D) zeros
   full adamw step     the above + optax.adamw on W (W and the Adam state donated)          dense update: O(K D)
   sampled adamw step  likewise with the sampled loss                                      dense update: O(K D)
-  sampled sparse SGD  grad w.r.t. the gathered rows only, w.at[ids].add(-lr * g) in place  O(B S D), flat in K
+  sampled sparse Ada. grad w.r.t. the gathered rows only, row-wise Adagrad on them in place
+                      (train/sparse_rows.py, what config.loss.query_update="sparse_adagrad" runs)  O((B+S) D), flat in K
   top-k lookup        top_queries, exact (lax.top_k) vs approx (lax.approx_max_k), k=3, batch B and 1
 
 Memory is the compiled executable's `memory_analysis()`: `temp` = XLA scratch buffers; `total` = temp + arguments
@@ -34,6 +35,7 @@ import optax  # noqa: E402
 
 from xmodal_jax.objectives import sampled_softmax as ss  # noqa: E402
 from xmodal_jax.serving import phrase_lookup as pl  # noqa: E402
+from xmodal_jax.train import sparse_rows  # noqa: E402
 
 MB = 2.0 ** 20
 
@@ -97,8 +99,8 @@ def _bench_k(num_classes: int, args) -> list[dict]:
   full_adam = adam_step(lambda x, w, rng: full_loss(x, w))
   sampled_adam = adam_step(sampled_loss)
 
-  @functools.partial(jax.jit, donate_argnums=0)
-  def sparse_sgd(w, x, rng):
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def sparse_adagrad(w, accumulators, x, rng):
     ids, _ = ss.sample_candidates(rng, num_samples, num_classes)
     rows_ids = jnp.concatenate([labels, ids])
     rows = w[rows_ids]  # [B + S, D]: the only rows read or written
@@ -107,7 +109,8 @@ def _bench_k(num_classes: int, args) -> list[dict]:
       return ss.sampled_softmax_from_rows(x, rows[:batch], rows[batch:], labels, ids, num_classes=num_classes,
                                           scale=scale)
     (loss, _), (gx, g_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(x, rows)
-    return w.at[rows_ids].add(-lr * g_rows), loss, gx
+    w, accumulators = sparse_rows.row_adagrad_update(w, accumulators, rows_ids, g_rows, lr)
+    return w, accumulators, loss, gx
 
   rows = []
 
@@ -122,7 +125,7 @@ def _bench_k(num_classes: int, args) -> list[dict]:
   w = new_w()  # the previous one was donated
   add("sampled adamw step", sampled_adam, (w, opt.init(w), x, rng), feedback=2)
   w = new_w()
-  add("sampled sparse SGD step", sparse_sgd, (w, x, rng), feedback=1)
+  add("sampled sparse Adagrad step", sparse_adagrad, (w, jnp.full((num_classes,), 0.1), x, rng), feedback=2)
   w = new_w()
   for method in ("exact", "approx"):
     for b in (batch, 1):
@@ -159,7 +162,7 @@ def main() -> None:
   print()
   by = {(row["K"], row["name"]): row for row in rows}
   pairs = [("full loss+grad", "sampled loss+grad"), ("full adamw step", "sampled adamw step"),
-           ("full adamw step", "sampled sparse SGD step"), ("sampled adamw step", "sampled sparse SGD step")]
+           ("full adamw step", "sampled sparse Adagrad step"), ("sampled adamw step", "sampled sparse Adagrad step")]
   pairs += [(f"top-{args.topk} exact, batch {b}", f"top-{args.topk} approx, batch {b}") for b in (args.batch, 1)]
   print("| K | ratio | time | temp mem | total mem |")
   print("|---:|---|---:|---:|---:|")

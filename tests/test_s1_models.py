@@ -127,3 +127,45 @@ def test_shapes_annotations_queries_sorted_by_frequency_and_sampled_deterministi
   assert np.all(pairs[:, 0] != pairs[:, 1])
   assert all(set(p) <= notes.query_sets()[i] for i, p in enumerate(pairs.tolist()))
   assert notes.label_names == query_annotations.label_names(config.data) and np.all(notes.labels >= 0)
+
+
+def test_row_adagrad_update_matches_numpy_with_duplicate_rows():
+  from xmodal_jax.train.sparse_rows import row_adagrad_update
+  rng = np.random.default_rng(0)
+  table, acc = rng.normal(size=(10, 4)).astype(np.float32), np.full(10, 0.1, np.float32)
+  rows = np.array([3, 7, 3, 0, 3])
+  grads = rng.normal(size=(5, 4)).astype(np.float32)
+  new_table, new_acc = jax.jit(row_adagrad_update)(jnp.asarray(table), jnp.asarray(acc), jnp.asarray(rows),
+                                                   jnp.asarray(grads), 0.5)
+  want_t, want_a = table.copy(), acc.copy()
+  for r in np.unique(rows):
+    g = grads[rows == r].sum(0)
+    want_a[r] += np.mean(g ** 2)
+    want_t[r] -= 0.5 * g / np.sqrt(want_a[r] + 1e-10)
+  np.testing.assert_allclose(new_table, want_t, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(new_acc, want_a, rtol=1e-5)
+
+
+def test_sparse_query_update_touches_only_sampled_rows_on_a_2x4_mesh(tmp_path):
+  from xmodal_jax.train import pipeline, trainer
+  config = pipeline.stage_config(load_config(
+      "configs/s1_shapes.py:tiny", "--config.mesh.shape=(2,4)",
+      "--config.stages.text_generator.loss.query_update=sparse_adagrad",
+      "--config.stages.text_generator.loss.num_samples=8"), "text_generator")
+  setup = trainer.build(config, str(tmp_path))
+  state = setup.init_state(jax.random.PRNGKey(0))
+  shapes = [x.shape for x in jax.tree.leaves(state.opt_state)]
+  table_shape = state.params["queries"].shape
+  assert table_shape not in shapes  # no dense [K, D] optimiser moments for W
+  assert (table_shape[0],) in shapes  # one Adagrad accumulator per row
+  before = np.asarray(state.params["queries"])
+  step = trainer.make_train_step(setup)
+  data = setup.task.train_iterator(process_index=0, process_count=1)
+  first_bad = jnp.array(-1, jnp.int32)
+  batch = next(data)
+  state, first_bad, metrics = step(state, first_bad, sharding.global_batch_from_host(batch, setup.mesh))
+  assert int(first_bad) == -1 and np.isfinite(float(metrics["loss"]))
+  changed = np.flatnonzero(np.any(np.asarray(state.params["queries"]) != before, axis=1))
+  assert 0 < len(changed) <= len(batch["labels"]) + 8
+  assert set(np.asarray(batch["labels"]).tolist()) <= set(changed.tolist())
+  assert np.all(changed < len(setup.task.queries))  # padding rows are never touched

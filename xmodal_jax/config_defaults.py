@@ -115,7 +115,9 @@ def s1(source: str = "shapes", eval_splits: tuple[str, ...] = ("val", "test")) -
       softmax="sampled",          # sampled | full
       num_samples=64,             # shared negatives per step (sampled)
       distribution="log_uniform", # proposal over query ids (sorted by train frequency): log_uniform | uniform
-      scale=16.0))                # s in softmax(-s * d(x, w))
+      scale=16.0,                 # s in softmax(-s * d(x, w))
+      query_update="dense",       # dense (W in the optax chain) | sparse_adagrad (touched rows only: O(1) in K)
+      query_learning_rate=0.05))  # sparse_adagrad
   stages.text_generator.eval.top_k = 10
 
   stages.text_embedding = _s1_stage("s1_text_embedding", 1_000, 256, "val/assoc_r5")

@@ -6,14 +6,21 @@ so the cost of a step does not grow with K; "full" uses all K. Evaluation scores
 the generated top phrases are true queries of the image: p@1, p@3 (precision of the top 3, the phrases S1
 uses) and r@10 (recall of the image's queries in the top 10).
 
+With config.loss.query_update="sparse_adagrad", W is left out of the dense optimiser and only the rows a step
+gathered are updated (row-wise Adagrad, train/sparse_rows.py), so the whole step, not only the loss, costs the
+same for any K; "dense" (default) trains W with the same optax chain as every other parameter.
+
 Config: data (+ query_* fields), model.image (ResNet), model.embed_dim (64), loss (softmax, num_samples,
-distribution, scale), eval.top_k.
+distribution, scale, query_update, query_learning_rate), eval.top_k.
 """
 from __future__ import annotations
 
 import functools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 from xmodal_jax.data import shapes_world
 from xmodal_jax.data.preprocess import normalize_images
@@ -21,6 +28,7 @@ from xmodal_jax.models.text_generator import TextGenerator
 from xmodal_jax.objectives import sampled_softmax
 from xmodal_jax.serving import phrase_lookup
 from xmodal_jax.tasks.s1_base import S1TaskBase
+from xmodal_jax.train import sparse_rows
 from xmodal_jax.train.runtime import Runtime
 
 
@@ -30,6 +38,11 @@ class TextGeneratorTask(S1TaskBase):
     super().__init__(config, workdir)
     if config.loss.softmax not in ("sampled", "full"):
       raise ValueError(f"config.loss.softmax={config.loss.softmax!r}; use 'sampled' or 'full'.")
+    if config.loss.query_update not in ("dense", "sparse_adagrad"):
+      raise ValueError(f"config.loss.query_update={config.loss.query_update!r}; use 'dense' or 'sparse_adagrad'.")
+    if config.loss.query_update == "sparse_adagrad" and config.loss.softmax != "sampled":
+      raise ValueError("config.loss.query_update='sparse_adagrad' needs config.loss.softmax='sampled' (the full "
+                       "softmax touches every row of W).")
     for name in self.eval_splits:
       self.annotations(name)
     self.model = TextGenerator(self.backbone(), num_queries=len(self.queries), embed_dim=config.model.embed_dim)
@@ -49,6 +62,40 @@ class TextGeneratorTask(S1TaskBase):
       return sampled_softmax.full_softmax_loss(x, w, batch["labels"], cfg.scale)
     return sampled_softmax.sampled_softmax_loss(x, w, batch["labels"], rng, num_samples=cfg.num_samples,
                                                 scale=cfg.scale, distribution=cfg.distribution)
+
+  # ---- sparse updates of W (config.loss.query_update="sparse_adagrad"): step cost independent of K
+  def make_optimizer(self):
+    dense = super().make_optimizer()
+    if self.config.loss.query_update == "dense":
+      return dense
+    self._dense_tx = dense
+    return sparse_rows.exclude_table(dense, "queries")
+
+  def train_step(self, state, batch, rng):
+    if self.config.loss.query_update == "dense":
+      return super().train_step(state, batch, rng)
+    cfg, num_queries = self.config.loss, len(self.queries)
+    table, rest = state.params["queries"], sparse_rows.without(state.params, "queries")
+    labels = batch["labels"]
+    ids, _ = sampled_softmax.sample_candidates(rng, cfg.num_samples, num_queries, cfg.distribution)
+    images = normalize_images(batch["images"])
+
+    def loss_fn(rest, true_rows, sampled_rows):
+      x = self.model.apply({"params": {**rest, "queries": table}}, images, method=TextGenerator.embed_image)
+      return sampled_softmax.sampled_softmax_from_rows(x, true_rows, sampled_rows, labels, ids,
+                                                       num_classes=num_queries, scale=cfg.scale,
+                                                       distribution=cfg.distribution)
+
+    (loss, metrics), (g_rest, g_true, g_sampled) = jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True)(
+        rest, table[labels], table[ids])
+    updates, dense_state = self._dense_tx.update(g_rest, state.opt_state["dense"], rest)
+    table, accumulators = sparse_rows.row_adagrad_update(
+        table, state.opt_state["rows"], jnp.concatenate([labels, ids]), jnp.concatenate([g_true, g_sampled]),
+        cfg.query_learning_rate)
+    params = {**optax.apply_updates(rest, updates), "queries": table}
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm((g_rest, g_true, g_sampled)))
+    return state.replace(step=state.step + 1, params=params,
+                         opt_state={"dense": dense_state, "rows": accumulators}), metrics
 
   # ---- evaluation and phrase generation
   def embed_images(self, params, images):
