@@ -98,3 +98,23 @@ def test_minilm_text_features_option(tiny_run):
     norms = np.linalg.norm(f["text"], axis=1)  # means of 3 unit vectors
     assert np.all(norms <= 1 + 1e-5) and np.all(norms > 0.3)
   assert "test/accuracy" in out["stages"]["text_only"]["metrics"]
+
+
+def test_add_queries_from_prototypes_without_retraining(tiny_run):
+  from xmodal_jax.serving.s1_classifier import MultimodalClassifier
+  config, workdir, _ = tiny_run
+  model = MultimodalClassifier(config, workdir)
+  world = shapes_world.generate_split("test", 8, seed=0)
+  before = model.features(world.images)
+  k = len(model.queries)
+  model.add_queries(["my new concept"], [world.images[:4]])
+  after = model.features(world.images)
+  assert len(model.queries) == k + 1 and model.query_vectors.shape[0] == k + 1
+  assert model.query_table.shape[0] == k + 1
+  assert np.all(after["top_ids"][:4, 0] == k)  # the prototype's own images now generate the new phrase first
+  for i in range(4, 8):  # other images: the old phrases keep their ids and order (the new one may enter)
+    old = [q for q in after["top_ids"][i].tolist() if q != k]
+    assert old == before["top_ids"][i].tolist()[:len(old)]
+  assert model.classify(world.images[:1])[0]["phrases"][0][0] == "my new concept"
+  with pytest.raises(ValueError, match="already in the vocabulary"):
+    model.add_queries(["my new concept"], [world.images[:1]])

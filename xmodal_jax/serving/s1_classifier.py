@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image
 
 from xmodal_jax.data import preprocess, records
+from xmodal_jax.models.text_generator import TextGenerator
+from xmodal_jax.serving import phrase_lookup
 from xmodal_jax.train import pipeline
 
 
@@ -47,16 +49,21 @@ class MultimodalClassifier:
     spec = config.stages[features_stage]
     self.top_n, which = int(spec.top_n), spec.checkpoint
     self.generator = _restore(config, workdir, spec.generator, which)
-    self.queries: list[str] = self.generator.task.queries
+    self.queries: list[str] = list(self.generator.task.queries)
+    # W [K, 64]: the query vectors phrases are generated from (extended by `add_queries`).
+    self.query_vectors = np.asarray(self.generator.task.model.apply(
+        {"params": self.generator.params}, method=TextGenerator.query_table), np.float32)
     if spec.text_embedding == "minilm":
       from xmodal_jax.models import minilm  # noqa: PLC0415 (optional dependency)
-      self.query_table = minilm.MiniLMEncoder.load().embed(self.queries)
+      encoder = minilm.MiniLMEncoder.load()
+      self.embed_phrases = encoder.embed
     else:
       text = _restore(config, workdir, spec.text_embedding, which)
       if text.task.queries != self.queries:
         raise ValueError(f"Stages {spec.generator!r} and {spec.text_embedding!r} built different query vocabularies "
                          "(different data configs?); re-run the pipeline from scratch.")
-      self.query_table = text.task.query_embeddings(text.params, text.runtime)
+      self.embed_phrases = lambda phrases: text.task.embed_phrase_texts(text.params, phrases, text.runtime)
+    self.query_table = self.embed_phrases(self.queries)  # text embedding of every query [K, Dt]
     self.pixel = _restore(config, workdir, spec.pixel, which)
     self.label_names = tuple(self.pixel.task.label_names)
     self.fusion = _restore(config, workdir, fusion_stage, "latest") if fusion_stage else None
@@ -64,10 +71,35 @@ class MultimodalClassifier:
     shapes = str(config.data.source).startswith("shapes")
     self.resize_to = self.image_size if shapes else max(self.image_size, int(config.data.prepare_size))
 
+  def image_embeddings(self, images: np.ndarray) -> np.ndarray:
+    """uint8 [N, size, size, 3] -> the text generator's x [N, 64]."""
+    gen = self.generator
+    return gen.runtime.map_batches(gen.task.embed_images, gen.params, {"images": images},
+                                   gen.task.config.eval.batch_size)
+
+  def add_queries(self, phrases: Sequence[str], images: Sequence[np.ndarray]) -> None:
+    """New queries without retraining (seed eq. 2): query c gets the prototype phi_c = mean of the normalised
+    embeddings of its example images `images[c]` (uint8 [n_c, size, size, 3]); its text embedding comes from
+    the text model. Existing query ids are unchanged."""
+    if len(phrases) != len(images):
+      raise ValueError(f"add_queries: {len(phrases)} phrases but {len(images)} image sets.")
+    known = sorted(set(phrases) & set(self.queries))
+    if known or len(set(phrases)) != len(phrases):
+      raise ValueError(f"add_queries: phrases already in the vocabulary or repeated: {known or list(phrases)}.")
+    if any(len(batch) == 0 for batch in images):
+      raise ValueError("add_queries: every new phrase needs at least one example image.")
+    feats = self.image_embeddings(np.concatenate(images))
+    owner = np.repeat(np.arange(len(images)), [len(batch) for batch in images])
+    members = owner[None, :] == np.arange(len(images))[:, None]
+    prototypes = np.asarray(phrase_lookup.class_prototypes(feats, members), np.float32)
+    self.query_vectors = np.asarray(phrase_lookup.extend_queries(self.query_vectors, prototypes), np.float32)
+    self.query_table = np.concatenate([self.query_table, self.embed_phrases(list(phrases))]).astype(np.float32)
+    self.queries += list(phrases)
+
   def features(self, images: np.ndarray) -> dict[str, np.ndarray]:
     """uint8 [N, size, size, 3] -> {"text" [N, Dt], "pixel" [N, Dp], "top_ids" [N, n], "top_scores" [N, n]}."""
-    gen = self.generator
-    scores, ids = gen.task.generate(gen.params, images, gen.runtime, self.top_n)
+    scores, ids = (np.asarray(a) for a in phrase_lookup.top_queries(
+        self.image_embeddings(images), self.query_vectors, self.top_n))
     pixel = self.pixel.runtime.map_batches(self.pixel.task.embed_images, self.pixel.params, {"images": images},
                                            self.pixel.task.config.eval.batch_size)
     return {"text": self.query_table[ids].mean(axis=1).astype(np.float32), "pixel": pixel.astype(np.float32),

@@ -71,6 +71,11 @@ class TextEmbeddingTask(S1TaskBase):
     return runtime.map_batches(self.embed_phrases, params, {"ids": self.phrase_ids, "mask": self.phrase_mask},
                                self.config.eval.batch_size)
 
+  def embed_phrase_texts(self, params, phrases, runtime) -> np.ndarray:
+    """float32 [n, dim] for any phrases (n-grams unseen in training count as unknown)."""
+    ids, mask = self.ngrams.encode_batch(list(phrases), self.config.model.max_ngrams)
+    return runtime.map_batches(self.embed_phrases, params, {"ids": ids, "mask": mask}, self.config.eval.batch_size)
+
   def evaluate(self, params, split, runtime):
     table = self.query_embeddings(params, runtime)
     notes = self.annotations(split)
