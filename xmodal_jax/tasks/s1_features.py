@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from xmodal_jax.data import taxonomy
 from xmodal_jax.serving.s1_classifier import MultimodalClassifier
 from xmodal_jax.train import pipeline
 
@@ -49,4 +50,6 @@ def extract_features(config: ml_collections.ConfigDict, workdir: str, stage: str
                  f"{feats['text'].shape[1]}-d, pixel {feats['pixel'].shape[1]}-d, {time.time() - start:.1f}s; "
                  f"e.g. {[model.queries[i] for i in feats['top_ids'][0]]}")
     logging.info("Features: %s", lines[-1])
+    lines.append(taxonomy.format_distribution(taxonomy.class_distribution(notes.labels, notes.label_names),
+                                              header=f"{split} images"))
   return {"images": counts, "report": "\n".join(lines)}
