@@ -25,6 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   for name in ("text_generator", "pixel_embedding"):
     config.stages[name].train.update(num_steps=1_000, eval_every=500, checkpoint_every=500)
     config.stages[name].optimizer.update(learning_rate=1e-3, weight_decay=5e-4)
+  config.stages.text_generator.loss.num_samples = 256  # of ~1,200 queries
   if arg not in (None, ""):
     raise ValueError(f"configs/s1_flickr8k.py: unknown variant {arg!r}.")
   return config

@@ -50,8 +50,10 @@ def test_rerun_skips_finished_stages_and_config_change_reruns_downstream(tiny_ru
   assert "finished earlier" in again["report"]
   changed = load_config("configs/s1_shapes.py:tiny", "--config.mesh.shape=(2,4)",
                         "--config.stages.fusion.model.dropout_rate=0.5")
-  out = pipeline.run_pipeline(changed, workdir, only=("fusion",))
-  assert list(out["stages"]) == ["fusion"] and "finished earlier" not in out["report"]
+  out = pipeline.run_pipeline(changed, workdir)
+  rerun = [name for name in changed.pipeline if f"== {name} (finished earlier) ==" not in out["report"]]
+  assert rerun == ["fusion", "ablation"]  # the changed stage and the one that reads it, nothing else
+  assert os.path.isdir(os.path.join(workdir, "fusion.old"))
   with pytest.raises(ValueError, match="Unknown stage"):
     pipeline.run_pipeline(config, workdir, only=("nope",))
 

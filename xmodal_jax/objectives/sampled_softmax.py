@@ -18,8 +18,8 @@ by decreasing training frequency, so the log-uniform (Zipf) proposal is a good d
 Memory/compute caveat: the gradient of the sampled loss with respect to W touches only B + S rows, but
 `jax.grad` returns it as a dense [K, D] array, and a dense optimiser (e.g. `optax.adamw`) then updates all K
 rows: that part of a training step stays O(K). A step whose cost does not grow with K needs a sparse update of
-the gathered rows, e.g. `sampled_softmax_from_rows` + `w.at[ids].add(-lr * grad_rows)` (see
-`bench/s1_softmax.py`).
+the gathered rows: `sampled_softmax_from_rows` + `train/sparse_rows.row_adagrad_update`, which the text
+generator runs with config.loss.query_update="sparse_adagrad" (measured in `bench/s1_softmax.py`).
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ overridden per stage, e.g. `--config.stages.text_generator.train.num_steps=100`.
 
 Layout: WORKDIR/config.json (the pipeline config), WORKDIR/<stage>/... (each stage's own run). A stage that
 finished is skipped on the next run; one that was interrupted resumes from its checkpoint; so the same
-command resumes the whole pipeline.
+command resumes the whole pipeline. A stage whose config changed, or that reads (names in its config) a stage
+whose config changed, is moved to <stage>.old and re-run.
 """
 from __future__ import annotations
 
@@ -67,6 +68,24 @@ def _tuples(value: Any) -> Any:
   return value
 
 
+def _dependencies(stage: ml_collections.ConfigDict, earlier: dict[str, str]) -> list[str]:
+  """Earlier stages named by any string field (or tuple element) of `stage`, e.g. features.generator."""
+  found: list[str] = []
+
+  def visit(value):
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      for v in value.values():
+        visit(v)
+    elif isinstance(value, (tuple, list)):
+      for v in value:
+        visit(v)
+    elif isinstance(value, str) and value in earlier and value not in found:
+      found.append(value)
+
+  visit(stage)
+  return found
+
+
 def _stage_finished(path: str, fingerprint: str) -> bool:
   """True if the stage finished with this config; a stage that finished with another config (its own or an
   earlier stage's changed) is moved aside to <path>.old so that it re-runs from scratch."""
@@ -102,11 +121,14 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, stop_at_ste
       json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
   results: dict[str, Any] = {}
   reports = []
-  fingerprint = ""
+  fingerprints: dict[str, str] = {}
   for name in config.pipeline:
     cfg, path = stage_config(config, name), stage_dir(workdir, name)
-    # A stage's identity includes every earlier stage's config, so a change upstream re-runs what follows.
-    fingerprint = fingerprint + "\n" + cfg.to_json_best_effort(sort_keys=True)
+    # A stage's identity: its config plus those of the stages it reads (any field naming an earlier stage), so
+    # a change re-runs the stage and what depends on it, and nothing else.
+    fingerprint = "\n".join([cfg.to_json_best_effort(sort_keys=True)] +
+                            [fingerprints[d] for d in _dependencies(config.stages[name], fingerprints)])
+    fingerprints[name] = fingerprint
     if only and name not in only:
       continue
     if _stage_finished(path, fingerprint):
