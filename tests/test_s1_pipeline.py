@@ -1,6 +1,7 @@
 """S1 end to end on the tiny shapes config: every stage on a 2x4 mesh, resume/skip, features, classify CLI."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -86,12 +87,14 @@ def test_fusion_stage_without_features_names_the_fix(tmp_path):
     FusionTask(config, str(tmp_path / "fusion"))
 
 
-def test_minilm_text_features_option(tiny_run):
+def test_minilm_text_features_option(tiny_run, tmp_path):
   from xmodal_jax.models import minilm
   ok, reason = minilm.available()
   if not ok:
     pytest.skip(reason)
-  _, workdir, _ = tiny_run
+  _, shared, _ = tiny_run
+  workdir = str(tmp_path / "run")
+  shutil.copytree(shared, workdir)  # leave the shared run as it is for the other tests
   config = load_config("configs/s1_shapes.py:tiny", "--config.mesh.shape=(2,4)",
                        "--config.stages.features.text_embedding=minilm")
   out = pipeline.run_pipeline(config, workdir, only=("features", "text_only"))
@@ -100,6 +103,10 @@ def test_minilm_text_features_option(tiny_run):
     norms = np.linalg.norm(f["text"], axis=1)  # means of 3 unit vectors
     assert np.all(norms <= 1 + 1e-5) and np.all(norms > 0.3)
   assert "test/accuracy" in out["stages"]["text_only"]["metrics"]
+  # `fusion` was not re-run: its checkpoint no longer fits the features, and loading it says so.
+  from xmodal_jax.serving.s1_classifier import MultimodalClassifier
+  with pytest.raises(ValueError, match="Re-run the pipeline"):
+    MultimodalClassifier(config, workdir)
 
 
 def test_add_queries_from_prototypes_without_retraining(tiny_run):

@@ -7,6 +7,7 @@ stage's workdir, or an absolute path). Config: model.inputs, model.hidden, model
 """
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -40,8 +41,25 @@ class FusionTask(Task):
     self.model = FusionClassifier(len(self.label_names), hidden=tuple(config.model.hidden),
                                   dropout_rate=config.model.dropout_rate)
     self._dim = self.assemble(train).shape[1]
+    self._check_input_dim(workdir)
     for name in self.eval_splits:
       self.features(name)
+
+  def _check_input_dim(self, workdir: str) -> None:
+    """The classifier's input width is fixed when it is first trained; features rewritten since (e.g. with
+    another text embedding) would not fit its checkpoint: say so instead of failing inside the restore."""
+    path = os.path.join(workdir, "input_dim.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        trained = json.load(f)["input_dim"]
+      if trained != self._dim:
+        raise ValueError(f"{workdir} was trained on {trained}-d inputs but {self.features_dir} now holds "
+                         f"{self._dim}-d {'+'.join(self.inputs)} features (the features stage was re-run with another "
+                         "config). Re-run the pipeline (`xmodal train` re-runs the stages whose inputs changed).")
+    elif jax.process_index() == 0:
+      os.makedirs(workdir, exist_ok=True)
+      with open(path, "w") as f:
+        json.dump({"input_dim": self._dim, "inputs": list(self.inputs)}, f)
 
   def features(self, split: str) -> dict[str, np.ndarray]:
     if split not in self._features:
