@@ -9,8 +9,8 @@ One stage: `--stages=fusion`. Any field: `--config.stages.text_generator.train.n
 `--config.stages.features.text_embedding=minilm` (pretrained MiniLM text features).
 Variants: `:tiny` (seconds; tests), `:full` (ResNet-101-like backbone, 224 px: for accelerators, not run here).
 
-Expected (2-core CPU, ~25 min): 10-way test accuracy of fusion >= pixel-only; README.md has the measured
-ablation table.
+Expected (2-core CPU, ~16 min): 10-way test accuracy pixel-only ~92.8%, text-only ~26%, fusion ~92.7% (the
+seed's claim, fusion > pixel-only, does not hold here; README.md has the measured table and why).
 """
 import ml_collections
 
