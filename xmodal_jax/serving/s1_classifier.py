@@ -12,9 +12,8 @@ from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
-from PIL import Image
 
-from xmodal_jax.data import preprocess, records
+from xmodal_jax.data import prepared, preprocess, records
 from xmodal_jax.models.text_generator import TextGenerator
 from xmodal_jax.serving import phrase_lookup
 from xmodal_jax.train import pipeline
@@ -127,9 +126,5 @@ class MultimodalClassifier:
     out = np.empty((len(paths), self.image_size, self.image_size, 3), np.uint8)
     for row, path in enumerate(paths):
       image = records.load_image(path)  # errors name the file and the fix
-      h, w = image.shape[:2]
-      scale = self.resize_to / min(h, w)
-      size = (max(self.resize_to, round(w * scale)), max(self.resize_to, round(h * scale)))
-      image = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
-      out[row] = preprocess.center_crop(image, self.image_size)
+      out[row] = preprocess.center_crop(prepared.resize_shorter_side(image, self.resize_to), self.image_size)
     return out

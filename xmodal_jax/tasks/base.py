@@ -9,13 +9,15 @@ Tasks with unusual updates (GAN alternation, SCST sampling) override `train_step
 from __future__ import annotations
 
 import abc
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 
 from xmodal_jax.data import sources
+from xmodal_jax.data.iterator import EpochBatchIterator
 from xmodal_jax.train import optimizer as optimizer_lib
 from xmodal_jax.train.runtime import Runtime
 from xmodal_jax.train.state import TrainState
@@ -39,6 +41,7 @@ class Task(abc.ABC):
     self.config = config
     self.workdir = workdir
     self._splits: dict[str, sources.SplitData] = {}
+    self._eval_images: dict[str, np.ndarray] = {}
 
   @property
   def eval_splits(self) -> tuple[str, ...]:
@@ -52,6 +55,31 @@ class Task(abc.ABC):
     if name not in self._splits:
       self._splits[name] = sources.load_split(self.config.data, name)
     return self._splits[name]
+
+  def eval_images(self, name: str) -> np.ndarray:
+    """uint8 [N, size, size, 3] centre crops of the whole split `name` (decoded once)."""
+    if name not in self._eval_images:
+      data = self.split(name)
+      self._eval_images[name] = data.load_images(np.arange(len(data)), self.config.data.image_size)
+    return self._eval_images[name]
+
+  def image_iterator(self, rows: np.ndarray, targets: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]],
+                     *, process_index: int, process_count: int) -> EpochBatchIterator:
+    """Training batches over the train images `rows`: random crops (+ flips) as "images", plus
+    `targets(image indices, keys)` (e.g. labels, a caption or queries drawn from the keys)."""
+    cfg = self.config.data
+    data = self.split("train")
+    if len(rows) == 0:
+      raise ValueError(f"No usable train image in {cfg.source} for config.task={self.config.task!r}: nothing to train "
+                       "on (S1 stages: no labels or queries; check the config.data query / taxonomy fields).")
+
+    def load(indices, keys):
+      images = rows[indices]
+      return {"images": data.load_images(images, cfg.image_size, keys=keys, flip=cfg.flip), **targets(images, keys)}
+
+    return EpochBatchIterator(len(rows), self.config.train.batch_size, load, seed=self.config.seed,
+                              process_index=process_index, process_count=process_count,
+                              num_threads=cfg.num_threads, prefetch=cfg.prefetch)
 
   @abc.abstractmethod
   def train_iterator(self, *, process_index: int, process_count: int) -> CheckpointableIterator:

@@ -30,7 +30,6 @@ class VSEPPTask(Task):
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     super().__init__(config, workdir)
-    self._eval_images: dict[str, np.ndarray] = {}
     self._tokens: dict[str, TokenizedCaptions] = {}
     self.tokenizer = self._load_or_build_tokenizer()
     for name in self.eval_splits:  # fail now, not after training, if an eval split is missing
@@ -64,17 +63,12 @@ class VSEPPTask(Task):
   def train_iterator(self, *, process_index: int, process_count: int) -> EpochBatchIterator:
     data, toks = self.split("train"), self.tokens("train")
 
-    cfg = self.config.data
+    def targets(indices: np.ndarray, keys: np.ndarray) -> dict[str, np.ndarray]:
+      rows = toks.sample_one_per_image(indices, keys)  # one caption per image, drawn from its key
+      return {"tokens": toks.tokens[rows], "mask": toks.mask[rows], "image_ids": data.image_ids[indices]}
 
-    def load(indices: np.ndarray, keys: np.ndarray) -> dict[str, np.ndarray]:
-      rows = toks.sample_one_per_image(indices, keys)
-      images = data.load_images(indices, cfg.image_size, keys=keys, flip=cfg.flip)
-      return {"images": images, "tokens": toks.tokens[rows], "mask": toks.mask[rows],
-              "image_ids": data.image_ids[indices]}
-
-    return EpochBatchIterator(len(data), self.config.train.batch_size, load, seed=self.config.seed,
-                              process_index=process_index, process_count=process_count,
-                              num_threads=cfg.num_threads, prefetch=cfg.prefetch)
+    return self.image_iterator(np.arange(len(data)), targets, process_index=process_index,
+                               process_count=process_count)
 
   # ---- model and objective
   def init_params(self, rng: jax.Array):
@@ -103,10 +97,7 @@ class VSEPPTask(Task):
     """(image embeddings [N, D], caption embeddings [M, D]) of a split, in split order."""
     bs = self.config.eval.batch_size
     toks = self.tokens(name)
-    if name not in self._eval_images:  # centre crops of the whole split, decoded once
-      data = self.split(name)
-      self._eval_images[name] = data.load_images(np.arange(len(data)), self.config.data.image_size)
-    images = runtime.map_batches(self._embed_images, params, {"images": self._eval_images[name]}, bs)
+    images = runtime.map_batches(self._embed_images, params, {"images": self.eval_images(name)}, bs)
     texts = runtime.map_batches(self._embed_texts, params, {"tokens": toks.tokens, "mask": toks.mask}, bs)
     return images, texts
 
