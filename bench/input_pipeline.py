@@ -1,7 +1,7 @@
 r"""Benchmark: input pipeline throughput (images/s) vs what training consumes.
 
-  python bench/input_pipeline.py                                  # configs/vsepp_flickr8k.py, its real data
-  python bench/input_pipeline.py --config=configs/vsepp_shapes.py --batches=50
+  python bench/input_pipeline.py                                  # configs/retrieval/vsepp_flickr8k.py, its real data
+  python bench/input_pipeline.py --config=configs/retrieval/vsepp_shapes.py --batches=50
   python bench/input_pipeline.py --train_steps=10                 # also time the train step (consumption)
 
 Measures, on this machine:
@@ -25,7 +25,7 @@ sys.path.insert(0, REPO)
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", default="configs/vsepp_flickr8k.py")
+  parser.add_argument("--config", default="configs/retrieval/vsepp_flickr8k.py")
   parser.add_argument("--batches", type=int, default=30)
   parser.add_argument("--train_steps", type=int, default=0)
   args, overrides = parser.parse_known_args()
@@ -55,7 +55,8 @@ def main() -> None:
     print(f"  raw decode of source JPEGs ({size[0]}x{size[1]}), 1 thread: {len(files) / dt:8.1f} images/s")
 
   workdir = f"/tmp/xmodal_bench_input_{os.getpid()}"
-  task = tasks.get_task_class(config.task)(config, workdir)
+  task = tasks.create(config, workdir)
+  task.setup(training=True)
   iterator = task.train_iterator(process_index=0, process_count=1)
   next(iterator)  # start-up (threads, first epoch permutation)
   t0 = time.perf_counter()
@@ -69,17 +70,17 @@ def main() -> None:
   if args.train_steps:
     import jax
     from xmodal_jax.train import sharding, trainer
-    setup = trainer.build(config, workdir)
+    setup = trainer.build(task)
     step_fn = trainer.make_train_step(setup)
     state = setup.init_state(jax.random.PRNGKey(0))
     first_bad = jax.numpy.array(-1, jax.numpy.int32)
     batches = [sharding.global_batch_from_host(next(iterator), setup.mesh) for _ in range(args.train_steps + 3)]
     for b in batches[:3]:  # compile + warm-up
-      state, first_bad, metrics = step_fn(state, first_bad, b)
+      state, first_bad, metrics = step_fn(state, setup.frozen, first_bad, b)
     jax.block_until_ready(metrics)
     t0 = time.perf_counter()
     for b in batches[3:]:
-      state, first_bad, metrics = step_fn(state, first_bad, b)
+      state, first_bad, metrics = step_fn(state, setup.frozen, first_bad, b)
     jax.block_until_ready(metrics)
     consumed = args.train_steps * config.train.batch_size / (time.perf_counter() - t0)
     print(f"  train step consumes:                                  {consumed:8.1f} images/s "

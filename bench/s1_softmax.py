@@ -28,14 +28,14 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+import optax  # pylint: disable=wrong-import-position
 
-from xmodal_jax.objectives import sampled_softmax as ss  # noqa: E402
-from xmodal_jax.serving import phrase_lookup as pl  # noqa: E402
-from xmodal_jax.train import sparse_rows  # noqa: E402
+from xmodal_jax.objectives import sampled_softmax as ss  # pylint: disable=wrong-import-position
+from xmodal_jax.serving import phrase_lookup as pl  # pylint: disable=wrong-import-position
+from xmodal_jax.train import sparse_rows  # pylint: disable=wrong-import-position
 
 MB = 2.0 ** 20
 

@@ -1,7 +1,7 @@
 r"""Benchmark: compile time and training throughput of a config's jitted train step.
 
   python bench/train_step.py                                   # default config, 1 device and 8 fake devices
-  python bench/train_step.py --config=configs/vsepp_shapes.py:tiny --steps=5
+  python bench/train_step.py --config=configs/retrieval/vsepp_shapes.py:tiny --steps=5
   python bench/train_step.py --meshes=1:1x1,8:2x4,8:8x1 -- --config.train.batch_size=256
 
 Each setting runs in its own process (XLA_FLAGS must be set before JAX starts). On a CPU host, "8 fake
@@ -26,6 +26,7 @@ def _worker(config_path: str, mesh: str, steps: int, warmup: int, overrides: lis
   from absl import flags
   from ml_collections import config_flags
 
+  from xmodal_jax import tasks
   from xmodal_jax.train import sharding, trainer
 
   argv = ["bench", f"--config={config_path}", f"--config.mesh.shape=({mesh.replace('x', ',')})", *overrides]
@@ -38,21 +39,23 @@ def _worker(config_path: str, mesh: str, steps: int, warmup: int, overrides: lis
   if "data.num_train" not in " ".join(overrides):
     config.data.num_train = min(config.data.num_train, needed)
   workdir = f"/tmp/xmodal_bench_{os.getpid()}"
-  setup = trainer.build(config, workdir)
+  setup = trainer.build(tasks.create(config, workdir))
   step_fn = trainer.make_train_step(setup)
   state = setup.init_state(jax.random.PRNGKey(config.seed))
   data = setup.task.train_iterator(process_index=0, process_count=1)
   first_bad = jax.numpy.array(-1, jax.numpy.int32)
   batch = sharding.global_batch_from_host(next(data), setup.mesh)
   t0 = time.perf_counter()
-  compiled = step_fn.lower(state, first_bad, batch).compile()
+  compiled = step_fn.lower(state, setup.frozen, first_bad, batch).compile()
   compile_s = time.perf_counter() - t0
   for _ in range(warmup):  # first executions fault in buffers; not representative of steady state
-    state, first_bad, metrics = compiled(state, first_bad, sharding.global_batch_from_host(next(data), setup.mesh))
+    state, first_bad, metrics = compiled(state, setup.frozen, first_bad,
+                                         sharding.global_batch_from_host(next(data), setup.mesh))
   jax.block_until_ready(metrics)
   t0 = time.perf_counter()
   for _ in range(steps):
-    state, first_bad, metrics = compiled(state, first_bad, sharding.global_batch_from_host(next(data), setup.mesh))
+    state, first_bad, metrics = compiled(state, setup.frozen, first_bad,
+                                         sharding.global_batch_from_host(next(data), setup.mesh))
   jax.block_until_ready(metrics)
   elapsed = time.perf_counter() - t0
   return {"devices": jax.device_count(), "mesh": dict(setup.mesh.shape), "batch": config.train.batch_size,
@@ -62,7 +65,7 @@ def _worker(config_path: str, mesh: str, steps: int, warmup: int, overrides: lis
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", default="configs/vsepp_shapes.py")
+  parser.add_argument("--config", default="configs/retrieval/vsepp_shapes.py")
   parser.add_argument("--meshes", default="1:1x1,8:2x4", help="comma list of DEVICES:DATAxMODEL")
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--warmup", type=int, default=5)

@@ -9,7 +9,7 @@ from absl import flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(path: str = "configs/vsepp_shapes.py:tiny", *overrides: str):
+def load_config(path: str = "configs/retrieval/vsepp_shapes.py:tiny", *overrides: str):
   """Parse a config file + `--config.x=y` overrides exactly as the CLI does (locked: unknown keys fail)."""
   file_part, _, variant = path.partition(":")
   spec = os.path.join(REPO, file_part) + (f":{variant}" if variant else "")
@@ -18,3 +18,9 @@ def load_config(path: str = "configs/vsepp_shapes.py:tiny", *overrides: str):
   config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True, sys_argv=argv)
   flag_values(argv)
   return flag_values.config
+
+
+def make_task(config, workdir):
+  """The task of `config` in `workdir`, as the command line builds it."""
+  from xmodal_jax import tasks
+  return tasks.create(config, str(workdir))

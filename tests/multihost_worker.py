@@ -28,11 +28,11 @@ def main() -> None:
                                process_id=args.process_id)
   import numpy as np
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from tests.helpers import load_config
+  from tests.helpers import load_config, make_task
   from xmodal_jax.train import trainer
-  config = load_config("configs/vsepp_shapes.py:tiny", "--config.train.num_steps=4",
-                       "--config.train.eval_every=0", "--config.train.checkpoint_every=2")
-  results = trainer.train_and_evaluate(config, args.workdir, stop_at_step=args.stop_at_step)
+  config = load_config("configs/retrieval/vsepp_shapes.py:tiny", "--config.train.num_steps=4",
+                       "--config.evals.val.every=0", "--config.train.checkpoint_every=2")
+  results = trainer.train_and_evaluate(make_task(config, args.workdir), stop_at_step=args.stop_at_step)
   params = jax.tree.leaves(results["state"].params)
   checksum = float(sum(np.abs(np.asarray(p, np.float64)).sum() for p in params))
   print("RESULT " + json.dumps({"process": jax.process_index(), "processes": jax.process_count(),

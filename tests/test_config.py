@@ -6,15 +6,15 @@ from xmodal_jax import tasks
 
 
 def test_default_and_tiny_variants_parse():
-  default = load_config("configs/vsepp_shapes.py")
-  tiny = load_config("configs/vsepp_shapes.py:tiny")
+  default = load_config("configs/retrieval/vsepp_shapes.py")
+  tiny = load_config("configs/retrieval/vsepp_shapes.py:tiny")
   assert default.task == "vsepp" and default.data.num_test == 1000
   assert tiny.train.num_steps < default.train.num_steps
   assert default.task in tasks.available_tasks()
 
 
 def test_overrides_of_nested_fields_and_tuples():
-  config = load_config("configs/vsepp_shapes.py:tiny", "--config.train.batch_size=16",
+  config = load_config("configs/retrieval/vsepp_shapes.py:tiny", "--config.train.batch_size=16",
                        "--config.mesh.shape=(2,4)", "--config.loss.max_violation=False",
                        "--config.optimizer.learning_rate=0.5")
   assert config.train.batch_size == 16
@@ -25,19 +25,44 @@ def test_overrides_of_nested_fields_and_tuples():
 
 def test_unknown_key_is_an_error():
   with pytest.raises(Exception, match="nonexistent_field"):
-    load_config("configs/vsepp_shapes.py:tiny", "--config.train.nonexistent_field=3")
+    load_config("configs/retrieval/vsepp_shapes.py:tiny", "--config.train.nonexistent_field=3")
 
 
 def test_wrong_type_is_an_error():
   with pytest.raises(Exception):
-    load_config("configs/vsepp_shapes.py:tiny", "--config.train.batch_size=many")
+    load_config("configs/retrieval/vsepp_shapes.py:tiny", "--config.train.batch_size=many")
 
 
 def test_unknown_variant_is_an_error():
   with pytest.raises(Exception, match="unknown variant"):
-    load_config("configs/vsepp_shapes.py:huge")
+    load_config("configs/retrieval/vsepp_shapes.py:huge")
 
 
 def test_unknown_task_names_the_choices():
   with pytest.raises(ValueError, match="available tasks"):
     tasks.get_task_class("no_such_task")
+
+
+CONFIG_FILES = ("configs/retrieval/vsepp_shapes.py", "configs/retrieval/vsepp_shapes.py:tiny",
+                "configs/retrieval/vsepp_flickr8k.py", "configs/retrieval/vsepp_coco.py",
+                "configs/s1/shapes.py", "configs/s1/shapes.py:tiny", "configs/s1/shapes.py:full", "configs/s1/flickr8k.py")
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES)
+def test_every_config_parses_and_names_known_tasks_and_evaluators(path):
+  import glob
+  import os
+
+  from tests.helpers import REPO
+  from xmodal_jax.evaluation import evaluator
+  from xmodal_jax.train import stages as stages_lib
+  listed = {p.partition(":")[0] for p in CONFIG_FILES}
+  on_disk = {os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "*", "*.py"))
+             if not p.endswith("common.py")}
+  assert on_disk == listed, "a config file is missing from CONFIG_FILES"
+  config = load_config(path)
+  runs = ([stages_lib.stage_config(config, n) for n in config.pipeline if "task" in config.stages[n]]
+          if stages_lib.is_pipeline(config) else [config])
+  for run in runs:
+    assert run.task in tasks.available_tasks()
+    assert evaluator.create_all(run.evals), f"{path}: no evaluator"

@@ -114,7 +114,7 @@ def test_classification_metrics_by_hand():
 
 
 def test_shapes_annotations_queries_sorted_by_frequency_and_sampled_deterministically():
-  config = load_config("configs/s1_shapes.py:tiny")
+  config = load_config("configs/s1/shapes.py:tiny")
   train = sources.load_split(config.data, "train")
   vocab = query_annotations.query_vocabulary(config.data, train)
   notes = query_annotations.annotate(config.data, train, vocab)
@@ -147,12 +147,13 @@ def test_row_adagrad_update_matches_numpy_with_duplicate_rows():
 
 
 def test_sparse_query_update_touches_only_sampled_rows_on_a_2x4_mesh(tmp_path):
-  from xmodal_jax.train import pipeline, trainer
-  config = pipeline.stage_config(load_config(
-      "configs/s1_shapes.py:tiny", "--config.mesh.shape=(2,4)",
+  from tests.helpers import make_task
+  from xmodal_jax.train import stages, trainer
+  config = stages.stage_config(load_config(
+      "configs/s1/shapes.py:tiny", "--config.mesh.shape=(2,4)",
       "--config.stages.text_generator.loss.query_update=sparse_adagrad",
       "--config.stages.text_generator.loss.num_samples=8"), "text_generator")
-  setup = trainer.build(config, str(tmp_path))
+  setup = trainer.build(make_task(config, tmp_path))
   state = setup.init_state(jax.random.PRNGKey(0))
   shapes = [x.shape for x in jax.tree.leaves(state.opt_state)]
   table_shape = state.params["queries"].shape
@@ -163,7 +164,7 @@ def test_sparse_query_update_touches_only_sampled_rows_on_a_2x4_mesh(tmp_path):
   data = setup.task.train_iterator(process_index=0, process_count=1)
   first_bad = jnp.array(-1, jnp.int32)
   batch = next(data)
-  state, first_bad, metrics = step(state, first_bad, sharding.global_batch_from_host(batch, setup.mesh))
+  state, first_bad, metrics = step(state, setup.frozen, first_bad, sharding.global_batch_from_host(batch, setup.mesh))
   assert int(first_bad) == -1 and np.isfinite(float(metrics["loss"]))
   changed = np.flatnonzero(np.any(np.asarray(state.params["queries"]) != before, axis=1))
   assert 0 < len(changed) <= len(batch["labels"]) + 8

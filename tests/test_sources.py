@@ -34,7 +34,7 @@ def _caption_folder(root, n_train=6, n_val=3):
 
 
 def _data_config(tmp_path, source, **overrides):
-  config = load_config("configs/vsepp_shapes.py:tiny").data
+  config = load_config("configs/retrieval/vsepp_shapes.py:tiny").data
   with config.unlocked():
     config.update(dict(source=source, prepare_size=24, image_size=24, prepared_dir=str(tmp_path / "prepared")),
                   **overrides)
@@ -138,14 +138,15 @@ def test_bad_line_fails_with_file_and_line_unless_skip_bad(tmp_path):
 
 
 def test_trainer_runs_on_a_folder_source(tmp_path):
+  from tests.helpers import make_task
   from xmodal_jax.train import trainer
   _caption_folder(str(tmp_path / "data"), n_train=16, n_val=8)
-  config = load_config("configs/vsepp_shapes.py:tiny", f"--config.data.source=folder:{tmp_path / 'data'}",
+  config = load_config("configs/retrieval/vsepp_shapes.py:tiny", f"--config.data.source=folder:{tmp_path / 'data'}",
                        f"--config.data.prepared_dir={tmp_path / 'prepared'}", "--config.data.prepare_size=24",
                        "--config.data.image_size=24", "--config.data.flip=True", "--config.train.batch_size=8",
-                       "--config.train.num_steps=3", "--config.eval.batch_size=8", "--config.eval.splits=('val',)",
+                       "--config.train.num_steps=3", "--config.evals.val.batch_size=8", "--config.evals.test.at_end=False",
                        "--config.data.tokenizer=sentencepiece", "--config.data.vocab_size=40",
-                       "--config.train.eval_every=0")
-  results = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+                       "--config.evals.val.every=0")
+  results = trainer.train_and_evaluate(make_task(config, tmp_path / "run"))
   assert results["step"] == 3 and 0 <= results["metrics"]["val/i2t_r10"] <= 100
   assert os.path.exists(tmp_path / "run" / "tokenizer.json")

@@ -1,9 +1,9 @@
 r"""The `xmodal` command line.
 
-  xmodal train --config=configs/vsepp_shapes.py --workdir=DIR [--config.FIELD=VALUE ...]
-  xmodal eval  --config=configs/vsepp_shapes.py --workdir=DIR [--split=test] [--checkpoint=best]
+  xmodal train --config=configs/retrieval/vsepp_shapes.py --workdir=DIR [--config.FIELD=VALUE ...]
+  xmodal eval  --config=configs/retrieval/vsepp_shapes.py --workdir=DIR [--split=test] [--checkpoint=best]
   xmodal prepare --source=folder:PATH|karpathy:JSON:IMAGE_ROOT --out=DIR [--image_size=256] [--skip_bad]
-  xmodal classify --workdir=DIR IMAGE [IMAGE ...]      (a finished S1 pipeline run, e.g. configs/s1_shapes.py)
+  xmodal classify --workdir=DIR IMAGE [IMAGE ...]      (a finished S1 pipeline run, e.g. configs/s1/shapes.py)
 
 Multi-stage configs (S1: `pipeline` + `stages`) run their stages in order in WORKDIR/<stage>; finished stages
 are skipped, so the same command resumes; `--stages=a,b` runs only those.
@@ -26,7 +26,7 @@ COMMANDS = ("train", "eval", "prepare", "classify")
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and results.")
-flags.DEFINE_list("split", None, "eval: splits to evaluate (default: the task's eval splits).")
+flags.DEFINE_list("split", None, "eval: only the evaluators of these splits (default: all of config.evals).")
 flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "eval: which checkpoint to restore.")
 flags.DEFINE_integer("stop_at_step", None, "train: stop (after checkpointing) at this step, as a preemption would.")
 flags.DEFINE_bool("multihost", False, "Initialise jax.distributed (one process per host).")
@@ -69,15 +69,17 @@ def main(argv: list[str]) -> None:
   import jax  # after absl parsed flags, so XLA/JAX flags from the environment apply
   if FLAGS.multihost:
     jax.distributed.initialize()
-  from xmodal_jax.train import trainer
   logging.info("JAX %s: %d process(es), %d device(s): %s", jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].device_kind)
-  from xmodal_jax.train import pipeline
-  if pipeline.is_pipeline(FLAGS.config):
+  from xmodal_jax.train import stages
+  if stages.is_pipeline(FLAGS.config):
     _run_pipeline(argv[1], FLAGS.config)
     return
+  from xmodal_jax import tasks
+  from xmodal_jax.train import trainer
+  task = tasks.create(FLAGS.config, FLAGS.workdir)
   if argv[1] == "train":
-    results = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, stop_at_step=FLAGS.stop_at_step)
+    results = trainer.train_and_evaluate(task, stop_at_step=FLAGS.stop_at_step)
     if results["stopped_early"]:
       print(f"Stopped at step {results['step']}; rerun the same command to resume.")
     else:
@@ -85,14 +87,13 @@ def main(argv: list[str]) -> None:
       print(f"Done: {results['step']} steps in {results['train_seconds']:.0f}s (+{results['eval_seconds']:.0f}s "
             f"eval). Results: {FLAGS.workdir}/results.json; TensorBoard: tensorboard --logdir {FLAGS.workdir}")
   else:
-    results = trainer.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, splits=tuple(FLAGS.split or ()) or None,
-                                          which=FLAGS.checkpoint)
+    results = trainer.evaluate_checkpoint(task, splits=tuple(FLAGS.split or ()) or None, which=FLAGS.checkpoint)
     print(results["report"])
     print("metrics: " + json.dumps({"step": results["step"], **results["metrics"]}, sort_keys=True))
 
 
 def _run_pipeline(command: str, config) -> None:
-  from xmodal_jax.train import pipeline, trainer
+  from xmodal_jax import pipeline
   only = tuple(FLAGS.stages or ())
   if command == "train":
     results = pipeline.run_pipeline(config, FLAGS.workdir, stop_at_step=FLAGS.stop_at_step, only=only)
@@ -102,11 +103,8 @@ def _run_pipeline(command: str, config) -> None:
     else:
       print(f"Done: stages in {FLAGS.workdir}/<stage>; TensorBoard: tensorboard --logdir {FLAGS.workdir}")
     return
-  for name in config.pipeline:
-    if (only and name not in only) or "job" in config.stages[name]:
-      continue
-    results = trainer.evaluate_checkpoint(pipeline.stage_config(config, name), pipeline.stage_dir(FLAGS.workdir, name),
-                                          splits=tuple(FLAGS.split or ()) or None, which=FLAGS.checkpoint)
+  for name, results in pipeline.evaluate_pipeline(config, FLAGS.workdir, only=only,
+                                                  splits=tuple(FLAGS.split or ()) or None, which=FLAGS.checkpoint):
     print(f"== {name} ==\n{results['report']}")
     print("metrics: " + json.dumps({"stage": name, "step": results["step"], **results["metrics"]}, sort_keys=True))
 
@@ -114,9 +112,8 @@ def _run_pipeline(command: str, config) -> None:
 def _classify(paths: list[str]) -> None:
   if not FLAGS.workdir or not paths:
     raise app.UsageError("usage: xmodal classify --workdir=DIR IMAGE [IMAGE ...] (DIR: a finished S1 pipeline run)")
-  from xmodal_jax.serving.s1_classifier import MultimodalClassifier
-  from xmodal_jax.train import pipeline
-  model = MultimodalClassifier(pipeline.load_pipeline_config(FLAGS.workdir), FLAGS.workdir, mesh_shape=(-1, 1))
+  from xmodal_jax.tasks.s1.classifier import MultimodalClassifier
+  model = MultimodalClassifier.from_workdir(FLAGS.workdir, mesh_shape=(-1, 1))
   for path, result in zip(paths, model.classify(model.load_image_files(paths))):
     if FLAGS.json:
       print(json.dumps({"image": path, **result}))

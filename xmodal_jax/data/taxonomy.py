@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from xmodal_jax.data.text import normalize_caption
+from xmodal_jax.evaluation import tables
 
 DROPPED = "(dropped)"
 
@@ -90,8 +91,6 @@ def class_distribution(labels: np.ndarray, names: Sequence[str]) -> dict[str, in
 def format_distribution(distribution: Mapping[str, int], header: str = "images") -> str:
   """A markdown table: class | count | % of all images (dropped included)."""
   total = sum(distribution.values())
-  rows = [f"| class | {header} | % |", "|---|---:|---:|"]
-  for name, count in distribution.items():
-    rows.append(f"| {name} | {count} | {100 * count / max(total, 1):.1f} |")
-  rows.append(f"| total | {total} | 100.0 |")
-  return "\n".join(rows)
+  rows = [[name, count, 100 * count / max(total, 1)] for name, count in distribution.items()]
+  rows.append(["total", total, 100.0])
+  return tables.markdown_table(["class", header, "%"], rows, floatfmt=".1f")

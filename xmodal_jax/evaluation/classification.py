@@ -1,7 +1,10 @@
-"""Classification metrics: accuracy and mean per-class accuracy (balanced accuracy), and their table."""
+"""Classification: accuracy and mean per-class accuracy (balanced accuracy), and their evaluator."""
 from __future__ import annotations
 
 import numpy as np
+
+from xmodal_jax.evaluation import evaluator as evaluator_lib
+from xmodal_jax.evaluation import tables
 
 
 def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
@@ -19,7 +22,25 @@ def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_clas
 
 
 def format_classification_table(metrics: dict[str, float], title: str = "") -> str:
-  head = f"{title}\n" if title else ""
-  return (head + "| accuracy | mean class accuracy | images |\n|---:|---:|---:|\n"
-          f"| {metrics['accuracy']:.2f} | {metrics['mean_class_accuracy']:.2f} | {int(metrics['count'])} |")
+  return tables.markdown_table(["accuracy", "mean class accuracy", "images"],
+                               [[metrics["accuracy"], metrics["mean_class_accuracy"], int(metrics["count"])]],
+                               title=title)
 
+
+@evaluator_lib.register
+class ClassificationEvaluator(evaluator_lib.Evaluator):
+  """Argmax of the task's `classify` predict function (logits or probabilities [N, C]) against
+  EvalData.labels; unlabelled images (label -1) are left out."""
+  TYPE = "classification"
+  DEFAULTS = dict(classify="classify")
+
+  def evaluate(self, predict_fns, variables, data, runtime):
+    labels = np.asarray(data.need("labels", self.name))
+    rows = np.flatnonzero(labels >= 0)
+    inputs = {k: np.asarray(v)[rows] for k, v in data.need("image_inputs", self.name).items()}
+    scores = runtime.map_batches(self.predict_fn(predict_fns, "classify"), variables, inputs, self.spec.batch_size)
+    num_classes = len(data.label_names) or int(scores.shape[-1])
+    return classification_metrics(np.argmax(scores, axis=-1), labels[rows], num_classes)
+
+  def format(self, metrics, title):
+    return format_classification_table(metrics, title)

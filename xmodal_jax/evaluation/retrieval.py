@@ -24,11 +24,18 @@ rank = number of irrelevant candidates + 1, i.e. ~0% R@1, as it should.
 
 Scores are float32 dot products computed with NumPy, in chunks of query rows:
 peak memory is O(chunk_size * max(N, M)), never the full N x M matrix.
+
+Cross-encoders (a score per image-text pair, no joint embedding) go through
+`pairwise_ranks`: the same ranks, from a scorer of aligned pairs called on
+blocks of image x caption pairs (memory O(block)), and `reranked_ranks`: a
+dual encoder's top-k shortlist of each query re-scored by the pairwise scorer.
 """
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+
+from xmodal_jax.evaluation import tables
 
 _DIRECTIONS = (('i2t', 'Image->Text'), ('t2i', 'Text->Image'))
 
@@ -192,14 +199,162 @@ def retrieval_metrics(
 def _metrics(image_emb: np.ndarray, text_emb: np.ndarray,
              text_to_image: np.ndarray, ks: tuple[int, ...],
              chunk_size: int) -> dict[str, float]:
+  return metrics_from_ranks(
+      _i2t_ranks(image_emb, text_emb, text_to_image, chunk_size),
+      _t2i_ranks(image_emb, text_emb, text_to_image, chunk_size), ks)
+
+
+def metrics_from_ranks(i2t_ranks: np.ndarray, t2i_ranks: np.ndarray,
+                       ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+  """R@K (percent), median and mean rank of both directions, and `rsum`.
+
+  Args:
+    i2t_ranks: `[N]` 1-based rank of each image's best relevant text.
+    t2i_ranks: `[M]` 1-based rank of each text's image.
+    ks: the K of R@K.
+
+  Returns:
+    The keys of `retrieval_metrics`.
+  """
+  ks = _validate_ks(ks)
   metrics = {}
-  metrics.update(_rank_summary(
-      'i2t', _i2t_ranks(image_emb, text_emb, text_to_image, chunk_size), ks))
-  metrics.update(_rank_summary(
-      't2i', _t2i_ranks(image_emb, text_emb, text_to_image, chunk_size), ks))
+  metrics.update(_rank_summary('i2t', np.asarray(i2t_ranks), ks))
+  metrics.update(_rank_summary('t2i', np.asarray(t2i_ranks), ks))
   metrics['rsum'] = float(sum(metrics[f'{d}_r{k}'] for d, _ in _DIRECTIONS
                               for k in ks))
   return metrics
+
+
+PairScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _check_mapping(text_to_image: np.ndarray, num_images: int) -> np.ndarray:
+  text_to_image = np.asarray(text_to_image, np.int64)
+  if text_to_image.ndim != 1 or len(text_to_image) == 0:
+    raise ValueError('text_to_image must be a non-empty [num_texts] array.')
+  if text_to_image.min() < 0 or text_to_image.max() >= num_images:
+    raise ValueError(f'text_to_image holds indices outside [0, {num_images}); '
+                     'image and text arrays must come from the same split.')
+  if np.any(np.bincount(text_to_image, minlength=num_images) == 0):
+    raise ValueError('Some images have no text; image->text retrieval is '
+                     'undefined for them.')
+  return text_to_image
+
+
+def _finite(scores: np.ndarray, what: str) -> np.ndarray:
+  scores = np.asarray(scores, np.float32)
+  if not np.all(np.isfinite(scores)):
+    raise ValueError(f'The pairwise scorer returned non-finite scores ({what}); '
+                     'check the model for divergence.')
+  return scores
+
+
+def pairwise_ranks(score: PairScorer, text_to_image: np.ndarray,
+                   num_images: int, *, max_pairs: int = 65536
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """Conservative ranks of both directions from a scorer of image-text pairs.
+
+  Same rank definition and tie rule as `retrieval_metrics` (ties count
+  against the query). The scorer is called on the M aligned positive pairs,
+  then on blocks of (images x all texts) of at most `max_pairs` pairs, so
+  memory is O(max_pairs + N + M), never the N x M matrix.
+
+  Args:
+    score: fn(image_rows int64 [P], text_rows int64 [P]) -> scores [P]; must
+      give a pair the same score whatever else is in the call.
+    text_to_image: `[M]` int, image of each text; every image needs a text.
+    num_images: N.
+    max_pairs: pairs per scorer call.
+
+  Returns:
+    (i2t ranks `[N]`, t2i ranks `[M]`), 1-based.
+  """
+  text_to_image = _check_mapping(text_to_image, num_images)
+  num_texts = len(text_to_image)
+  texts = np.arange(num_texts)
+  positive = _finite(score(text_to_image, texts), 'positive pairs')  # [M]
+  best = np.full(num_images, -np.inf, np.float32)
+  np.maximum.at(best, text_to_image, positive)  # best relevant text per image
+  i2t_ahead = np.zeros(num_images, np.int64)
+  t2i_ahead = np.zeros(num_texts, np.int64)
+  block = max(1, max_pairs // num_texts)
+  for start in range(0, num_images, block):
+    images = np.arange(start, min(start + block, num_images))
+    scores = _finite(score(np.repeat(images, num_texts),
+                           np.tile(texts, len(images))), 'image x text block')
+    scores = scores.reshape(len(images), num_texts)  # [c, M]
+    relevant = text_to_image[None, :] == images[:, None]
+    i2t_ahead[images] = ((scores >= best[images, None]) & ~relevant).sum(axis=1)
+    t2i_ahead += ((scores >= positive[None, :]) & ~relevant).sum(axis=0)
+  return 1 + i2t_ahead, 1 + t2i_ahead
+
+
+def _shortlist(scores: np.ndarray, k: int) -> np.ndarray:
+  """Indices [c, k] of the k best columns of each row (all columns when k >= width)."""
+  width = scores.shape[1]
+  if k >= width:
+    return np.broadcast_to(np.arange(width), (len(scores), width))
+  return np.argpartition(-scores, k - 1, axis=1)[:, :k]
+
+
+def _reranked_direction(query_emb: np.ndarray, cand_emb: np.ndarray,
+                        relevant_of: Callable[[np.ndarray], np.ndarray],
+                        score: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                        k: int, chunk_size: int) -> np.ndarray:
+  """Ranks of queries over candidates: the pairwise rank inside the top-k
+  shortlist if a relevant candidate made it, else max(k + 1, dual-encoder
+  rank). relevant_of(query rows [c]) -> bool [c, num_candidates]."""
+  num = len(query_emb)
+  ranks = np.empty(num, np.int64)
+  for start in range(0, num, chunk_size):
+    rows = np.arange(start, min(start + chunk_size, num))
+    emb_scores = query_emb[rows] @ cand_emb.T  # [c, C]
+    relevant = relevant_of(rows)
+    best_emb = np.max(np.where(relevant, emb_scores, -np.inf), axis=1)
+    emb_rank = 1 + ((emb_scores >= best_emb[:, None]) & ~relevant).sum(axis=1)
+    shortlist = _shortlist(emb_scores, k)  # [c, k']
+    pair = _finite(score(np.repeat(rows, shortlist.shape[1]), shortlist.reshape(-1)),
+                   'shortlist').reshape(shortlist.shape)
+    rel = np.take_along_axis(relevant, shortlist, axis=1)
+    best = np.max(np.where(rel, pair, -np.inf), axis=1)
+    inside = 1 + ((pair >= best[:, None]) & ~rel).sum(axis=1)
+    ranks[rows] = np.where(rel.any(axis=1), inside, np.maximum(k + 1, emb_rank))
+  return ranks
+
+
+def reranked_ranks(image_emb: np.ndarray, text_emb: np.ndarray,
+                   text_to_image: np.ndarray, score: PairScorer, k: int, *,
+                   chunk_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+  """Dual-encoder shortlist + pairwise re-ranking, both directions.
+
+  Each query's k best candidates by embedding dot product are re-scored by
+  `score` and ranked among themselves (ties against the query). A query whose
+  relevant item missed the shortlist keeps max(k + 1, its embedding rank).
+  With k >= the number of candidates this equals `pairwise_ranks`.
+
+  Args:
+    image_emb: `[N, D]` dual-encoder image embeddings.
+    text_emb: `[M, D]` dual-encoder text embeddings.
+    text_to_image: `[M]` int image of each text.
+    score: fn(image_rows [P], text_rows [P]) -> [P], as for `pairwise_ranks`.
+    k: shortlist size.
+    chunk_size: queries per block.
+
+  Returns:
+    (i2t ranks `[N]`, t2i ranks `[M]`), 1-based.
+  """
+  k = _check_positive_int('k', k)
+  image_emb, text_emb, text_to_image = _validate_inputs(image_emb, text_emb,
+                                                        text_to_image)
+  num_images = len(image_emb)
+  i2t = _reranked_direction(
+      image_emb, text_emb, lambda rows: text_to_image[None, :] == rows[:, None],
+      score, k, chunk_size)
+  t2i = _reranked_direction(
+      text_emb, image_emb,
+      lambda rows: np.arange(num_images)[None, :] == text_to_image[rows][:, None],
+      lambda texts, images: score(images, texts), k, chunk_size)
+  return i2t, t2i
 
 
 def fold_retrieval_metrics(
@@ -252,7 +407,7 @@ def fold_retrieval_metrics(
 
 
 def format_retrieval_table(metrics: dict[str, float], title: str = '') -> str:
-  """Formats retrieval metrics as an aligned markdown table.
+  """Formats retrieval metrics as a markdown table (`evaluation/tables.py`).
 
   Args:
     metrics: output of `retrieval_metrics` / `fold_retrieval_metrics`; R@K
@@ -270,27 +425,8 @@ def format_retrieval_table(metrics: dict[str, float], title: str = '') -> str:
         ks.add(int(suffix))
   ks = sorted(ks)
   header = ['Direction'] + [f'R@{k}' for k in ks] + ['MedR', 'MeanR']
-  rows = []
-  for prefix, label in _DIRECTIONS:
-    keys = [f'{prefix}_r{k}' for k in ks] + [f'{prefix}_medr',
-                                             f'{prefix}_meanr']
-    cells = [f'{metrics[k]:.2f}' if k in metrics else '-' for k in keys]
-    rows.append([label] + cells)
-  widths = [max(len(r[c]) for r in [header] + rows)
-            for c in range(len(header))]
-
-  def fmt(row):
-    cells = [row[0].ljust(widths[0])]
-    cells += [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])]
-    return '| ' + ' | '.join(cells) + ' |'
-
-  # Each cell spans width + 2 characters between pipes; ':' sets alignment.
-  sep = '|' + '|'.join([':' + '-' * (widths[0] + 1)] +
-                       ['-' * (w + 1) + ':' for w in widths[1:]]) + '|'
-  lines = []
-  if title:
-    lines += [f'**{title}**', '']
-  lines += [fmt(header), sep] + [fmt(r) for r in rows]
-  if 'rsum' in metrics:
-    lines += ['', f'rsum: {metrics["rsum"]:.2f}']
-  return '\n'.join(lines)
+  rows = [[label] + [metrics.get(f'{prefix}_{m}') for m in
+                     [f'r{k}' for k in ks] + ['medr', 'meanr']]
+          for prefix, label in _DIRECTIONS]
+  footer = f'rsum: {metrics["rsum"]:.2f}' if 'rsum' in metrics else ''
+  return tables.markdown_table(header, rows, title=title, footer=footer)

@@ -24,6 +24,20 @@ from xmodal_jax.models.layers import l2_normalize
 METHODS = ("exact", "approx")
 
 
+def query_cosines(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
+  """Cosine similarity of every x with every query vector: x [batch, D], w [K, D] -> [batch, K] float32.
+
+  Computed as dots scaled by W's inverse row norms: no normalised [K, D] copy of W (forward only, so unlike
+  `cosine_logits` there is no backward pass that would need the unscaled dots).
+  """
+  if x.ndim != 2 or w.ndim != 2 or x.shape[-1] != w.shape[-1]:
+    raise ValueError(f"query_cosines expects x [batch, D] and w [K, D], got {x.shape} and {w.shape}.")
+  w32 = w.astype(jnp.float32)
+  inv_norm = 1.0 / jnp.maximum(jnp.sqrt(jnp.sum(w32 * w32, axis=-1)), 1e-6)  # [K]
+  dots = jnp.einsum("bd,kd->bk", l2_normalize(x), w32, precision=jax.lax.Precision.HIGHEST)
+  return dots * inv_norm[None, :]
+
+
 @functools.partial(jax.jit, static_argnames=("k", "method", "recall_target"))
 def top_queries(x: jnp.ndarray, w: jnp.ndarray, k: int, *, method: str = "exact", recall_target: float = 0.95
                 ) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -35,16 +49,9 @@ def top_queries(x: jnp.ndarray, w: jnp.ndarray, k: int, *, method: str = "exact"
   """
   if method not in METHODS:
     raise ValueError(f"Unknown top-k method {method!r}; choose one of {METHODS}.")
-  if x.ndim != 2 or w.ndim != 2 or x.shape[-1] != w.shape[-1]:
-    raise ValueError(f"top_queries expects x [batch, D] and w [K, D], got {x.shape} and {w.shape}.")
   if not 1 <= k <= w.shape[0]:
     raise ValueError(f"k={k} must be in [1, K={w.shape[0]}].")
-  # Cosines as dots scaled by W's inverse row norms: no normalised [K, D] copy of W (forward only, so unlike
-  # `cosine_logits` there is no backward pass that would need the unscaled dots).
-  w32 = w.astype(jnp.float32)
-  inv_norm = 1.0 / jnp.maximum(jnp.sqrt(jnp.sum(w32 * w32, axis=-1)), 1e-6)  # [K]
-  dots = jnp.einsum("bd,kd->bk", l2_normalize(x), w32, precision=jax.lax.Precision.HIGHEST)
-  scores = dots * inv_norm[None, :]  # [batch, K]
+  scores = query_cosines(x, w)  # [batch, K]
   if method == "exact":
     values, ids = jax.lax.top_k(scores, k)
   else:

@@ -1,36 +1,60 @@
-"""Task registry: config.task (a name) -> Task class. Imports are lazy so one task's deps don't load others."""
+"""The systems, one folder per project (retrieval/, s1/, ...): config.task (a name) -> Task class, and the
+pipeline jobs (stages that do not train). Imports are lazy so one system's dependencies do not load others.
+
+Nothing under `xmodal_jax/train`, `models`, `objectives`, `data` or `evaluation` imports this package: the
+command line (and `xmodal_jax/pipeline.py`) resolve a config to a task here and hand it to the trainer.
+"""
 from __future__ import annotations
 
 import importlib
+from typing import Sequence
+
+import ml_collections
 
 _TASKS = {
-    "vsepp": "xmodal_jax.tasks.vsepp:VSEPPTask",
-    "s1_text_generator": "xmodal_jax.tasks.s1_text_generator:TextGeneratorTask",
-    "s1_text_embedding": "xmodal_jax.tasks.s1_text_embedding:TextEmbeddingTask",
-    "s1_pixel_embedding": "xmodal_jax.tasks.s1_pixel_embedding:PixelEmbeddingTask",
-    "s1_fusion": "xmodal_jax.tasks.s1_fusion:FusionTask",
+    "vsepp": "xmodal_jax.tasks.retrieval.vsepp:VSEPPTask",
+    "s1_text_generator": "xmodal_jax.tasks.s1.text_generator:TextGeneratorTask",
+    "s1_text_embedding": "xmodal_jax.tasks.s1.text_embedding:TextEmbeddingTask",
+    "s1_pixel_embedding": "xmodal_jax.tasks.s1.pixel_embedding:PixelEmbeddingTask",
+    "s1_fusion": "xmodal_jax.tasks.s1.fusion:FusionTask",
 }
 
 # Pipeline jobs (stages that do not train): config.stages.<name>.job -> fn(pipeline_config, workdir, stage).
 _JOBS = {
-    "s1_features": "xmodal_jax.tasks.s1_features:extract_features",
-    "s1_ablation": "xmodal_jax.tasks.s1_report:write_ablation",
+    "s1_features": "xmodal_jax.tasks.s1.features:extract_features",
+    "s1_ablation": "xmodal_jax.tasks.s1.ablation:write_ablation",
 }
 
 
+def _load(table: dict[str, str], name: str, what: str):
+  if name not in table:
+    raise ValueError(f"Unknown {what} {name!r}; available {what}s: {sorted(table)}.")
+  module, attr = table[name].split(":")
+  return getattr(importlib.import_module(module), attr)
+
+
 def get_task_class(name: str):
-  if name not in _TASKS:
-    raise ValueError(f"Unknown config.task={name!r}; available tasks: {sorted(_TASKS)}.")
-  module, cls = _TASKS[name].split(":")
-  return getattr(importlib.import_module(module), cls)
+  return _load(_TASKS, name, "task")
 
 
 def get_job(name: str):
-  if name not in _JOBS:
-    raise ValueError(f"Unknown pipeline job {name!r}; available jobs: {sorted(_JOBS)}.")
-  module, fn = _JOBS[name].split(":")
-  return getattr(importlib.import_module(module), fn)
+  return _load(_JOBS, name, "pipeline job")
 
 
 def available_tasks() -> list[str]:
   return sorted(_TASKS)
+
+
+def create(config: ml_collections.ConfigDict, workdir: str):
+  """The task of `config` (config.task) working in `workdir`. Reads no data."""
+  if "task" not in config:
+    raise ValueError(f"The config has no `task` field; set config.task to one of {available_tasks()}.")
+  return get_task_class(config.task)(config, workdir)
+
+
+def load_run(workdir: str, *, which: str = "latest", mesh_shape: Sequence[int] | None = None):
+  """A trained run loaded for inference from its workdir alone (its config.json, assets and checkpoint's
+  params; no optimiser state, no data source): a `train.inference.LoadedModel`."""
+  from xmodal_jax.train import inference  # pylint: disable=import-outside-toplevel  (keeps jax off the registry's import)
+  config = inference.read_run_config(workdir)
+  return inference.load_model(create(config, workdir), which=which, mesh_shape=mesh_shape)

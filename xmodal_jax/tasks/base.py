@@ -1,60 +1,47 @@
-"""The Task interface: everything the one trainer needs from a system, and nothing system-specific.
-
-A task owns its model(s), objective, data and evaluators. The trainer (`train/trainer.py`) builds the
-mesh and optimiser, initialises the state with shardings derived from the parameters' logical axis
-names, jits `train_step` with explicit in/out shardings, loops, logs, checkpoints and calls `evaluate`.
-Tasks with unusual updates (GAN alternation, SCST sampling) override `train_step`; others only write
-`loss_fn`.
-"""
+"""What the image-text tasks share: their data splits (loaded once), centre crops for evaluation, the image
+training iterator, and cached evaluation data."""
 from __future__ import annotations
 
-import abc
-from typing import Any, Callable, Iterator, Protocol
+from typing import Callable
 
-import jax
 import ml_collections
 import numpy as np
-import optax
 
 from xmodal_jax.data import sources
 from xmodal_jax.data.iterator import EpochBatchIterator
-from xmodal_jax.train import optimizer as optimizer_lib
-from xmodal_jax.train.runtime import Runtime
-from xmodal_jax.train.state import TrainState
-
-Metrics = dict[str, jax.Array]
+from xmodal_jax.evaluation.evaluator import EvalData
+from xmodal_jax.train.task import Task
 
 
-class CheckpointableIterator(Protocol):
-  """Per-host batches of numpy arrays, with a position that can be saved and restored."""
-
-  def __next__(self) -> dict[str, Any]: ...
-  def __iter__(self) -> Iterator[dict[str, Any]]: ...
-  def get_state(self) -> dict[str, Any]: ...
-  def set_state(self, state: dict[str, Any]) -> None: ...
+def evaluated_splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The splits of the evaluators of `config.evals` that run at all (every > 0 or at the end), in order."""
+  return tuple(dict.fromkeys(str(spec.split) for spec in config.evals.values() if spec.every or spec.at_end))
 
 
-class Task(abc.ABC):
-  """Base class of the systems. Subclasses implement the abstract methods."""
+class ImageTextTask(Task):
+  """A Task over `config.data` (a source of captioned images). Subclasses build `EvalData` in `make_eval_data`."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    self.config = config
-    self.workdir = workdir
+    super().__init__(config, workdir)
     self._splits: dict[str, sources.SplitData] = {}
     self._eval_images: dict[str, np.ndarray] = {}
+    self._eval_data: dict[str, EvalData] = {}
 
-  @property
   def eval_splits(self) -> tuple[str, ...]:
-    """`config.eval.splits`: the first is evaluated during training (and picks the best checkpoint), all at
-    the end."""
-    return tuple(self.config.eval.splits)
+    """The splits `config.evals` evaluates (during or at the end of training)."""
+    return evaluated_splits(self.config)
 
-  # ---- data
+  # ---- data (read on demand: never during inference)
   def split(self, name: str) -> sources.SplitData:
     """The split `name` of `config.data.source`, loaded once per task."""
     if name not in self._splits:
       self._splits[name] = sources.load_split(self.config.data, name)
     return self._splits[name]
+
+  def check_eval_splits(self) -> None:
+    """Load every evaluated split now, so a missing one fails before training rather than after."""
+    for name in self.eval_splits():
+      self.split(name)
 
   def eval_images(self, name: str) -> np.ndarray:
     """uint8 [N, size, size, 3] centre crops of the whole split `name` (decoded once)."""
@@ -81,34 +68,11 @@ class Task(abc.ABC):
                               process_index=process_index, process_count=process_count,
                               num_threads=cfg.num_threads, prefetch=cfg.prefetch)
 
-  @abc.abstractmethod
-  def train_iterator(self, *, process_index: int, process_count: int) -> CheckpointableIterator:
-    """Per-host training batches; rows of one global batch are split across processes."""
+  # ---- evaluation data
+  def eval_data(self, split: str) -> EvalData:
+    if split not in self._eval_data:
+      self._eval_data[split] = self.make_eval_data(split)
+    return self._eval_data[split]
 
-  # ---- model and objective (pure functions of params, traced under jit)
-  @abc.abstractmethod
-  def init_params(self, rng: jax.Array) -> Any:
-    """Parameters, with leaves boxed by `nn.with_logical_partitioning` (the trainer derives shardings)."""
-
-  @abc.abstractmethod
-  def loss_fn(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, step: jax.Array
-              ) -> tuple[jax.Array, Metrics]:
-    """(scalar loss, scalar metrics) for one global batch."""
-
-  def make_optimizer(self) -> optax.GradientTransformation:
-    return optimizer_lib.create_optimizer(self.config.optimizer, self.config.train.num_steps)
-
-  def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, Metrics]:
-    """One update. Default: gradient of `loss_fn`, then the optimiser."""
-    (loss, metrics), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(state.params, batch, rng, state.step)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
-    return state.apply_gradients(grads), metrics
-
-  # ---- evaluation (host side; may call runtime.map_batches for sharded inference)
-  @abc.abstractmethod
-  def evaluate(self, params: Any, split: str, runtime: Runtime) -> dict[str, float]:
-    """Metrics on a whole split, e.g. {"i2t_r1": ..., "rsum": ...} (the trainer prefixes `split/`)."""
-
-  def format_results(self, metrics: dict[str, float], split: str) -> str:
-    """Human-readable table of `evaluate`'s metrics (printed at the end of a run)."""
-    return "\n".join(f"{split}/{k}: {v:.4g}" for k, v in sorted(metrics.items()))
+  def make_eval_data(self, split: str) -> EvalData:
+    raise NotImplementedError(f"{type(self).__name__} provides no evaluation data.")

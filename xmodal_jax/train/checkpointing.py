@@ -1,89 +1,136 @@
-"""orbax checkpoints: the latest N (for resume after preemption) and the best by an eval metric.
+"""orbax checkpoints of a run: the latest N (for resume after preemption) plus the best by an eval metric.
 
-Layout in the workdir:  checkpoints/<step>/{state,data}   best/<step>/{state,data}
-`state` is the sharded TrainState (restored with its shardings), `data` the data iterator position (JSON).
+Layout in the workdir: `checkpoints/<step>/{model,train,data}` (+ orbax's metrics file on steps that were
+evaluated). Items:
+  model  {"params", "model_state"}: all that inference needs (`restore_model` reads only this item);
+  train  {"step", "opt_state", "rng"}: the rest of the TrainState, for resuming;
+  data   the data iterator position (JSON).
+Frozen params are not stored (the task loads them from their source; see train/task.py).
+
+One orbax CheckpointManager keeps what either preservation policy wants: `LatestN(max_to_keep)` and, when a
+best metric is set, `BestN(n=1)` over the checkpoints saved with metrics.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
+
+from xmodal_jax.train.state import TrainState
+
+CHECKPOINTS = "checkpoints"
+
+
+class _DropUnrankedSaveWarning(logging.Filter):
+  """orbax warns on every save without metrics when best checkpoints are tracked; here most saves (the
+  periodic ones) have none by design, so that warning is noise."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_DropUnrankedSaveWarning())
+
+
+def _model_item(state: TrainState) -> dict:
+  return {"params": state.params, "model_state": state.model_state}
+
+
+def _train_item(state: TrainState) -> dict:
+  return {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
 
 
 class Checkpointer:
-  """Wraps two orbax CheckpointManagers (latest keep-N, async; best-by-metric keep-1).
+  """Save / restore a run's TrainState and data position.
 
-  create=False (evaluation) never makes directories; a missing workdir then reads as "no checkpoints".
+  create=False (evaluation, inference) never makes directories; a workdir without checkpoints is an error
+  that says to train first.
   """
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3, best_metric: str | None = None,
                best_mode: str = "max", use_async: bool = True, create: bool = True):
     if best_mode not in ("max", "min"):
-      raise ValueError(f"config.checkpoint.best_mode={best_mode!r}; use 'max' or 'min'.")
+      raise ValueError(f"best_mode={best_mode!r}; use 'max' or 'min'.")
     self.best_metric = best_metric or None
-    latest_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    if not create and not os.path.isdir(latest_dir):
-      raise FileNotFoundError(f"No checkpoints in {workdir} (expected {latest_dir}); train first with "
+    directory = os.path.abspath(os.path.join(workdir, CHECKPOINTS))
+    if not create and not os.path.isdir(directory):
+      raise FileNotFoundError(f"No checkpoints in {workdir} (expected {directory}); train first with "
                               "`xmodal train --workdir=...` or point --workdir at a trained run.")
-    self._latest = ocp.CheckpointManager(
-        latest_dir, item_names=("state", "data"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
-                                             enable_async_checkpointing=use_async))
-    self._best = None
+    keep = [policies.LatestN(n=max_to_keep)]
+    best_fn = None
     if self.best_metric:
-      self._best = ocp.CheckpointManager(
-          os.path.abspath(os.path.join(workdir, "best")), item_names=("state", "data"),
-          options=ocp.CheckpointManagerOptions(
-              max_to_keep=1, create=create, enable_async_checkpointing=use_async, best_mode=best_mode,
-              best_fn=lambda metrics: metrics[self.best_metric], keep_checkpoints_without_metrics=False))
-
-  @staticmethod
-  def _args(state, data_state, restore: bool = False):
-    if restore:
-      return ocp.args.Composite(state=ocp.args.StandardRestore(state), data=ocp.args.JsonRestore())
-    return ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
+      best_fn = lambda metrics: metrics[self.best_metric]
+      keep.append(policies.BestN(get_metric_fn=best_fn, reverse=best_mode == "min", n=1,
+                                 keep_checkpoints_without_metrics=False))
+    self._manager = ocp.CheckpointManager(
+        directory, item_names=("model", "train", "data"),
+        options=ocp.CheckpointManagerOptions(
+            create=create, enable_async_checkpointing=use_async, best_fn=best_fn, best_mode=best_mode,
+            preservation_policy=policies.AnyPreservationPolicy(keep)))
 
   def latest_step(self) -> int | None:
-    return self._latest.latest_step()
+    return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, data_state: dict) -> bool:
-    if step in self._latest.all_steps():
+  def best_step(self) -> int | None:
+    return self._manager.best_step() if self.best_metric else None
+
+  def save(self, step: int, state: TrainState, data_state: dict, metrics: dict[str, float] | None = None) -> bool:
+    """Save `step` (once). `metrics`, if given, must hold the best metric; the BestN policy ranks by it."""
+    if step in self._manager.all_steps():
       return False
-    return self._latest.save(step, args=self._args(state, data_state), force=True)
+    kept = None
+    if self.best_metric and metrics is not None:
+      if self.best_metric not in metrics:
+        raise KeyError(f"The best-checkpoint metric {self.best_metric!r} is not among the evaluation metrics "
+                       f"{sorted(metrics)}; pick one of those in the evaluator's best_metric (or '' to disable).")
+      kept = {self.best_metric: float(metrics[self.best_metric])}
+    args = ocp.args.Composite(model=ocp.args.StandardSave(_model_item(state)),
+                              train=ocp.args.StandardSave(_train_item(state)),
+                              data=ocp.args.JsonSave(data_state))
+    return self._manager.save(step, args=args, metrics=kept, force=True)
 
-  def save_best(self, step: int, state: Any, data_state: dict, metrics: dict[str, float]) -> None:
-    """Offer a checkpoint to the best-by-metric manager; kept only if `metrics[best_metric]` is the best."""
-    if self._best is None or step in self._best.all_steps():
-      return
-    if self.best_metric not in metrics:
-      raise KeyError(f"config.checkpoint.best_metric={self.best_metric!r} is not among the evaluation "
-                     f"metrics {sorted(metrics)}; pick one of those (or '' to disable).")
-    self._best.save(step, args=self._args(state, data_state), metrics={self.best_metric: float(metrics[self.best_metric])},
-                    force=True)
+  def _step(self, which: str, step: int | None) -> int:
+    if step is None:
+      if which == "best":
+        if not self.best_metric:
+          raise ValueError("This run keeps no best checkpoint (no evaluator sets best_metric); use "
+                           "--checkpoint=latest.")
+        step = self.best_step()
+      else:
+        step = self.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"No {which} checkpoint in {self._manager.directory}; train first with `xmodal train`.")
+    return step
 
-  def restore(self, abstract_state: Any, *, which: str = "latest", step: int | None = None) -> tuple[int, Any, dict]:
-    """Restore (step, state, data_state); `abstract_state` holds ShapeDtypeStructs with shardings."""
-    manager = self._best if which == "best" else self._latest
-    if manager is None:
-      raise ValueError("No best-checkpoint manager: set config.checkpoint.best_metric to keep best checkpoints.")
-    if step is None:
-      step = manager.best_step() if which == "best" else manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"No {which} checkpoint in {manager.directory}; train first with `xmodal train`.")
-    restored = manager.restore(step, args=self._args(abstract_state, None, restore=True))
-    return step, restored["state"], restored["data"]
+  def restore(self, abstract_state: TrainState, *, which: str = "latest", step: int | None = None
+              ) -> tuple[int, TrainState, dict]:
+    """(step, state, data position); `abstract_state` holds ShapeDtypeStructs with shardings."""
+    step = self._step(which, step)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        model=ocp.args.StandardRestore(_model_item(abstract_state)),
+        train=ocp.args.StandardRestore(_train_item(abstract_state)),
+        data=ocp.args.JsonRestore()))
+    model, train = restored["model"], restored["train"]
+    state = abstract_state.replace(step=train["step"], params=model["params"], model_state=model["model_state"],
+                                   opt_state=train["opt_state"], rng=train["rng"])
+    return step, state, restored["data"]
+
+  def restore_model(self, abstract_model: dict, *, which: str = "latest", step: int | None = None
+                    ) -> tuple[int, dict]:
+    """(step, {"params", "model_state"}) only: no optimiser state is read (inference)."""
+    step = self._step(which, step)
+    restored = self._manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(abstract_model)))
+    return step, restored["model"]
 
   def wait(self) -> None:
-    self._latest.wait_until_finished()
-    if self._best is not None:
-      self._best.wait_until_finished()
+    self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._latest.close()
-    if self._best is not None:
-      self._best.close()
+    self._manager.close()
 
 
 def abstract_with_shardings(abstract_tree: Any, shardings: Any) -> Any:

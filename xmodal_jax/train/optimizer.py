@@ -1,12 +1,28 @@
-"""optax optimiser built from `config.optimizer` (one place for every task)."""
+"""optax optimiser built from `config.optimizer` (one place for every task), with parameter groups.
+
+Parameter groups (`config.optimizer.groups`): pairs (regex, learning-rate multiplier), matched with `re.fullmatch`
+against each parameter's path ("image_backbone/stage0_block0/conv1/kernel"; `xmodal train` logs the table of
+paths at start); the first match wins. Multiplier 0 freezes the matched params (`optax.set_to_zero`: no
+optimiser state, never changed, still checkpointed with the others); any other multiplier scales the learning
+rate schedule of the group (and so, for adamw, its decoupled weight decay). Gradient clipping sees the global
+norm of the trainable dense params. Tasks may add `sparse` groups: a table updated row-sparsely by its own
+transformation (`train/sparse_rows.py`). All of it goes through `optax.multi_transform`.
+"""
 from __future__ import annotations
+
+import re
+from typing import Any, Callable
 
 import jax
 import ml_collections
 import optax
+from flax import traverse_util
+
+from xmodal_jax.train import sparse_rows
 
 _SCHEDULES = ("constant", "cosine", "linear")
 _OPTIMIZERS = ("adam", "adamw", "sgd")
+DEFAULT, FROZEN = "default", "frozen"
 
 
 def learning_rate_schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
@@ -31,18 +47,99 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: getattr(p, "ndim", 0) >= 2, params)
 
 
-def create_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+def _base(cfg: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+  if cfg.name == "adam":
+    return optax.adam(schedule, b1=cfg.b1, b2=cfg.b2)
+  if cfg.name == "adamw":
+    return optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=_decay_mask)
+  return optax.sgd(schedule, momentum=cfg.momentum or None)
+
+
+def _groups(cfg: ml_collections.ConfigDict) -> list[tuple[re.Pattern, float]]:
+  out = []
+  for entry in tuple(cfg.get("groups", ()) or ()):
+    if len(entry) != 2:
+      raise ValueError(f"config.optimizer.groups entry {entry!r}: use (regex, learning-rate multiplier), e.g. "
+                       "('image_backbone/.*', 0.1); multiplier 0 freezes.")
+    pattern, multiplier = entry
+    try:
+      compiled = re.compile(str(pattern))
+    except re.error as e:
+      raise ValueError(f"config.optimizer.groups: {pattern!r} is not a regular expression ({e}).") from None
+    if float(multiplier) < 0:
+      raise ValueError(f"config.optimizer.groups: multiplier {multiplier} for {pattern!r} must be >= 0.")
+    out.append((compiled, float(multiplier)))
+  return out
+
+
+def param_labels(patterns: list[tuple[re.Pattern, str]], default: str = DEFAULT) -> Callable[[Any], Any]:
+  """fn(params or updates) -> same-structure tree of group names: the label of the first pattern that
+  fullmatches the leaf's "a/b/c" path, else `default`. Row-sparse gradients count as one leaf."""
+
+  def labels(tree: Any) -> Any:
+    flat = traverse_util.flatten_dict(tree, keep_empty_nodes=True, sep="/")
+    out = {}
+    for path, leaf in flat.items():
+      if leaf is traverse_util.empty_node:
+        out[path] = leaf
+        continue
+      out[path] = next((label for pattern, label in patterns if pattern.fullmatch(path)), default)
+    return traverse_util.unflatten_dict(out, sep="/")
+
+  return labels
+
+
+def _check_all_match(patterns: list[tuple[re.Pattern, str]], params: Any) -> None:
+  paths = [p for p, leaf in traverse_util.flatten_dict(params, sep="/").items()]
+  for pattern, label in patterns:
+    if not any(pattern.fullmatch(p) for p in paths):
+      raise ValueError(f"config.optimizer.groups: {pattern.pattern!r} matches no parameter (group {label}); "
+                       f"parameter paths look like {paths[:4]} (all {len(paths)} are logged at start).")
+
+
+def create_optimizer(cfg: ml_collections.ConfigDict, num_steps: int, *,
+                     sparse: dict[str, optax.GradientTransformation] | None = None) -> optax.GradientTransformation:
   """config.optimizer: name (adam|adamw|sgd), learning_rate, schedule, warmup_steps, weight_decay,
-  grad_clip_norm (0 = off), b1, b2, momentum (sgd)."""
+  grad_clip_norm (0 = off), b1, b2, momentum (sgd), groups ((regex, lr multiplier), ...).
+
+  sparse: {path regex: transformation} for tables whose gradients are `sparse_rows.RowSparseGrad`s (the
+  task's step makes them); they bypass clipping and the dense optimiser.
+  """
   if cfg.name not in _OPTIMIZERS:
     raise ValueError(f"config.optimizer.name={cfg.name!r}; choose one of {_OPTIMIZERS}.")
   schedule = learning_rate_schedule(cfg, num_steps)
-  if cfg.name == "adam":
-    opt = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2)
-  elif cfg.name == "adamw":
-    opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=_decay_mask)
-  else:
-    opt = optax.sgd(schedule, momentum=cfg.momentum or None)
-  if cfg.grad_clip_norm and cfg.grad_clip_norm > 0:
-    opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), opt)
-  return opt
+  groups, sparse = _groups(cfg), dict(sparse or {})
+  clip = optax.clip_by_global_norm(cfg.grad_clip_norm) if cfg.grad_clip_norm and cfg.grad_clip_norm > 0 else None
+  if not groups and not sparse:  # the plain optimiser, exactly as without groups
+    opt = _base(cfg, schedule)
+    return optax.chain(clip, opt) if clip else opt
+
+  transforms: dict[str, optax.GradientTransformation] = {DEFAULT: _base(cfg, schedule), FROZEN: optax.set_to_zero()}
+  patterns: list[tuple[re.Pattern, str]] = []
+  for i, (pattern, transform) in enumerate(sparse.items()):
+    transforms[f"sparse{i}"] = transform
+    patterns.append((re.compile(pattern), f"sparse{i}"))
+  for i, (pattern, multiplier) in enumerate(groups):
+    if multiplier == 0:
+      patterns.append((pattern, FROZEN))
+      continue
+    transforms[f"lr{i}"] = _base(cfg, lambda step, m=multiplier: m * schedule(step))
+    patterns.append((pattern, f"lr{i}"))
+  labels = param_labels(patterns)
+  partitioned = optax.multi_transform(transforms, labels)
+
+  def init(params):
+    _check_all_match([(p, l) for p, l in patterns if not l.startswith("sparse")], params)
+    return partitioned.init(params)
+
+  tx = optax.GradientTransformation(init, partitioned.update)
+  if clip is None:
+    return tx
+  trainable_dense = lambda tree: jax.tree.map(lambda label: label not in (FROZEN,) and not label.startswith("sparse"),
+                                              labels(tree))
+  return optax.chain(optax.masked(clip, trainable_dense), tx)
+
+
+def gradient_norm(grads: Any) -> jax.Array:
+  """Global L2 norm of a gradient tree (row-sparse leaves contribute their values)."""
+  return optax.tree.norm(sparse_rows.dense_values(grads))

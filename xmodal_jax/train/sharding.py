@@ -5,7 +5,7 @@ Every parameter is annotated with *logical* axis names in the model code (`embed
 parallelism layout means changing this table (or `config.mesh`), never the models.
 
 Gotcha (see NOTES-stack.md): `jax.make_mesh` defaults to Explicit axis types in this JAX; a plain jitted
-step then fails to shard contractions. We always build meshes with Auto axes.
+step then fails to shard contractions. We always pass Auto axis types.
 """
 from __future__ import annotations
 
@@ -67,8 +67,8 @@ def create_mesh(shape: Sequence[int] = (-1, 1), axis_names: Sequence[str] = MESH
     raise ValueError(f"config.mesh.shape={tuple(shape)} needs {int(np.prod(shape))} devices but "
                      f"{len(devices)} are available; set config.mesh.shape so the product is {len(devices)} "
                      "(use -1 for one axis to infer it).")
-  return Mesh(np.asarray(devices).reshape(shape), tuple(axis_names),
-              axis_types=(jax.sharding.AxisType.Auto,) * len(axis_names))
+  return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=(jax.sharding.AxisType.Auto,) * len(axis_names),
+                       devices=devices)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

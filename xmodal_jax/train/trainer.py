@@ -1,6 +1,8 @@
-"""The one trainer: mesh, sharded state, jitted step, loop, logs, checkpoints, evaluation.
+"""The one trainer: mesh, sharded state, jitted step, loop, logs, checkpoints, evaluators.
 
-It knows only the `Task` interface (tasks/base.py); it never names a system.
+It knows only the `Task` interface (train/task.py) and never imports `xmodal_jax.tasks`: the command line
+(or a pipeline) builds the task from the config and hands it over, as the Flax examples hand a config to
+`train_and_evaluate`.
 
 Step numbering: `state.step` counts completed updates. "Step k" in logs, checkpoints and errors is the
 state after k updates; the k-th update consumed the k-th batch of the data iterator.
@@ -8,6 +10,7 @@ state after k updates; the k-th update consumed the k-th batch of the data itera
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -21,15 +24,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import traverse_util
 from jax.experimental import multihost_utils
 
-from xmodal_jax import tasks
-from xmodal_jax.tasks.base import Task
+from xmodal_jax.evaluation import evaluator as evaluator_lib
 from xmodal_jax.train import checkpointing
+from xmodal_jax.train import inference
 from xmodal_jax.train import optimizer as optimizer_lib
 from xmodal_jax.train import sharding
 from xmodal_jax.train.runtime import Runtime
 from xmodal_jax.train.state import TrainState
+from xmodal_jax.train.task import StepContext, Task
+
+FROZEN_FILE = "frozen_params.json"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -38,58 +45,86 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclasses.dataclass
 class Setup:
-  """Everything derived from the config before any array is made."""
-  config: ml_collections.ConfigDict
+  """Everything derived from the task before the loop: mesh, shardings, initialiser, frozen params."""
   task: Task
   mesh: jax.sharding.Mesh
   rules: tuple
   state_shardings: Any
   abstract_state: Any          # ShapeDtypeStructs with shardings (restore target)
   init_state: Any              # jitted: rng -> sharded TrainState
+  frozen: Any                  # the task's frozen params on the mesh ({} when none)
+  frozen_shardings: Any
   runtime: Runtime
+  frozen_fingerprint: dict | None = None  # training: hash of the frozen params (None when there are none)
+
+  def variables(self, state: TrainState) -> dict[str, Any]:
+    """What predict functions take: {"params", <model state collections>, "frozen" (if any)}."""
+    out = {"params": state.params, **state.model_state}
+    if self.frozen:
+      out["frozen"] = self.frozen
+    return out
 
 
-def build(config: ml_collections.ConfigDict, workdir: str, devices: list[jax.Device] | None = None) -> Setup:
-  """Task, mesh, optimiser and the shardings of the train state (from the params' logical axis names).
+def _variable_shardings(state_shardings: TrainState, frozen_shardings: Any) -> dict[str, Any]:
+  out = {"params": state_shardings.params, **state_shardings.model_state}
+  if frozen_shardings:
+    out["frozen"] = frozen_shardings
+  return out
 
-  devices: the devices of the mesh (default: all); `config.mesh.shape` must fit their number.
+
+def build(task: Task, devices: list[jax.Device] | None = None, *, training: bool = True) -> Setup:
+  """Mesh, optimiser and the shardings of the train state (from the params' logical axis names).
+
+  Calls `task.setup(training=...)` first. devices: the devices of the mesh (default: all);
+  `config.mesh.shape` must fit their number.
   """
-  task = tasks.get_task_class(config.task)(config, workdir)
+  config = task.config
+  task.setup(training=training)
   mesh = sharding.create_mesh(tuple(config.mesh.shape), devices=devices)
   rules = sharding.logical_axis_rules(fsdp=config.mesh.fsdp)
   tx = task.make_optimizer()
 
   def boxed_state(rng: jax.Array) -> TrainState:
     init_rng, train_rng = jax.random.split(rng)
-    params = task.init_params(init_rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_rng, tx=tx)
+    variables = dict(task.init_variables(init_rng))
+    params = variables.pop("params")
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                      opt_state=tx.init(params), rng=train_rng, tx=tx)
 
   abstract_boxed = jax.eval_shape(boxed_state, jax.random.PRNGKey(config.seed))
   state_shardings = sharding.logical_shardings(abstract_boxed, mesh, rules)
   abstract_state = checkpointing.abstract_with_shardings(nn.meta.unbox(abstract_boxed), state_shardings)
   init_state = jax.jit(lambda rng: nn.meta.unbox(boxed_state(rng)), out_shardings=state_shardings)
-  runtime = Runtime(mesh=mesh, param_shardings=state_shardings.params)
-  return Setup(config, task, mesh, rules, state_shardings, abstract_state, init_state, runtime)
+  frozen_boxed = task.frozen_params() or {}
+  fingerprint = _fingerprint(nn.meta.unbox(frozen_boxed)) if frozen_boxed and training else None
+  frozen_shardings = sharding.logical_shardings(frozen_boxed, mesh, rules)
+  frozen = jax.device_put(nn.meta.unbox(frozen_boxed), frozen_shardings)
+  runtime = Runtime(mesh=mesh, variable_shardings=_variable_shardings(state_shardings, frozen_shardings))
+  return Setup(task, mesh, rules, state_shardings, abstract_state, init_state, frozen, frozen_shardings, runtime,
+               fingerprint)
 
 
 def make_train_step(setup: Setup):
-  """jit of (state, first_bad_step, batch) -> (state, first_bad_step, metrics), state donated.
+  """jit of (state, frozen, first_bad_step, batch) -> (state, first_bad_step, metrics), state donated.
 
+  Frozen params are an argument (sharded like any param), never a constant baked into the program.
   `first_bad_step` (int32, -1 = none) records on device the first step whose metrics were not finite, so
-  the NaN guard needs no host sync per step; the host checks it at every log and checkpoint.
+  the NaN guard needs no host sync per step; the host checks it at every log, evaluation and checkpoint.
   """
-  task = setup.task
-  replicated = sharding.replicated(setup.mesh)
+  task, mesh = setup.task, setup.mesh
+  replicated = sharding.replicated(mesh)
 
-  def step_fn(state: TrainState, first_bad: jax.Array, batch: dict[str, jax.Array]):
+  def step_fn(state: TrainState, frozen: Any, first_bad: jax.Array, batch: dict[str, jax.Array]):
     rng = jax.random.fold_in(state.rng, state.step)
-    new_state, metrics = task.train_step(state, batch, rng)
+    ctx = StepContext(step=state.step, frozen=frozen, mesh=mesh, model_state=state.model_state)
+    new_state, metrics = task.train_step(state, batch, rng, ctx)
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(m)) for m in jax.tree.leaves(metrics)]))
     first_bad = jnp.where((first_bad < 0) & ~finite, state.step + 1, first_bad)
     return new_state, first_bad, metrics
 
   return jax.jit(step_fn,
-                 in_shardings=(setup.state_shardings, replicated, sharding.batch_sharding(setup.mesh)),
+                 in_shardings=(setup.state_shardings, setup.frozen_shardings, replicated,
+                               sharding.batch_sharding(mesh)),
                  out_shardings=(setup.state_shardings, replicated, replicated),
                  donate_argnums=(0,))
 
@@ -144,74 +179,140 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
   return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
 
 
-def _flatten(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def _hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
+  return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
+
+
+def _fingerprint(tree: Any) -> dict[str, Any]:
+  """sha256 over the paths, shapes, dtypes and bytes of a pytree of (host) arrays."""
+  digest, count, size = hashlib.sha256(), 0, 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    value = np.asarray(leaf)
+    digest.update(f"{jax.tree_util.keystr(path)}|{value.shape}|{value.dtype}".encode())
+    digest.update(np.ascontiguousarray(value).tobytes())
+    count, size = count + 1, size + value.size
+  return {"sha256": digest.hexdigest(), "arrays": count, "values": size}
+
+
+def _check_frozen(setup: Setup, workdir: str, resuming: bool) -> None:
+  """The frozen params a run started with are the ones it resumes with (they are not in the checkpoint)."""
+  current = setup.frozen_fingerprint
+  if current is None:
+    return
+  path = os.path.join(workdir, FROZEN_FILE)
+  if resuming and os.path.exists(path):
+    with open(path) as f:
+      recorded = json.load(f)
+    if recorded["sha256"] != current["sha256"]:
+      raise ValueError(f"The frozen params of this run changed since it started ({path} records sha256 "
+                       f"{recorded['sha256'][:12]}..., they now hash to {current['sha256'][:12]}...): restore the "
+                       "original source of the frozen params, or start a new --workdir.")
+  elif jax.process_index() == 0:
+    with open(path, "w") as f:
+      json.dump(current, f, indent=2)
+
+
+class _MetricAverager:
+  """Means of the step metrics since the last log, accumulated on device with clu metric collections (no
+  host sync per step)."""
+
+  def __init__(self):
+    self._collection = None
+    self._value = None
+
+  def add(self, metrics: dict[str, jax.Array]) -> None:
+    from clu import metrics as clu_metrics  # imports TensorFlow: keep it off the import path
+    if self._collection is None:
+      self._collection = clu_metrics.Collection.create(
+          **{k: clu_metrics.Average.from_output(k) for k in metrics})
+    value = self._collection.single_from_model_output(**metrics)
+    self._value = value if self._value is None else self._value.merge(value)
+
+  def pop(self) -> dict[str, float]:
+    out = {} if self._value is None else {k: float(v) for k, v in self._value.compute().items()}
+    self._value = None
+    return out
+
+
+def evaluate(task: Task, runtime: Runtime, variables: dict[str, Any], evaluators: list[evaluator_lib.Evaluator]
+             ) -> dict[str, float]:
+  """{'<prefix>/<metric>': value} of each evaluator, run on the task's predict functions and eval data."""
   out = {}
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      out.update({f"{key}.{k}": v for k, v in _flatten(value).items()})
-    else:
-      out[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+  predict_fns = task.predict_fns()
+  for evaluator in evaluators:
+    start = time.time()
+    metrics = evaluator.evaluate(predict_fns, variables, task.eval_data(evaluator.split), runtime)
+    out.update({f"{evaluator.prefix}/{k}": float(v) for k, v in metrics.items()})
+    logging.info("Evaluated %s (%s) in %.1fs: %s", evaluator.name, evaluator.split, time.time() - start, metrics)
   return out
 
 
-def _mean_metrics(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
-  stacked = jax.device_get(pending)
-  return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
-
-
-def _report(task: Task, metrics: dict[str, float], splits: tuple[str, ...], title: str) -> str:
-  """The task's tables for each split of `metrics` ({'split/metric': value})."""
+def report(task: Task, metrics: dict[str, float], evaluators: list[evaluator_lib.Evaluator], title: str) -> str:
+  """The evaluators' tables of `metrics` ({'<prefix>/<metric>': value})."""
   tables = []
-  for split in splits:
-    prefix = f"{split}/"
-    tables.append(task.format_results({k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)},
-                                      f"{split} ({title})"))
+  for evaluator in evaluators:
+    prefix = f"{evaluator.prefix}/"
+    own = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+    if not own:
+      continue
+    what = task.eval_data(evaluator.split).title
+    heading = f"{evaluator.prefix}: {what} ({title})" if what else f"{evaluator.prefix} ({title})"
+    tables.append(evaluator.format(own, heading))
   return "\n\n".join(tables)
 
 
-def evaluate_splits(setup: Setup, params: Any, splits: tuple[str, ...]) -> dict[str, float]:
-  """{'<split>/<metric>': value} for each split, via the task's evaluators."""
-  out = {}
-  for split in splits:
-    start = time.time()
-    metrics = setup.task.evaluate(params, split, setup.runtime)
-    out.update({f"{split}/{k}": float(v) for k, v in metrics.items()})
-    logging.info("Evaluated %s in %.1fs: %s", split, time.time() - start, metrics)
-  return out
+def evaluate_checkpoint(task: Task, *, splits: tuple[str, ...] | None = None, which: str = "latest"
+                        ) -> dict[str, Any]:
+  """Restore the latest (or best) checkpoint's params (no optimiser state) and run the evaluators that run at
+  the end of training (those of `splits` only, if given)."""
+  evaluators = [e for e in evaluator_lib.create_all(task.config.evals)
+                if e.at_end and (not splits or e.split in splits)]
+  if not evaluators:
+    raise ValueError(f"No evaluator of config.evals runs on split(s) {list(splits or ())}; the config evaluates "
+                     f"{sorted({e.split for e in evaluator_lib.create_all(task.config.evals)})}.")
+  loaded = inference.load_model(task, which=which)
+  metrics = evaluate(task, loaded.runtime, loaded.variables, evaluators)
+  return {"step": loaded.step, "metrics": metrics,
+          "report": report(task, metrics, evaluators, title=f"step {loaded.step}, {which} checkpoint")}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int | None = None,
+def train_and_evaluate(task: Task, *, stop_at_step: int | None = None,
                        devices: list[jax.Device] | None = None) -> dict[str, Any]:
-  """Train `config` in `workdir` (resuming from its latest checkpoint), then evaluate.
+  """Train `task` in `task.workdir` (resuming from its latest checkpoint), evaluating as `config.evals` says.
 
   stop_at_step: stop (after checkpointing) once this step is reached, as a preemption would; the same
-  command later resumes. Returns {'step', 'metrics', 'train_seconds', 'stopped_early', 'state'}.
+  command later resumes. Returns {'step', 'metrics', 'report', 'train_seconds', 'stopped_early', 'state'}.
   """
-  from clu import metric_writers, periodic_actions  # imports TensorFlow: keep it off the import path
+  from clu import metric_writers, parameter_overview, periodic_actions  # TensorFlow: keep it off the import path
 
+  config, workdir = task.config, task.workdir
+  cfg = config.train
   os.makedirs(workdir, exist_ok=True)
   _save_config(config, workdir)
-  setup = build(config, workdir, devices)
-  task, cfg = setup.task, config.train
-  ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
-                                    best_metric=config.checkpoint.best_metric,
-                                    best_mode=config.checkpoint.best_mode,
-                                    use_async=config.checkpoint.use_async)
+  evaluators = evaluator_lib.create_all(config.evals)
+  setup = build(task, devices)
+  metric_name, metric_mode = evaluator_lib.best_metric(config.evals)
+  ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep, best_metric=metric_name,
+                                    best_mode=metric_mode, use_async=config.checkpoint.use_async)
   data = task.train_iterator(process_index=jax.process_index(), process_count=jax.process_count())
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, asynchronous=True)
   lr_schedule = optimizer_lib.learning_rate_schedule(config.optimizer, cfg.num_steps)
 
-  if ckpt.latest_step() is not None:
+  resuming = ckpt.latest_step() is not None
+  _check_frozen(setup, workdir, resuming)
+  if resuming:
     start_step, state, data_state = ckpt.restore(setup.abstract_state)
     data.set_state(data_state)
     logging.info("Resumed from %s at step %d (data position %s).", workdir, start_step, data_state)
   else:
     start_step = 0
     state = setup.init_state(jax.random.PRNGKey(config.seed))
-    writer.write_hparams(_flatten(config))
-  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-  logging.info("Task %s: %.2fM parameters, mesh %s, global batch %d, %d steps.", config.task, num_params / 1e6,
-               dict(setup.mesh.shape), cfg.batch_size, cfg.num_steps)
+    writer.write_hparams(_hparams(config))
+  parameter_overview.log_parameter_overview(state.params, include_stats=False, msg="Trainable params")
+  logging.info("Task %s: %.2fM trainable parameters, mesh %s, global batch %d, %d steps.", config.task,
+               sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)) / 1e6, dict(setup.mesh.shape),
+               cfg.batch_size, cfg.num_steps)
 
   step_fn = make_train_step(setup)
   first_bad = jax.device_put(jnp.array(-1, jnp.int32), sharding.replicated(setup.mesh))
@@ -221,15 +322,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
     hooks.append(periodic_actions.Profile(num_profile_steps=cfg.profile_steps, logdir=workdir))
   watcher = _PreemptionWatcher()
   last_ckpt = start_step if start_step else None
-  pending: list[dict[str, jax.Array]] = []
+  averager = _MetricAverager()
   step, stopped_early, train_start = start_step, False, time.time()
+  final_metrics: dict[str, float] = {}
+  eval_seconds = 0.0
   try:
     while step < cfg.num_steps:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = sharding.global_batch_from_host(next(data), setup.mesh)
-        state, first_bad, metrics = step_fn(state, first_bad, batch)
+        state, first_bad, metrics = step_fn(state, setup.frozen, first_bad, batch)
       step += 1
-      pending.append(metrics)
+      averager.add(metrics)
       if step == start_step + 1:
         jax.block_until_ready(metrics)
         logging.info("First step (with compilation) took %.1fs.", time.time() - train_start)
@@ -237,35 +340,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
         hook(step)
       preempted = watcher.should_stop(step)
       stopped_early = preempted or (stop_at_step is not None and step >= stop_at_step and step < cfg.num_steps)
-      if step % cfg.log_every == 0 or step == cfg.num_steps or stopped_early:
+      final = step == cfg.num_steps
+      if step % cfg.log_every == 0 or final or stopped_early:
         _check_finite(first_bad, last_ckpt)
-        scalars = {f"train/{k}": v for k, v in _mean_metrics(pending).items()}
+        scalars = {f"train/{k}": v for k, v in averager.pop().items()}
         scalars["train/learning_rate"] = float(lr_schedule(step - 1))
         writer.write_scalars(step, scalars)
-        pending = []
-      if step % cfg.checkpoint_every == 0 or step == cfg.num_steps or stopped_early:
+      due = [] if stopped_early else [e for e in evaluators if (e.at_end if final else e.due(step))]
+      eval_metrics = {}
+      if due:
         _check_finite(first_bad, last_ckpt)
-        ckpt.save(step, state, data.get_state())
-        last_ckpt = step
-      if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.num_steps and not stopped_early:
+        eval_start = time.time()
         with report_progress.timed("eval"):
-          eval_metrics = evaluate_splits(setup, state.params, task.eval_splits[:1])
+          eval_metrics = evaluate(task, setup.runtime, setup.variables(state), due)
         writer.write_scalars(step, eval_metrics)
-        ckpt.save_best(step, state, data.get_state(), eval_metrics)
+        if final:
+          final_metrics, eval_seconds = eval_metrics, time.time() - eval_start
+      ranked = metric_name is not None and metric_name in eval_metrics
+      if step % cfg.checkpoint_every == 0 or final or stopped_early or ranked:
+        _check_finite(first_bad, last_ckpt)
+        ckpt.save(step, state, data.get_state(), metrics=eval_metrics if ranked else None)
+        last_ckpt = step
       if stopped_early:
         logging.warning("Stopping at step %d (%s); rerun the same command to resume.", step,
                         "preemption signal" if preempted else "stop_at_step")
         break
-    train_seconds = time.time() - train_start
+    train_seconds = time.time() - train_start - eval_seconds
     results: dict[str, Any] = {"step": step, "train_seconds": train_seconds, "stopped_early": stopped_early}
     if not stopped_early:
-      eval_start = time.time()
-      final = evaluate_splits(setup, state.params, task.eval_splits)
-      results["eval_seconds"] = time.time() - eval_start
-      writer.write_scalars(step, final)
-      ckpt.save_best(step, state, data.get_state(), final)
-      results["metrics"] = final
-      results["report"] = _report(task, final, task.eval_splits, title=f"step {step}")
+      if not final_metrics:  # the run had finished before: evaluate it again
+        eval_start = time.time()
+        final_metrics = evaluate(task, setup.runtime, setup.variables(state), [e for e in evaluators if e.at_end])
+        eval_seconds = time.time() - eval_start
+      results.update(metrics=final_metrics, eval_seconds=eval_seconds,
+                     report=report(task, final_metrics, evaluators, title=f"step {step}"))
       if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:
           json.dump(results, f, indent=2, sort_keys=True)
@@ -276,27 +384,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
     ckpt.wait()
     ckpt.close()
     writer.close()
-
-
-def restore_params(config: ml_collections.ConfigDict, workdir: str, which: str = "latest"
-                   ) -> tuple[Setup, int, Any]:
-  """(setup, step, params) of the latest (or best) checkpoint of `workdir`, sharded as in training."""
-  ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
-                                    best_metric=config.checkpoint.best_metric or None,
-                                    best_mode=config.checkpoint.best_mode, use_async=False, create=False)
-  try:
-    setup = build(config, workdir)
-    step, state, _ = ckpt.restore(setup.abstract_state, which=which)
-  finally:
-    ckpt.close()
-  return setup, step, state.params
-
-
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, splits: tuple[str, ...] | None = None,
-                        which: str = "latest") -> dict[str, Any]:
-  """Restore the latest (or best) checkpoint of `workdir` and evaluate it on `splits`."""
-  setup, step, params = restore_params(config, workdir, which)
-  splits = tuple(splits or setup.task.eval_splits)
-  metrics = evaluate_splits(setup, params, splits)
-  return {"step": step, "metrics": metrics,
-          "report": _report(setup.task, metrics, splits, title=f"step {step}, {which} checkpoint")}

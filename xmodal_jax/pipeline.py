@@ -1,15 +1,14 @@
-"""Multi-stage runs (S1): an ordered list of stages, each an ordinary training run of the one trainer, or a
-job (a function, e.g. feature extraction), in subdirectories of one workdir.
-
-A pipeline config has `pipeline` (stage names, in order), `stages.<name>` (a full trainer config with a
-`task`, or a config with a `job`), and the sections every stage shares: `seed`, `data`, `mesh`. Those are
-copied into each stage, so `--config.data.source=...` changes every stage at once; anything else is
-overridden per stage, e.g. `--config.stages.text_generator.train.num_steps=100`.
+"""Multi-stage runs (S1 today): an ordered list of stages, each an ordinary run of the one trainer or a job (a
+function, e.g. feature extraction), in subdirectories of one workdir. The config layout is in
+`train/stages.py`.
 
 Layout: WORKDIR/config.json (the pipeline config), WORKDIR/<stage>/... (each stage's own run). A stage that
 finished is skipped on the next run; one that was interrupted resumes from its checkpoint; so the same
 command resumes the whole pipeline. A stage whose config changed, or that reads (names in its config) a stage
 whose config changed, is moved to <stage>.old and re-run.
+
+This module sits beside `main.py`: it resolves stage configs to tasks (`xmodal_jax.tasks`) and hands them to
+the trainer, which knows neither.
 """
 from __future__ import annotations
 
@@ -24,48 +23,9 @@ import ml_collections
 from absl import logging
 
 from xmodal_jax import tasks
+from xmodal_jax.train import stages, trainer
 
-SHARED_SECTIONS = ("seed", "data", "mesh")
 DONE_FILE = "stage_done.json"
-
-
-def is_pipeline(config: ml_collections.ConfigDict) -> bool:
-  return "pipeline" in config and "stages" in config
-
-
-def stage_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-  """The complete config of stage `name`: its own section plus the shared ones (unlocked copy)."""
-  if name not in config.stages:
-    raise ValueError(f"Stage {name!r} is not in config.stages ({sorted(config.stages.keys())}).")
-  stage = ml_collections.ConfigDict(config.stages[name].to_dict())
-  for section in SHARED_SECTIONS:
-    value = config[section]
-    stage[section] = ml_collections.ConfigDict(value.to_dict()) if isinstance(value, ml_collections.ConfigDict) \
-        else value
-  return stage
-
-
-def stage_dir(workdir: str, name: str) -> str:
-  return os.path.join(workdir, name)
-
-
-def load_pipeline_config(workdir: str) -> ml_collections.ConfigDict:
-  """The pipeline config a run in `workdir` was started with (for `xmodal classify` / serving)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: --workdir must be a pipeline run made by `xmodal train "
-                            "--config=configs/s1_*.py --workdir=...`.")
-  with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
-
-
-def _tuples(value: Any) -> Any:
-  """JSON lists back to tuples (configs use tuples for shapes and names)."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
 
 
 def _dependencies(stage: ml_collections.ConfigDict, earlier: dict[str, str]) -> list[str]:
@@ -110,8 +70,6 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, stop_at_ste
 
   stop_at_step applies to every training stage (like a preemption); `only` restricts to those stages.
   """
-  from xmodal_jax.train import trainer  # noqa: PLC0415 (keeps TensorFlow-importing modules lazy)
-
   for name in only:
     if name not in config.pipeline:
       raise ValueError(f"Unknown stage {name!r}; the pipeline has {tuple(config.pipeline)}.")
@@ -123,7 +81,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, stop_at_ste
   reports = []
   fingerprints: dict[str, str] = {}
   for name in config.pipeline:
-    cfg, path = stage_config(config, name), stage_dir(workdir, name)
+    cfg, path = stages.stage_config(config, name), stages.stage_dir(workdir, name)
     # A stage's identity: its config plus those of the stages it reads (any field naming an earlier stage), so
     # a change re-runs the stage and what depends on it, and nothing else.
     fingerprint = "\n".join([cfg.to_json_best_effort(sort_keys=True)] +
@@ -142,7 +100,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, stop_at_ste
     if "job" in cfg:
       out = tasks.get_job(cfg.job)(config, workdir, name)
     else:
-      out = trainer.train_and_evaluate(cfg, path, stop_at_step=stop_at_step)
+      out = trainer.train_and_evaluate(tasks.create(cfg, path), stop_at_step=stop_at_step)
       out.pop("state", None)
       if out["stopped_early"]:
         results[name] = out
@@ -154,3 +112,15 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, stop_at_ste
       with open(os.path.join(path, DONE_FILE), "w") as f:
         json.dump({"config": fingerprint, "results": out}, f, indent=2, sort_keys=True, default=float)
   return {"stages": results, "stopped_early": False, "report": "\n\n".join(r for r in reports if r)}
+
+
+def evaluate_pipeline(config: ml_collections.ConfigDict, workdir: str, *, only: tuple[str, ...] = (),
+                      splits: tuple[str, ...] | None = None, which: str = "latest") -> list[tuple[str, dict]]:
+  """[(stage, evaluate_checkpoint results)] of the training stages (all, or `only`)."""
+  out = []
+  for name in config.pipeline:
+    if (only and name not in only) or "job" in config.stages[name]:
+      continue
+    task = tasks.create(stages.stage_config(config, name), stages.stage_dir(workdir, name))
+    out.append((name, trainer.evaluate_checkpoint(task, splits=splits, which=which)))
+  return out

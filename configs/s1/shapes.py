@@ -3,7 +3,7 @@ cosine softmax over the 434 queries) -> siamese bag-of-n-grams text embedding (2
 bottleneck) -> features (top-3 phrases) -> fusion classifier, plus the pixel-only and text-only ablations.
 
 Run (from the repo root); the same command resumes an interrupted pipeline and skips finished stages:
-  xmodal train --config=configs/s1_shapes.py --workdir=workdirs/s1_shapes
+  xmodal train --config=configs/s1/shapes.py --workdir=workdirs/s1_shapes
   xmodal classify --workdir=workdirs/s1_shapes IMAGE.png [...]
 One stage: `--stages=fusion`. Any field: `--config.stages.text_generator.train.num_steps=300`,
 `--config.stages.features.text_embedding=minilm` (pretrained MiniLM text features).
@@ -14,11 +14,13 @@ seed's claim, fusion > pixel-only, does not hold here; README.md has the measure
 """
 import ml_collections
 
-from xmodal_jax import config_defaults
+from xmodal_jax.config_files import load_beside
+
+common = load_beside(__file__, "common.py")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = config_defaults.s1("shapes", eval_splits=("val", "test"))
+  config = common.s1("shapes", eval_splits=("val", "test"))
   config.data.flip = False  # queries say "left" / "right"
   if arg == "tiny":
     config.data.update(num_train=256, num_val=64, num_test=64)
@@ -30,9 +32,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.stages.features.chunk = 100
     for stage in config.stages.values():
       if "train" in stage:
-        stage.train.update(batch_size=32, num_steps=4, log_every=2, eval_every=2, checkpoint_every=2)
+        stage.train.update(batch_size=32, num_steps=4, log_every=2, checkpoint_every=2)
         stage.optimizer.warmup_steps = 1
-        stage.eval.batch_size = 32
+        for entry in stage.evals.values():
+          entry.batch_size = 32
+        stage.evals.val.every = 2
         if "hidden" in stage.model:
           stage.model.hidden = (16,)
   elif arg == "full":
@@ -43,5 +47,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       config.stages[name].model.image.update(full)
       config.stages[name].model.dtype = "bfloat16"
   elif arg not in (None, ""):
-    raise ValueError(f"configs/s1_shapes.py: unknown variant {arg!r}; use no variant, ':tiny' or ':full'.")
+    raise ValueError(f"configs/s1/shapes.py: unknown variant {arg!r}; use no variant, ':tiny' or ':full'.")
   return config

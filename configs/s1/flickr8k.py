@@ -7,7 +7,7 @@ woman, man) named by >= 3 of an image's 5 captions, else unlabelled (data/taxono
 
 Run (from the repo root; the data folder is read at run time, never copied; prepared once into
 ~/.cache/xmodal_jax/prepared/):
-  xmodal train --config=configs/s1_flickr8k.py --workdir=workdirs/s1_flickr8k \
+  xmodal train --config=configs/s1/flickr8k.py --workdir=workdirs/s1_flickr8k \
       [--config.data.source=folder:/path/to/flickr8k]
   xmodal classify --workdir=workdirs/s1_flickr8k photo.jpg
 
@@ -17,16 +17,19 @@ measured table and the class distribution.
 """
 import ml_collections
 
-from xmodal_jax import config_defaults
+from xmodal_jax.config_files import load_beside
+
+common = load_beside(__file__, "common.py")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = config_defaults.s1("folder:../shared/data/flickr8k", eval_splits=("val",))
+  config = common.s1("folder:../shared/data/flickr8k", eval_splits=("val",))
   config.data.update(image_size=64, prepare_size=80, flip=True)
   for name in ("text_generator", "pixel_embedding"):
-    config.stages[name].train.update(num_steps=1_000, eval_every=500, checkpoint_every=500)
+    config.stages[name].train.update(num_steps=1_000, checkpoint_every=500)
+    config.stages[name].evals.val.every = 500
     config.stages[name].optimizer.update(learning_rate=1e-3, weight_decay=5e-4)
   config.stages.text_generator.loss.num_samples = 256  # of ~1,200 queries
   if arg not in (None, ""):
-    raise ValueError(f"configs/s1_flickr8k.py: unknown variant {arg!r}.")
+    raise ValueError(f"configs/s1/flickr8k.py: unknown variant {arg!r}.")
   return config

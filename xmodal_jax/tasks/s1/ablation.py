@@ -11,31 +11,30 @@ import os
 import jax
 import ml_collections
 
-from xmodal_jax.train import pipeline
+from xmodal_jax.evaluation import evaluator, tables
+from xmodal_jax.train import stages
 
 
 def ablation_table(config: ml_collections.ConfigDict, workdir: str, rows: tuple[str, ...]) -> str:
-  """Markdown: one row per stage (its inputs), accuracy / mean class accuracy per evaluated split."""
+  """Markdown: one row per stage (its inputs), accuracy / mean class accuracy per evaluator of the first row."""
   results = {}
   for name in rows:
-    path = os.path.join(pipeline.stage_dir(workdir, name), "results.json")
+    path = os.path.join(stages.stage_dir(workdir, name), "results.json")
     if not os.path.exists(path):
       raise FileNotFoundError(f"{path} not found: stage {name!r} has not finished; run the pipeline first.")
     with open(path) as f:
       results[name] = json.load(f)["metrics"]
-  splits = tuple(config.stages[rows[0]].eval.splits)
-  head = "| classifier input | " + " | ".join(f"{s} accuracy | {s} mean class acc." for s in splits) + " |"
-  lines = [head, "|---|" + "---:|" * (2 * len(splits))]
-  for name in rows:
-    inputs = " + ".join(config.stages[name].model.inputs)
-    cells = [f"{results[name][f'{s}/{m}']:.2f}" for s in splits for m in ("accuracy", "mean_class_accuracy")]
-    lines.append(f"| {inputs} ({name}) | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+  prefixes = [e.prefix for e in evaluator.create_all(config.stages[rows[0]].evals) if e.at_end]
+  headers = ["classifier input"] + [f"{p} {m}" for p in prefixes for m in ("accuracy", "mean class acc.")]
+  body = [[f"{' + '.join(config.stages[name].model.inputs)} ({name})"]
+          + [results[name][f"{p}/{m}"] for p in prefixes for m in ("accuracy", "mean_class_accuracy")]
+          for name in rows]
+  return tables.markdown_table(headers, body)
 
 
 def write_ablation(config: ml_collections.ConfigDict, workdir: str, stage: str) -> dict:
   table = ablation_table(config, workdir, tuple(config.stages[stage].rows))
-  out_dir = pipeline.stage_dir(workdir, stage)
+  out_dir = stages.stage_dir(workdir, stage)
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "ablation.md"), "w") as f:

@@ -19,8 +19,8 @@ import numpy as np
 from absl import logging
 
 from xmodal_jax.data import taxonomy
-from xmodal_jax.serving.s1_classifier import MultimodalClassifier
-from xmodal_jax.train import pipeline
+from xmodal_jax.tasks.s1.classifier import MultimodalClassifier
+from xmodal_jax.train import stages
 
 
 def features_path(stage_workdir: str, split: str) -> str:
@@ -29,10 +29,10 @@ def features_path(stage_workdir: str, split: str) -> str:
 
 def extract_features(config: ml_collections.ConfigDict, workdir: str, stage: str) -> dict:
   spec = config.stages[stage]
-  out_dir = pipeline.stage_dir(workdir, stage)
+  out_dir = stages.stage_dir(workdir, stage)
   os.makedirs(out_dir, exist_ok=True)
   model = MultimodalClassifier(config, workdir, features_stage=stage, fusion_stage=None)
-  task = model.generator.task
+  task = model.generator.task  # reads the splits (the inference path itself never does)
   lines, counts = [], {}
   for split in spec.splits:
     start = time.time()

@@ -2,79 +2,89 @@
 
 image -> text generator -> top-N query phrases (nearest neighbours of x among the query vectors) -> mean of
 their text embeddings (200-d, or MiniLM's 384-d) = the text feature; image -> pixel CNN bottleneck = the pixel
-feature; [text; pixel] -> fusion classifier -> label. Used by the feature-extraction stage (without a fusion
-stage) and by `xmodal classify`.
+feature; [text; pixel] -> fusion classifier -> label. Used by the features stage (without a fusion stage) and
+by `xmodal classify`.
+
+Every stage is loaded for inference from its own directory alone (`train/inference.py`): checkpoint params,
+no optimiser state, the assets its training wrote (query vocabulary, n-gram vocabulary, input width). No data
+source is read.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
 
+from xmodal_jax import tasks
 from xmodal_jax.data import prepared, preprocess, records
-from xmodal_jax.models.text_generator import TextGenerator
 from xmodal_jax.serving import phrase_lookup
-from xmodal_jax.train import pipeline
+from xmodal_jax.train import inference, stages
 
 
-@dataclasses.dataclass
-class _Stage:
-  task: Any
-  params: Any
-  runtime: Any
-  step: int
-
-
-def _restore(config: ml_collections.ConfigDict, workdir: str, name: str, which: str) -> _Stage:
-  from xmodal_jax.train import trainer  # noqa: PLC0415 (TensorFlow-importing modules stay lazy)
-  path = pipeline.stage_dir(workdir, name)
-  setup, step, params = trainer.restore_params(pipeline.stage_config(config, name), path, which)
-  return _Stage(setup.task, params, setup.runtime, step)
+def load_stage(config: ml_collections.ConfigDict, workdir: str, name: str, which: str = "latest",
+               mesh_shape: Sequence[int] | None = None) -> inference.LoadedModel:
+  """Stage `name` of the pipeline `config` in `workdir`, loaded for inference."""
+  task = tasks.create(stages.stage_config(config, name), stages.stage_dir(workdir, name))
+  return inference.load_model(task, which=which, mesh_shape=mesh_shape)
 
 
 class MultimodalClassifier:
   """Loads the stages named by the features stage `config.stages[features_stage]` (+ a fusion stage)."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, features_stage: str = "features",
-               fusion_stage: str | None = "fusion", mesh_shape: tuple[int, int] | None = None):
+               fusion_stage: str | None = "fusion", mesh_shape: Sequence[int] | None = None,
+               batch_size: int = 256):
     """mesh_shape: run on this (data, model) mesh instead of the training one, e.g. (-1, 1) to serve on
     whatever devices this machine has."""
-    if mesh_shape is not None:
-      config = ml_collections.ConfigDict(config.to_dict())
-      config.mesh.shape = tuple(mesh_shape)
     self.config = config
+    self.batch_size = batch_size
     spec = config.stages[features_stage]
     self.top_n, which = int(spec.top_n), spec.checkpoint
-    self.generator = _restore(config, workdir, spec.generator, which)
+    self.generator = load_stage(config, workdir, spec.generator, which, mesh_shape)
     self.queries: list[str] = list(self.generator.task.queries)
     # W [K, 64]: the query vectors phrases are generated from (extended by `add_queries`).
-    self.query_vectors = np.asarray(self.generator.task.model.apply(
-        {"params": self.generator.params}, method=TextGenerator.query_table), np.float32)
+    self.query_vectors = self.generator.task.query_vectors(self.generator.variables)
     if spec.text_embedding == "minilm":
-      from xmodal_jax.models import minilm  # noqa: PLC0415 (optional dependency)
-      encoder = minilm.MiniLMEncoder.load()
-      self.embed_phrases = encoder.embed
+      from xmodal_jax.models import minilm  # pylint: disable=import-outside-toplevel  (optional dependency)
+      self.embed_phrases = minilm.MiniLMEncoder.load().embed
     else:
-      text = _restore(config, workdir, spec.text_embedding, which)
+      text = load_stage(config, workdir, spec.text_embedding, which, mesh_shape)
       if text.task.queries != self.queries:
         raise ValueError(f"Stages {spec.generator!r} and {spec.text_embedding!r} built different query vocabularies "
                          "(different data configs?); re-run the pipeline from scratch.")
-      self.embed_phrases = lambda phrases: text.task.embed_phrase_texts(text.params, phrases, text.runtime)
+      self.embed_phrases = lambda phrases: text.predict("embed_phrases", text.task.encode_phrases(phrases),
+                                                        self.batch_size)
     self.query_table = self.embed_phrases(self.queries)  # text embedding of every query [K, Dt]
-    self.pixel = _restore(config, workdir, spec.pixel, which)
-    self.label_names = tuple(self.pixel.task.label_names)
-    self.fusion = _restore(config, workdir, fusion_stage, "latest") if fusion_stage else None
+    self.pixel = load_stage(config, workdir, spec.pixel, which, mesh_shape)
+    self.label_names = tuple(self.pixel.task.label_names())
+    self.fusion = load_stage(config, workdir, fusion_stage, "latest", mesh_shape) if fusion_stage else None
+    if self.fusion is not None:
+      self._check_fusion_width()
     self.image_size = int(config.data.image_size)
     shapes = str(config.data.source).startswith("shapes")
     self.resize_to = self.image_size if shapes else max(self.image_size, int(config.data.prepare_size))
 
+  @classmethod
+  def from_workdir(cls, workdir: str, **kwargs) -> "MultimodalClassifier":
+    """A finished pipeline run (its WORKDIR/config.json names the stages)."""
+    return cls(inference.read_run_config(workdir), workdir, **kwargs)
+
+  def _check_fusion_width(self) -> None:
+    """The fusion head was trained on features of a fixed width; text features from another embedding
+    (e.g. MiniLM after training on the siamese model) would not fit it: say so."""
+    fusion = self.fusion.task
+    width = {"text": self.query_table.shape[1],
+             "pixel": int(self.pixel.task.config.model.bottleneck_dim)}
+    have = sum(width[k] for k in fusion.inputs)
+    if have != fusion.input_dim:
+      raise ValueError(f"The fusion stage was trained on {fusion.input_dim}-d inputs but these stages give "
+                       f"{have}-d {'+'.join(fusion.inputs)} features (the features stage was re-run with another "
+                       "config). Re-run the pipeline (`xmodal train` re-runs the stages whose inputs changed).")
+
   def image_embeddings(self, images: np.ndarray) -> np.ndarray:
     """uint8 [N, size, size, 3] -> the text generator's x [N, 64]."""
-    gen = self.generator
-    return gen.runtime.map_batches(gen.task.embed_images, gen.params, {"images": images},
-                                   gen.task.config.eval.batch_size)
+    return self.generator.predict("embed_image", {"images": images}, self.batch_size)
 
   def add_queries(self, phrases: Sequence[str], images: Sequence[np.ndarray]) -> None:
     """New queries without retraining (seed eq. 2): query c gets the prototype phi_c = mean of the normalised
@@ -99,8 +109,7 @@ class MultimodalClassifier:
     """uint8 [N, size, size, 3] -> {"text" [N, Dt], "pixel" [N, Dp], "top_ids" [N, n], "top_scores" [N, n]}."""
     scores, ids = (np.asarray(a) for a in phrase_lookup.top_queries(
         self.image_embeddings(images), self.query_vectors, self.top_n))
-    pixel = self.pixel.runtime.map_batches(self.pixel.task.embed_images, self.pixel.params, {"images": images},
-                                           self.pixel.task.config.eval.batch_size)
+    pixel = self.pixel.predict("embed_image", {"images": images}, self.batch_size)
     return {"text": self.query_table[ids].mean(axis=1).astype(np.float32), "pixel": pixel.astype(np.float32),
             "top_ids": ids.astype(np.int32), "top_scores": scores.astype(np.float32)}
 
@@ -109,9 +118,9 @@ class MultimodalClassifier:
     if self.fusion is None:
       raise ValueError("This MultimodalClassifier was loaded without a fusion stage.")
     feats = self.features(images)
-    fusion = self.fusion
-    probs = fusion.runtime.map_batches(fusion.task.probabilities, fusion.params,
-                                       {"features": fusion.task.assemble(feats)}, fusion.task.config.eval.batch_size)
+    logits = self.fusion.predict("classify", {"features": self.fusion.task.assemble(feats)}, self.batch_size)
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
     out = []
     for row in range(len(images)):
       best = int(np.argmax(probs[row]))

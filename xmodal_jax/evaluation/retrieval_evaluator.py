@@ -1,0 +1,113 @@
+"""The retrieval evaluator: image<->text R@K of a task's predict functions, by embeddings or a pairwise scorer.
+
+Three ways to score, one rank definition and tie rule (evaluation/retrieval.py):
+  scorer="embeddings": `embed_image` / `embed_text` -> [N, D] / [M, D], chunked dot products (dual encoders);
+  scorer="pairwise": `score_pairs(variables, image=..., text=...)` -> [P] scores of aligned pairs
+    (cross-encoders: S2's cross attention, S4's matching head), run over blocks of image x caption pairs so
+    memory stays bounded. Optional per-item encoders `pair_image` / `pair_text` run once per image / caption
+    (e.g. region or word features) and their outputs are what `score_pairs` receives; without them it gets
+    the raw inputs;
+  rerank_k > 0 (with scorer="pairwise"): each query's top-k by the dual encoder's embeddings is re-scored by
+    `score_pairs` (the usual way to make cross-encoder retrieval affordable).
+`fold_size` also reports the mean over consecutive folds of that many images (COCO 1K).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from xmodal_jax.evaluation import evaluator as evaluator_lib
+from xmodal_jax.evaluation import retrieval
+
+
+@evaluator_lib.register
+class RetrievalEvaluator(evaluator_lib.Evaluator):
+  TYPE = "retrieval"
+  DEFAULTS = dict(
+      ks=(1, 5, 10),
+      fold_size=0,            # > 0: also the mean over folds of this many images (when the split is larger)
+      scorer="embeddings",    # embeddings | pairwise
+      rerank_k=0,             # pairwise: > 0 re-scores the embeddings' top-k of every query
+      pair_batch_size=4096,   # pairs per score_pairs call
+      embed_image="embed_image", embed_text="embed_text", score_pairs="score_pairs",
+      pair_image="", pair_text="")  # per-item encoders feeding score_pairs ('' = raw inputs)
+
+  def __init__(self, name, spec):
+    super().__init__(name, spec)
+    if spec.scorer not in ("embeddings", "pairwise"):
+      raise ValueError(f"config.evals.{name}.scorer={spec.scorer!r}; use 'embeddings' or 'pairwise'.")
+    if spec.rerank_k and spec.scorer != "pairwise":
+      raise ValueError(f"config.evals.{name}.rerank_k={spec.rerank_k} re-ranks with the pairwise scorer: set "
+                       "scorer='pairwise' (or rerank_k=0).")
+
+  def _embeddings(self, predict_fns, variables, data, runtime) -> tuple[np.ndarray, np.ndarray]:
+    bs = self.spec.batch_size
+    images = runtime.map_batches(self.predict_fn(predict_fns, "embed_image"), variables,
+                                 data.need("image_inputs", self.name), bs)
+    texts = runtime.map_batches(self.predict_fn(predict_fns, "embed_text"), variables,
+                                data.need("text_inputs", self.name), bs)
+    return images, texts
+
+  def _pair_scorer(self, predict_fns, variables, data, runtime) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """fn(image rows [P], text rows [P]) -> scores [P], over per-item features computed once."""
+    bs = self.spec.batch_size
+    features = {}
+    for side, field in (("image", "pair_image"), ("text", "pair_text")):
+      inputs = data.need(f"{side}_inputs", self.name)
+      features[side] = (runtime.map_batches(self.predict_fn(predict_fns, field), variables, inputs, bs)
+                        if self.spec[field] else inputs)
+    score = self.predict_fn(predict_fns, "score_pairs")
+
+    def scorer(image_rows: np.ndarray, text_rows: np.ndarray) -> np.ndarray:
+      pairs = {"image": jax.tree.map(lambda x: np.asarray(x)[image_rows], features["image"]),
+               "text": jax.tree.map(lambda x: np.asarray(x)[text_rows], features["text"])}
+      return np.asarray(runtime.map_batches(score, variables, pairs, self.spec.pair_batch_size), np.float32)
+
+    return scorer
+
+  def _ranked(self, image_emb, text_emb, scorer, text_to_image, num_images) -> dict[str, float]:
+    ks = tuple(self.spec.ks)
+    if scorer is None:
+      return retrieval.retrieval_metrics(image_emb, text_emb, text_to_image, ks=ks)
+    if self.spec.rerank_k:
+      ranks = retrieval.reranked_ranks(image_emb, text_emb, text_to_image, scorer, int(self.spec.rerank_k))
+    else:
+      ranks = retrieval.pairwise_ranks(scorer, text_to_image, num_images, max_pairs=int(self.spec.pair_batch_size) * 16)
+    return retrieval.metrics_from_ranks(*ranks, ks=ks)
+
+  def evaluate(self, predict_fns, variables, data, runtime) -> dict[str, float]:
+    text_to_image = np.asarray(data.need("text_to_image", self.name))
+    num_images = len(jax.tree.leaves(data.need("image_inputs", self.name))[0])
+    image_emb = text_emb = scorer = None
+    if self.spec.scorer == "embeddings" or self.spec.rerank_k:
+      image_emb, text_emb = self._embeddings(predict_fns, variables, data, runtime)
+    if self.spec.scorer == "pairwise":
+      scorer = self._pair_scorer(predict_fns, variables, data, runtime)
+    metrics = self._ranked(image_emb, text_emb, scorer, text_to_image, num_images)
+    fold = int(self.spec.fold_size)
+    if fold and num_images > fold and num_images % fold == 0:
+      if scorer is None:
+        folds = retrieval.fold_retrieval_metrics(image_emb, text_emb, text_to_image, fold_size=fold,
+                                                 ks=tuple(self.spec.ks))
+      else:
+        per_fold = []
+        for start in range(0, num_images, fold):
+          texts = np.flatnonzero((text_to_image >= start) & (text_to_image < start + fold))
+          sub = lambda i, t, s=start, txt=texts: scorer(i + s, txt[t])
+          per_fold.append(self._ranked(None if image_emb is None else image_emb[start:start + fold],
+                                       None if text_emb is None else text_emb[texts], sub,
+                                       text_to_image[texts] - start, fold))
+        folds = {k: float(np.mean([m[k] for m in per_fold])) for k in per_fold[0]}
+      metrics.update({f"fold{fold}_{k}": v for k, v in folds.items()})
+    return metrics
+
+  def format(self, metrics: dict[str, float], title: str) -> str:
+    table = retrieval.format_retrieval_table({k: v for k, v in metrics.items() if not k.startswith("fold")},
+                                             title=title)
+    fold = int(self.spec.fold_size)
+    folds = {k[len(f"fold{fold}_"):]: v for k, v in metrics.items() if k.startswith(f"fold{fold}_")}
+    if folds:
+      table += "\n\n" + retrieval.format_retrieval_table(folds, title=f"{title}, mean over {fold}-image folds")
+    return table

@@ -1,0 +1,93 @@
+"""S1 stage 2, the text embedding: a siamese bag of unigrams + bigrams trained on query-query association
+pairs (two queries of the same image), symmetric InfoNCE over in-batch negatives, 200-d output.
+
+Evaluation ("query_association" evaluators, tasks/s1/evaluators.py): for one held-out pair (a, b) per image of
+the split, is b among the k queries nearest to a (a itself excluded)? Reported as assoc_r1 / r5 / r10 (%).
+
+Config: data (+ query_* fields), model.dim (200), model.embed_dim, model.max_ngrams, loss.temperature.
+Assets: queries.json, ngrams.json.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from xmodal_jax.data.iterator import EpochBatchIterator
+from xmodal_jax.data.ngrams import NgramVocab
+from xmodal_jax.evaluation.evaluator import EvalData
+from xmodal_jax.models.ngram_embedding import SiameseQueryEmbedding
+from xmodal_jax.objectives.contrastive_softmax import symmetric_infonce
+from xmodal_jax.tasks.s1 import evaluators  # pylint: disable=unused-import  (registers the "query_association" evaluator)
+from xmodal_jax.tasks.s1.stage import S1Stage
+
+NGRAMS_FILE = "ngrams.json"
+
+
+class TextEmbeddingTask(S1Stage):
+  """Predict function: embed_phrases (n-gram bags [batch, len] -> unit [batch, dim])."""
+
+  def __init__(self, config, workdir):
+    super().__init__(config, workdir)
+    self.ngrams: NgramVocab | None = None
+    self._predict = {"embed_phrases": self.embed_phrases}
+
+  def build_model(self):
+    path = os.path.join(self.workdir, NGRAMS_FILE)
+    if os.path.exists(path):  # resume / eval / inference: the vocabulary the run was trained with
+      self.ngrams = NgramVocab.load(path)
+    else:
+      self.ngrams = NgramVocab.build(self.queries)
+      if jax.process_index() == 0:
+        self.ngrams.save(path)
+    cfg = self.config.model
+    return SiameseQueryEmbedding(len(self.ngrams), dim=cfg.dim, embed_dim=cfg.embed_dim)
+
+  def encode_phrases(self, phrases: Sequence[str]) -> dict[str, np.ndarray]:
+    """Phrases -> the inputs of `embed_phrases` ({"ids", "mask"}); n-grams unseen in training are unknown."""
+    ids, mask = self.ngrams.encode_batch(list(phrases), self.config.model.max_ngrams)
+    return {"ids": ids, "mask": mask}
+
+  def train_iterator(self, *, process_index, process_count):
+    notes = self.annotations("train")
+    rows = notes.images_with_queries(minimum=2)
+    if len(rows) == 0:
+      raise ValueError("No train image has two queries: the siamese text embedding has no pairs to learn from.")
+    table = self.encode_phrases(self.queries)
+    phrase_ids, phrase_mask = table["ids"], table["mask"]
+
+    def load(indices, keys):
+      pairs = notes.sample_queries(rows[indices], keys, count=2)
+      a, b = pairs[:, 0], pairs[:, 1]
+      return {"a_ids": phrase_ids[a], "a_mask": phrase_mask[a], "a_query": a,
+              "b_ids": phrase_ids[b], "b_mask": phrase_mask[b], "b_query": b}
+
+    return EpochBatchIterator(len(rows), self.config.train.batch_size, load, seed=self.config.seed,
+                              process_index=process_index, process_count=process_count,
+                              num_threads=1, prefetch=self.config.data.prefetch)
+
+  def init_variables(self, rng):
+    table = self.encode_phrases(self.queries[:1])
+    ids, mask = table["ids"], table["mask"]
+    return {"params": self.model.init(rng, ids, mask, ids, mask)["params"]}
+
+  def loss_fn(self, params, batch, rng, ctx):
+    a, b = self.model.apply({"params": params}, batch["a_ids"], batch["a_mask"], batch["b_ids"], batch["b_mask"])
+    return symmetric_infonce(a, b, self.config.loss.temperature, a_ids=batch["a_query"], b_ids=batch["b_query"])
+
+  def embed_phrases(self, variables, ids, mask):
+    """n-gram bags [batch, len] -> unit embeddings [batch, dim]."""
+    return self.model.apply({"params": variables["params"]}, ids, mask, method=SiameseQueryEmbedding.embed)
+
+  def predict_fns(self):
+    return self._predict
+
+  def make_eval_data(self, split):
+    notes = self.annotations(split)
+    rows = notes.images_with_queries(minimum=2)
+    keys = np.random.default_rng(self.config.seed).integers(0, 2**32, len(rows), dtype=np.uint64)
+    pairs = notes.sample_queries(rows, keys, count=2)
+    return EvalData(text_inputs=self.encode_phrases(self.queries), extras={"pairs": pairs},
+                    title=f"query association retrieval ({len(pairs)} held-out pairs, {len(self.queries)} queries)")
