@@ -2,7 +2,7 @@
 
 `prepare(spec, out_dir, image_size)` reads and validates the records (data/records.py), decodes every image
 (a corrupt one is an error naming the file, or is skipped and counted with skip_bad), resizes it so its shorter
-side is `image_size`, re-encodes it as JPEG and writes the splits with our tfds builder `CaptionedImages`.
+side is `image_size`, re-encodes it as JPEG and writes the splits with `tfds.dataset_builders.store_as_tfds_dataset`.
 Training then always reads one kind of thing: `tfds` array_record data sources (`open_builder(out_dir).as_data_source(split)`).
 """
 from __future__ import annotations
@@ -33,45 +33,16 @@ def import_tfds():
   return tfds
 
 
-def _builder_class():
-  """Defined lazily (tfds registers builders by class name on definition; define it once)."""
-  global _BUILDER
-  if _BUILDER is not None:
-    return _BUILDER
+def _features():
+  """One example per image: JPEG (shorter side resized), captions, image id, boxes and their labels."""
   tfds = import_tfds()
-
-  class CaptionedImages(tfds.core.GeneratorBasedBuilder):
-    """Images (JPEG, shorter side resized) + captions + image id + boxes, one example per image."""
-    VERSION = tfds.core.Version(_PREPARE_VERSION)
-
-    def __init__(self, *, examples_by_split=None, **kwargs):
-      self._examples_by_split = examples_by_split
-      super().__init__(**kwargs)
-
-    def _info(self):
-      features = tfds.features.FeaturesDict({
-          "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-          "image_id": np.int64,
-          "captions": tfds.features.Sequence(tfds.features.Text()),
-          "boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
-          "box_labels": tfds.features.Sequence(tfds.features.Text()),
-      })
-      return tfds.core.DatasetInfo(builder=self, features=features,
-                                   description="Captioned images prepared by `xmodal prepare`.")
-
-    def _split_generators(self, dl_manager):
-      if self._examples_by_split is None:
-        raise RuntimeError("CaptionedImages is written by xmodal_jax.data.prepared.prepare().")
-      return {split: self._generate_examples(gen) for split, gen in self._examples_by_split.items()}
-
-    def _generate_examples(self, generator):
-      yield from generator
-
-  _BUILDER = CaptionedImages
-  return _BUILDER
-
-
-_BUILDER = None
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+      "image_id": np.int64,
+      "captions": tfds.features.Sequence(tfds.features.Text()),
+      "boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+      "box_labels": tfds.features.Sequence(tfds.features.Text()),
+  })
 
 
 def default_prepared_dir(spec: str, image_size: int) -> str:
@@ -137,8 +108,9 @@ def prepare(spec: str, out_dir: str, *, image_size: int = 256, skip_bad: bool = 
   counts: dict[str, int] = {}
   examples = {s: _examples(recs, image_size, report, skip_bad, counts, s) for s, recs in by_split.items()}
   os.makedirs(out_dir, exist_ok=True)
-  builder = _builder_class()(data_dir=out_dir, file_format="array_record", examples_by_split=examples)
-  builder.download_and_prepare()
+  import_tfds().dataset_builders.store_as_tfds_dataset(
+      name=BUILDER_NAME, version=_PREPARE_VERSION, features=_features(), split_datasets=examples, data_dir=out_dir,
+      file_format="array_record", description="Captioned images prepared by `xmodal prepare`.")
   summary = {"source": spec, "image_size": image_size, "examples": counts, "skipped": dict(report.counts),
              "skipped_examples": report.examples[:10], "seconds": round(time.time() - start, 1),
              "version": _PREPARE_VERSION}
@@ -158,4 +130,4 @@ def open_builder(out_dir: str):
   """The tfds builder of a prepared data set (read mode); `.as_data_source(split)` gives random access."""
   if not is_prepared(out_dir):
     raise FileNotFoundError(f"No prepared data set in {out_dir}; run `xmodal prepare --source=... --out={out_dir}`.")
-  return _builder_class()(data_dir=out_dir, file_format="array_record")
+  return import_tfds().builder_from_directory(os.path.join(out_dir, BUILDER_NAME, _PREPARE_VERSION))

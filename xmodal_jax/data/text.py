@@ -11,6 +11,7 @@ import re
 from typing import Iterable, Sequence
 
 import numpy as np
+import tokenizers
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)
@@ -56,7 +57,9 @@ class WordVocab(TokenizerBase):
   """Word-level vocabulary: id 0 = <pad>, 1 = <unk>, 2 = <bos>, 3 = <eos>, then words by frequency.
 
   Built on the training captions only (`build`), saved as JSON next to the run (`save` / `load`), so
-  evaluation and serving tokenise exactly as training did.
+  evaluation and serving tokenise exactly as training did. Encoding is a `tokenizers` WordLevel model over
+  whitespace-split `normalize_caption` output. `build` counts words itself (ties broken by the word) rather
+  than with tokenizers' WordLevelTrainer, whose order among equally frequent words is not specified.
   """
 
   def __init__(self, words: Sequence[str]):
@@ -66,7 +69,9 @@ class WordVocab(TokenizerBase):
     if len(set(words)) != len(words):
       raise ValueError("WordVocab words must be unique.")
     self.words = words
-    self._index = {w: i for i, w in enumerate(words)}
+    self._tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)},
+                                                                       unk_token=UNK))
+    self._tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
 
   @classmethod
   def build(cls, captions: Iterable[str], min_count: int = 1) -> "WordVocab":
@@ -80,8 +85,16 @@ class WordVocab(TokenizerBase):
   def __len__(self) -> int:
     return len(self.words)
 
+  def __reduce__(self):
+    return type(self), (self.words,)
+
   def encode(self, text: str) -> list[int]:
-    return [self._index.get(w, self.unk_id) for w in normalize_caption(text).split()]
+    return self._tokenizer.encode(normalize_caption(text), add_special_tokens=False).ids
+
+  def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """texts -> (tokens int32 [n, max_len], mask bool [n, max_len]); longer texts are cut at max_len."""
+    encoded = self._tokenizer.encode_batch([normalize_caption(t) for t in texts], add_special_tokens=False)
+    return pad_token_ids([e.ids for e in encoded], max_len)
 
   def decode(self, ids: Iterable[int]) -> str:
     return " ".join(self.words[i] for i in ids if i >= len(SPECIALS))
