@@ -148,3 +148,17 @@ def test_classifier_loads_from_the_workdir_alone(tiny_run, monkeypatch):
   rows = model.classify(world.images)
   assert [r["label"] in shapes_world.LABEL_NAMES for r in rows] == [True] * 3
   assert all(abs(sum(r["probabilities"].values()) - 1.0) < 1e-5 for r in rows)
+
+
+def test_eval_of_a_pipeline_reproduces_the_training_metrics(tiny_run):
+  config, workdir, results = tiny_run
+  evaluated = dict(pipeline.evaluate_pipeline(config, workdir, only=("fusion", "text_generator")))
+  assert sorted(evaluated) == ["fusion", "text_generator"]
+  for name, out in evaluated.items():
+    assert out["step"] == config.stages[name].train.num_steps
+    trained = results["stages"][name]["metrics"]
+    assert out["metrics"].keys() == trained.keys()
+    for key, value in trained.items():
+      assert out["metrics"][key] == pytest.approx(value, abs=1e-6), (name, key)
+  only_test = dict(pipeline.evaluate_pipeline(config, workdir, only=("fusion",), splits=("test",)))
+  assert set(only_test["fusion"]["metrics"]) == {k for k in results["stages"]["fusion"]["metrics"] if k.startswith("test/")}

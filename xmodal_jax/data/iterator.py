@@ -1,10 +1,10 @@
 """A deterministic, checkpointable, prefetching iterator of per-host batches over an indexable data set.
 
-Order is a pure function of (seed, global batch number): each epoch is a fresh permutation of all examples,
-cut into global batches (the remainder dropped); process p of P takes rows [p*B/P, (p+1)*B/P) of every
-global batch. Loading runs in a grain pipeline (`MapDataset.range -> map(load) -> to_iter_dataset` with
-reader threads and a prefetch buffer). The position is one integer (the next global batch), stored in the
-trainer's checkpoint, so a resumed run sees exactly the batches an uninterrupted one would.
+The order is grain's: `MapDataset.range(N).shuffle(seed).batch(B, drop_remainder=True).repeat()` cuts each
+epoch's permutation of all examples into global batches (remainder dropped) and reshuffles every epoch.
+Process p of P takes rows [p*B/P, (p+1)*B/P) of every global batch. Loading runs in grain reader threads with a
+prefetch buffer. The position is one integer (the next global batch), stored in the trainer's checkpoint, so a
+resumed run sees exactly the batches an uninterrupted one would.
 """
 from __future__ import annotations
 
@@ -15,48 +15,27 @@ import grain
 import numpy as np
 
 LoadFn = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
-_ENDLESS = 2**62
 
 
-class EpochOrder:
-  """Global batch number b -> (example indices, per-example keys) of this host's rows. Thread-safe.
+class ExampleKeys:
+  """(epoch, example indices) -> uint32 keys that depend only on (seed, epoch, example). Thread-safe.
 
-  A key (uint32) depends only on (seed, epoch, example index), so random choices made from it (which
-  caption, which crop) are the same whatever the number of hosts or the batch layout.
+  Random choices made from a key (which caption, which crop) are then the same whatever the number of hosts
+  or the batch layout. Hand-written: grain's random_map seeds by position in the stream, not by example.
   """
 
-  def __init__(self, num_examples: int, global_batch_size: int, *, seed: int = 0, process_index: int = 0,
-               process_count: int = 1):
-    if global_batch_size % process_count:
-      raise ValueError(f"Global batch size {global_batch_size} must be divisible by the {process_count} processes.")
-    if num_examples < global_batch_size:
-      raise ValueError(f"The data set has {num_examples} examples, fewer than one global batch "
-                       f"({global_batch_size}); lower config.train.batch_size or add data.")
-    self.num_examples = num_examples
-    self.global_batch_size = global_batch_size
-    self.batches_per_epoch = num_examples // global_batch_size
-    self.seed = seed
-    self._local = global_batch_size // process_count
-    self._offset = process_index * self._local
+  def __init__(self, seed: int, num_examples: int):
+    self.seed, self.num_examples = seed, num_examples
     self._lock = threading.Lock()
-    self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    self._tables: dict[int, np.ndarray] = {}
 
-  def _epoch_tables(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+  def __call__(self, epoch: int, indices: np.ndarray) -> np.ndarray:
     with self._lock:
       if epoch not in self._tables:
-        rng = np.random.default_rng([self.seed, epoch])
-        perm = rng.permutation(self.num_examples)
-        keys = rng.integers(0, 2**32, size=self.num_examples, dtype=np.uint32)
+        table = np.random.default_rng([self.seed, epoch]).integers(0, 2**32, self.num_examples, dtype=np.uint32)
         self._tables = {e: t for e, t in self._tables.items() if e >= epoch - 1}  # keep the neighbour epoch
-        self._tables[epoch] = (perm, keys)
-      return self._tables[epoch]
-
-  def host_batch(self, batch_number: int) -> tuple[np.ndarray, np.ndarray]:
-    epoch, batch = divmod(int(batch_number), self.batches_per_epoch)
-    perm, keys = self._epoch_tables(epoch)
-    start = batch * self.global_batch_size + self._offset
-    indices = perm[start:start + self._local]
-    return indices, keys[indices]
+        self._tables[epoch] = table
+      return self._tables[epoch][indices]
 
 
 class EpochBatchIterator:
@@ -69,21 +48,34 @@ class EpochBatchIterator:
 
   def __init__(self, num_examples: int, global_batch_size: int, load_fn: LoadFn, *, seed: int = 0,
                process_index: int = 0, process_count: int = 1, num_threads: int = 2, prefetch: int = 4):
-    self.order = EpochOrder(num_examples, global_batch_size, seed=seed, process_index=process_index,
-                            process_count=process_count)
-    self.batches_per_epoch = self.order.batches_per_epoch
+    if global_batch_size % process_count:
+      raise ValueError(f"Global batch size {global_batch_size} must be divisible by the {process_count} processes.")
+    if num_examples < global_batch_size:
+      raise ValueError(f"The data set has {num_examples} examples, fewer than one global batch "
+                       f"({global_batch_size}); lower config.train.batch_size or add data.")
+    self.seed = seed
+    self.batches_per_epoch = num_examples // global_batch_size
+    local = global_batch_size // process_count
+    rows = slice(process_index * local, (process_index + 1) * local)
+    keys = ExampleKeys(seed, num_examples)
+
+    def load(batch_number: int, indices: np.ndarray) -> dict[str, np.ndarray]:
+      mine = indices[rows]
+      return load_fn(mine, keys(batch_number // self.batches_per_epoch, mine))
+
     self._read_options = grain.ReadOptions(num_threads=max(1, num_threads), prefetch_buffer_size=max(1, prefetch))
-    self._dataset = grain.MapDataset.range(_ENDLESS).map(lambda b: load_fn(*self.order.host_batch(b)))
+    self._dataset = (grain.MapDataset.range(num_examples).shuffle(seed=seed)
+                     .batch(global_batch_size, drop_remainder=True).repeat().map_with_index(load))
     self._iterator = iter(self._dataset.to_iter_dataset(self._read_options))
 
   def get_state(self) -> dict[str, Any]:
     next_batch = int(self._iterator.get_state()["next_index"])
     epoch, batch = divmod(next_batch, self.batches_per_epoch)
-    return {"epoch": epoch, "batch": batch, "seed": self.order.seed}
+    return {"epoch": epoch, "batch": batch, "seed": self.seed}
 
   def set_state(self, state: dict[str, Any]) -> None:
-    if int(state["seed"]) != self.order.seed:
-      raise ValueError(f"Checkpointed data iterator used seed {state['seed']}, this run uses {self.order.seed}; "
+    if int(state["seed"]) != self.seed:
+      raise ValueError(f"Checkpointed data iterator used seed {state['seed']}, this run uses {self.seed}; "
                        "resume with the same config.seed.")
     next_batch = int(state["epoch"]) * self.batches_per_epoch + int(state["batch"])
     self._iterator = iter(self._dataset.to_iter_dataset(self._read_options))
