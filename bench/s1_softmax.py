@@ -9,7 +9,7 @@ For each K, times (median of --steps runs after --warmup, block_until_ready) and
   full adamw step     the above + optax.adamw on W (W and the Adam state donated)          dense update: O(K D)
   sampled adamw step  likewise with the sampled loss                                      dense update: O(K D)
   sampled sparse Ada. grad w.r.t. the gathered rows only, row-wise Adagrad on them in place
-                      (train/sparse_rows.py, what config.loss.query_update="sparse_adagrad" runs)  O((B+S) D), flat in K
+                      (train/sparse_rows.row_adagrad + apply_updates: what query_update="sparse_adagrad" runs)  O((B+S) D), flat in K
   top-k lookup        top_queries, exact (lax.top_k) vs approx (lax.approx_max_k), k=3, batch B and 1
 
 Memory is the compiled executable's `memory_analysis()`: `temp` = XLA scratch buffers; `total` = temp + arguments
@@ -99,8 +99,10 @@ def _bench_k(num_classes: int, args) -> list[dict]:
   full_adam = adam_step(lambda x, w, rng: full_loss(x, w))
   sampled_adam = adam_step(sampled_loss)
 
+  row_tx = sparse_rows.row_adagrad(lr)  # the optax transformation S1's sparse_adagrad option trains W with
+
   @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def sparse_adagrad(w, accumulators, x, rng):
+  def sparse_adagrad(w, row_state, x, rng):
     ids, _ = ss.sample_candidates(rng, num_samples, num_classes)
     rows_ids = jnp.concatenate([labels, ids])
     rows = w[rows_ids]  # [B + S, D]: the only rows read or written
@@ -109,8 +111,8 @@ def _bench_k(num_classes: int, args) -> list[dict]:
       return ss.sampled_softmax_from_rows(x, rows[:batch], rows[batch:], labels, ids, num_classes=num_classes,
                                           scale=scale)
     (loss, _), (gx, g_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(x, rows)
-    w, accumulators = sparse_rows.row_adagrad_update(w, accumulators, rows_ids, g_rows, lr)
-    return w, accumulators, loss, gx
+    updates, row_state = row_tx.update({"w": sparse_rows.RowSparseGrad(rows_ids, g_rows)}, row_state)
+    return sparse_rows.apply_updates({"w": w}, updates)["w"], row_state, loss, gx
 
   rows = []
 
@@ -125,7 +127,7 @@ def _bench_k(num_classes: int, args) -> list[dict]:
   w = new_w()  # the previous one was donated
   add("sampled adamw step", sampled_adam, (w, opt.init(w), x, rng), feedback=2)
   w = new_w()
-  add("sampled sparse Adagrad step", sparse_adagrad, (w, jnp.full((num_classes,), 0.1), x, rng), feedback=2)
+  add("sampled sparse Adagrad step", sparse_adagrad, (w, row_tx.init({"w": w}), x, rng), feedback=2)
   w = new_w()
   for method in ("exact", "approx"):
     for b in (batch, 1):

@@ -58,6 +58,9 @@ class FrozenTowerTask(Task):
   def features(self, frozen, x):
     return jnp.tanh(x @ frozen["tower"]["kernel"])
 
+  def frozen_params_arrays(self):
+    return nn.meta.unbox(self.frozen_params())
+
   def loss_fn(self, params, batch, rng, ctx):
     pred = self.head.apply({"params": params}, self.features(ctx.frozen, batch["x"]))
     return jnp.mean((pred - batch["y"]) ** 2), {}
@@ -253,3 +256,82 @@ def test_checkpoints_keep_the_latest_n_and_the_best(tmp_path):
   ckpt.close()
   with pytest.raises(FileNotFoundError, match="train first"):
     checkpointing.Checkpointer(str(tmp_path / "missing"), create=False)
+
+
+class ShardMapLossTask(FrozenTowerTask):
+  """The same toy, its loss written with `jax.shard_map` over the step's mesh: per-device squared errors summed
+  with `psum` over `data` (what chunked global-batch losses do)."""
+
+  def loss_fn(self, params, batch, rng, ctx):
+    from jax.sharding import PartitionSpec as P
+    pred = self.head.apply({"params": params}, self.features(ctx.frozen, batch["x"]))
+
+    def per_shard(err):
+      return jax.lax.psum(jnp.sum(err ** 2), "data")
+
+    total = jax.shard_map(per_shard, mesh=ctx.mesh, in_specs=P("data"), out_specs=P(), check_vma=False)(
+        pred - batch["y"])
+    return total / pred.size, {}
+
+
+def test_a_step_reaches_the_mesh_for_shard_map(tmp_path):
+  plain = trainer.train_and_evaluate(FrozenTowerTask(_toy_config(), str(tmp_path / "plain")))
+  mapped = trainer.train_and_evaluate(ShardMapLossTask(_toy_config(), str(tmp_path / "mapped")))
+  for a, b in zip(jax.tree.leaves(plain["state"].params), jax.tree.leaves(mapped["state"].params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+class _NormHead(nn.Module):
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.5)(x)
+    return layers.dense(1, ("mlp", None), name="out")(x)
+
+
+class BatchStatsTask(FrozenTowerTask):
+  """The toy with a BatchNorm head: its running statistics are model state, updated by the step (not by the
+  optimiser), checkpointed with the params and read by inference."""
+
+  def __init__(self, config, workdir):
+    super().__init__(config, workdir)
+    self.head = _NormHead()
+
+  def init_variables(self, rng):
+    return dict(self.head.init(rng, jnp.zeros((1, 16)), train=False))
+
+  def train_step(self, state, batch, rng, ctx):
+    h = self.features(ctx.frozen, batch["x"])
+
+    def loss_fn(params):
+      pred, updates = self.head.apply({"params": params, **ctx.model_state}, h, train=True, mutable=["batch_stats"])
+      return jnp.mean((pred - batch["y"]) ** 2), updates
+
+    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return state.apply_gradients(grads, model_state=dict(updates)), {"loss": loss}
+
+  def predict(self, variables, x):
+    return self.head.apply({k: v for k, v in variables.items() if k != "frozen"},
+                           self.features(variables["frozen"], x), train=False)
+
+  def predict_fns(self):
+    return {"predict": self.predict}
+
+
+def test_model_state_is_updated_by_the_step_checkpointed_and_used_by_inference(tmp_path):
+  workdir = str(tmp_path / "run")
+  first = trainer.train_and_evaluate(BatchStatsTask(_toy_config(), workdir), stop_at_step=2)
+  stats = first["state"].model_state["batch_stats"]
+  assert not np.allclose(np.asarray(stats["BatchNorm_0"]["mean"]), 0.0)  # moved by the steps, not the optimiser
+  opt_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(first["state"].opt_state)[0]]
+  assert opt_paths and not any(p.endswith(("['mean']", "['var']")) for p in opt_paths)  # not optimiser state
+  resumed = trainer.train_and_evaluate(BatchStatsTask(_toy_config(), workdir))
+  straight = trainer.train_and_evaluate(BatchStatsTask(_toy_config(), str(tmp_path / "straight")))
+  for a, b in zip(jax.tree.leaves(resumed["state"].model_state), jax.tree.leaves(straight["state"].model_state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  loaded = inference.load_model(BatchStatsTask(_toy_config(), workdir), mesh_shape=(-1, 1))
+  assert set(loaded.variables) == {"params", "batch_stats", "frozen"}
+  x = np.random.default_rng(5).normal(size=(8, 8)).astype(np.float32)
+  task = loaded.task
+  want = task.head.apply({"params": straight["state"].params, **straight["state"].model_state},
+                         task.features(task.frozen_params_arrays(), x), train=False)
+  np.testing.assert_allclose(loaded.predict("predict", {"x": x}), np.asarray(want), rtol=1e-5, atol=1e-6)

@@ -6,8 +6,8 @@ Run (from the repo root):
 Variants: `--config=configs/retrieval/vsepp_shapes.py:tiny` (seconds; used by tests and benchmarks).
 Any field can be overridden, e.g. `--config.train.batch_size=64 --config.mesh.shape='(2,4)'`.
 
-Expected (2-core CPU, default variant, 2,000 steps, ~11 min of training): test split (1,000 images,
-5,000 captions) image->text R@1 ~87%, text->image R@1 ~67% (acceptance bar: image->text R@1 >= 50%);
+Expected (2-core CPU, default variant, 2,000 steps, ~6 min of training): test split (1,000 images,
+5,000 captions) image->text R@1 ~87%, text->image R@1 ~68% (acceptance bar: image->text R@1 >= 50%);
 README.md has the measured table.
 """
 import ml_collections

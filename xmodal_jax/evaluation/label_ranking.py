@@ -62,6 +62,6 @@ class LabelRankingEvaluator(evaluator_lib.Evaluator):
 
   def format(self, metrics, title):
     columns = [k for k in metrics if k.startswith(("p_at_", "r_at_"))]
-    names = [c.replace("_at_", "@").replace("@", "@", 1).replace("_any_true", " vs every true label") for c in columns]
+    names = [c.replace("_at_", "@").replace("_any_true", " vs every true label") for c in columns]
     return tables.markdown_table(names, [[metrics[c] for c in columns]],
                                  title=f"{title} ({int(metrics['images'])} images with true labels)")

@@ -8,13 +8,12 @@ from tabulate import tabulate
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str = "",
                    floatfmt: str = ".2f", footer: str = "") -> str:
-  """A markdown table: first column left-aligned, numbers right-aligned; optional bold title and footer line.
+  """A markdown table: text left-aligned, numbers right-aligned; optional bold title and footer line.
 
   Missing values (None) print as "-".
   """
-  align = ("left",) + ("right",) * (len(headers) - 1)
   table = tabulate([list(r) for r in rows], headers=list(headers), tablefmt="pipe", floatfmt=floatfmt,
-                   colalign=align, missingval="-")
+                   numalign="right", stralign="left", missingval="-")
   lines = ([f"**{title}**", ""] if title else []) + [table]
   if footer:
     lines += ["", footer]
