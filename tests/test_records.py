@@ -107,17 +107,25 @@ BAD_LINES = {
 }
 
 
+CAPTION_LEVEL = ("empty caption", "non-text caption")  # the record has a good caption besides the bad one
+
+
 @pytest.mark.parametrize("reason", list(BAD_LINES))
 def test_caption_folder_bad_line(tmp_path, reason):
   root = _folder(tmp_path, [_line("a"), BAD_LINES[reason], _line("c")])
   with pytest.raises(records.BadInputError, match=r"captions\.jsonl:2\b") as info:
     records.read_caption_folder(root)
   assert info.value.reason == reason
-  recs, report = records.read_caption_folder(root, skip_bad=True)
+  recs, report = records.read_caption_folder(root, skip_bad=True, max_bad_fraction=0.5)
+  assert "captions.jsonl:2" in report.examples[0]
+  if reason in CAPTION_LEVEL:  # the bad caption is dropped; its image keeps its good one
+    assert [os.path.basename(r.image_path) for r in recs] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert recs[1].captions == ("A dog.",) and report.caption_counts == {reason: 1} and report.total() == 0
+    assert report.summary().startswith(f"dropped 1 bad captions of kept images: 1 {reason} (first: ")
+    return
   assert [os.path.basename(r.image_path) for r in recs] == ["a.jpg", "c.jpg"]
   assert report.counts == {reason: 1} and report.total() == 1
   assert report.summary().startswith(f"skipped 1 bad records: 1 {reason} (first: ")
-  assert "captions.jsonl:2" in report.examples[0]
 
 
 def test_malformed_json_names_column_and_non_utf8(tmp_path):
@@ -126,7 +134,7 @@ def test_malformed_json_names_column_and_non_utf8(tmp_path):
     records.read_caption_folder(root)
   with open(os.path.join(root, "captions.jsonl"), "ab") as f:
     f.write(b'{"image": "images/c.jpg", "captions": ["caf\xe9"], "split": "train"}\n')
-  recs, report = records.read_caption_folder(root, skip_bad=True)
+  recs, report = records.read_caption_folder(root, skip_bad=True, max_bad_fraction=1.0)
   assert len(recs) == 1 and report.counts == {"malformed JSON": 2} and "UTF-8" in report.examples[1]
 
 
@@ -192,8 +200,10 @@ def test_karpathy_bad_entry(tmp_path, reason):
   with pytest.raises(records.BadInputError, match=r"dataset_coco\.json: images\[1\]\W") as info:
     records.read_karpathy(path, image_root)
   assert info.value.reason == reason
-  recs, report = records.read_karpathy(path, image_root, skip_bad=True)
-  assert [r.image_id for r in recs] == [10, 2] and report.counts == {reason: 1}
+  recs, report = records.read_karpathy(path, image_root, skip_bad=True, max_bad_fraction=0.5)
+  # A single bad caption leaves its image no caption: the record goes, under the reason that says so.
+  assert [r.image_id for r in recs] == [10, 2]
+  assert report.counts == {("no usable caption" if reason == "empty caption" else reason): 1}
 
 
 def test_karpathy_file_errors(tmp_path):

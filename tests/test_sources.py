@@ -121,7 +121,8 @@ def test_corrupt_image_fails_prepare_or_is_skipped_and_counted(tmp_path):
   (root / "images" / "002.jpg").write_bytes(b"not a jpeg at all")
   with pytest.raises(records.BadInputError, match="002.jpg"):
     prepared.prepare(f"folder:{root}", str(tmp_path / "strict"), image_size=24)
-  summary = prepared.prepare(f"folder:{root}", str(tmp_path / "lenient"), image_size=24, skip_bad=True)
+  summary = prepared.prepare(f"folder:{root}", str(tmp_path / "lenient"),
+                             options=prepared.PrepareOptions(image_size=24, skip_bad=True, max_bad_fraction=0.5))
   assert summary["examples"] == {"train": 5, "val": 3}
   assert sum(summary["skipped"].values()) == 1 and "002.jpg" in summary["skipped_examples"][0]
 
@@ -133,7 +134,8 @@ def test_bad_line_fails_with_file_and_line_unless_skip_bad(tmp_path):
     f.write('{"image": "images/000.jpg", "captions": [""], "split": "train", "image_id": 999}\n')
   with pytest.raises(records.BadInputError, match=r"captions.jsonl:10"):
     sources.load_split(_data_config(tmp_path, f"folder:{root}"), "train")
-  config = _data_config(tmp_path, f"folder:{root}", skip_bad=True, prepared_dir=str(tmp_path / "p2"))
+  config = _data_config(tmp_path, f"folder:{root}", skip_bad=True, max_bad_fraction=0.5,
+                        prepared_dir=str(tmp_path / "p2"))
   assert len(sources.load_split(config, "train")) == 6
 
 

@@ -22,7 +22,9 @@ def data_config(source: str, **fields: Any) -> ml_collections.ConfigDict:
       prepare_size=64,     # real data: shorter side of the prepared images (>= image_size)
       prepared_dir="",     # real data: '' = ~/.cache/xmodal_jax/prepared/<source>
       tfds_data_dir="",    # tfds:NAME sources
-      skip_bad=False)      # real data: skip (and count) bad records instead of failing
+      skip_bad=False,      # real data: skip (and count) bad records and captions instead of failing
+      max_bad_fraction=0.01,       # ... but fail if more than this fraction of records (or captions) is bad
+      allow_outside_paths=False)   # real data: image paths may point outside the dataset folder
   config.update(fields)
   return ml_collections.ConfigDict(config)
 

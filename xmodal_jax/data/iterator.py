@@ -14,6 +14,8 @@ from typing import Any, Callable
 import grain
 import numpy as np
 
+from xmodal_jax import errors
+
 LoadFn = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
 
 
@@ -49,9 +51,9 @@ class EpochBatchIterator:
   def __init__(self, num_examples: int, global_batch_size: int, load_fn: LoadFn, *, seed: int = 0,
                process_index: int = 0, process_count: int = 1, num_threads: int = 2, prefetch: int = 4):
     if global_batch_size % process_count:
-      raise ValueError(f"Global batch size {global_batch_size} must be divisible by the {process_count} processes.")
+      raise errors.ConfigError(f"Global batch size {global_batch_size} must be divisible by the {process_count} processes.")
     if num_examples < global_batch_size:
-      raise ValueError(f"The data set has {num_examples} examples, fewer than one global batch "
+      raise errors.ConfigError(f"The data set has {num_examples} examples, fewer than one global batch "
                        f"({global_batch_size}); lower config.train.batch_size or add data.")
     self.seed = seed
     self.batches_per_epoch = num_examples // global_batch_size
@@ -75,7 +77,7 @@ class EpochBatchIterator:
 
   def set_state(self, state: dict[str, Any]) -> None:
     if int(state["seed"]) != self.seed:
-      raise ValueError(f"Checkpointed data iterator used seed {state['seed']}, this run uses {self.seed}; "
+      raise errors.ConfigError(f"Checkpointed data iterator used seed {state['seed']}, this run uses {self.seed}; "
                        "resume with the same config.seed.")
     next_batch = int(state["epoch"]) * self.batches_per_epoch + int(state["batch"])
     self._iterator = iter(self._dataset.to_iter_dataset(self._read_options))

@@ -15,6 +15,7 @@ import dataclasses
 import ml_collections
 import numpy as np
 
+from xmodal_jax import errors
 from xmodal_jax.data import query_mining, shapes_world, sources, taxonomy
 
 
@@ -61,7 +62,7 @@ def query_vocabulary(data_config: ml_collections.ConfigDict, train: sources.Spli
       train.captions, min_images=data_config.query_min_images, max_image_fraction=data_config.query_max_fraction,
       max_n=data_config.query_max_n, max_queries=data_config.query_max_count)
   if not vocab:
-    raise ValueError(f"No search query appears in >= {data_config.query_min_images} train images of "
+    raise errors.DataError(f"No search query appears in >= {data_config.query_min_images} train images of "
                      f"{data_config.source}; lower config.data.query_min_images.")
   return vocab
 
@@ -71,7 +72,7 @@ def label_names(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
   if _is_shapes(data_config):
     return shapes_world.LABEL_NAMES
   if data_config.taxonomy != "flickr8k":
-    raise ValueError(f"config.data.taxonomy={data_config.taxonomy!r}: the only caption taxonomy is 'flickr8k' "
+    raise errors.ConfigError(f"config.data.taxonomy={data_config.taxonomy!r}: the only caption taxonomy is 'flickr8k' "
                      "(data/taxonomy.py); add a concept list there for another data set.")
   return taxonomy.class_names(taxonomy.FLICKR8K_CONCEPTS)
 

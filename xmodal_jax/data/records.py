@@ -23,7 +23,9 @@ import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+from xmodal_jax import errors
 
 SPLITS = ("train", "val", "test")
 # Kept as they are (Karpathy's "restval" may be mapped to "train"); any other split value is an error.
@@ -35,7 +37,7 @@ _JSONL_FORMAT = ('one JSON object per line: {"image": "images/x.jpg", "captions"
                  '"split": "train|val|test"}')
 
 
-class BadInputError(ValueError):
+class BadInputError(errors.DataError):
   """A dataset input is unusable; the message names the file (line / entry), the problem and the fix."""
 
   def __init__(self, message: str, reason: str = "bad input"):
@@ -43,7 +45,7 @@ class BadInputError(ValueError):
     self.reason = reason
 
 
-class MissingFileError(BadInputError, FileNotFoundError):
+class MissingFileError(BadInputError, errors.MissingError):
   """A file the dataset needs does not exist (also a `FileNotFoundError`)."""
 
 
@@ -58,26 +60,63 @@ class ImageRecord:
   box_labels: tuple[str, ...]
 
 
+DEFAULT_MAX_BAD_FRACTION = 0.01
+
+
 @dataclasses.dataclass
 class SkipReport:
-  """Records skipped under `skip_bad=True`: a count per reason and the first few full messages."""
+  """What `skip_bad=True` left out: whole records (an image with its captions) and single bad captions of
+  records that were kept, each counted per reason, plus the first few full messages."""
   counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  caption_counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   examples: list[str] = dataclasses.field(default_factory=list)
 
   def add(self, error: BadInputError) -> None:
+    """A whole record skipped."""
     self.counts[error.reason] += 1
+    self._example(error)
+
+  def add_caption(self, error: BadInputError) -> None:
+    """One caption dropped; its image keeps its other captions."""
+    self.caption_counts[error.reason] += 1
+    self._example(error)
+
+  def _example(self, error: BadInputError) -> None:
     if len(self.examples) < MAX_SKIP_EXAMPLES:
       self.examples.append(str(error))
 
   def total(self) -> int:
     return sum(self.counts.values())
 
+  def total_captions(self) -> int:
+    return sum(self.caption_counts.values())
+
   def summary(self) -> str:
-    """One line, e.g. "skipped 3 bad records: 2 missing image file, 1 empty caption (first: ...)"."""
-    if not self.total():
+    """One line, e.g. "skipped 3 bad records: 2 missing image file, 1 malformed JSON; dropped 1 caption: ..."."""
+    if not self.total() and not self.total_captions():
       return "skipped 0 bad records"
-    reasons = ", ".join(f"{n} {reason}" for reason, n in self.counts.most_common())
-    return f"skipped {self.total()} bad records: {reasons} (first: {self.examples[0]})"
+    parts = []
+    if self.total():
+      parts.append(f"skipped {self.total()} bad records: "
+                   + ", ".join(f"{n} {reason}" for reason, n in self.counts.most_common()))
+    if self.total_captions():
+      parts.append(f"dropped {self.total_captions()} bad captions of kept images: "
+                   + ", ".join(f"{n} {reason}" for reason, n in self.caption_counts.most_common()))
+    return "; ".join(parts) + f" (first: {self.examples[0]})"
+
+  def check_fraction(self, kept_records: int, kept_captions: int, max_fraction: float, source: str) -> None:
+    """BadInputError when more than `max_fraction` of the records (or of the captions) were left out: a file
+    that is mostly unreadable (wrong encoding, wrong format) is a broken file, not a few bad records."""
+    for what, bad, kept, counts in (("records", self.total(), kept_records, self.counts),
+                                    ("captions", self.total_captions(), kept_captions, self.caption_counts)):
+      seen = bad + kept
+      if seen and bad / seen > max_fraction:
+        reason, count = counts.most_common(1)[0]
+        raise BadInputError(
+            f"{source}: {bad} of {seen} {what} are bad ({100 * bad / seen:.1f}%, more than max_bad_fraction="
+            f"{max_fraction}); the commonest reason is {reason!r} ({count}), e.g. {self.examples[0]} Fix the data "
+            "(a wrong encoding or format fails every line), or raise max_bad_fraction if these losses are "
+            "acceptable.", "too many bad records")
 
 
 def _bad(where: str, problem: str, fix: str, reason: str) -> BadInputError:
@@ -98,14 +137,39 @@ def validate_caption(caption: Any, where: str) -> str:
   return stripped
 
 
-def _captions(captions: Any, where: str, key: str) -> tuple[str, ...]:
+def _captions(captions: Any, where: str, key: str, skips: SkipReport | None = None) -> tuple[str, ...]:
+  """The record's captions; with `skips` (skip_bad) a bad caption is dropped and counted, and the record fails
+  only when none is left."""
   if not isinstance(captions, list):
     raise _bad(where, f'"{key}" is a {type(captions).__name__}, not a list',
                f'Write "{key}" as a JSON list of captions.', "captions not a list")
   if not captions:
     raise _bad(where, f'"{key}" is empty', "Give every image at least one caption, or remove the image.",
                "empty captions")
-  return tuple(validate_caption(c, f"{where} ({key}[{i}])") for i, c in enumerate(captions))
+  good, dropped = [], []
+  for i, caption in enumerate(captions):
+    try:
+      good.append(validate_caption(caption, f"{where} ({key}[{i}])"))
+    except BadInputError as e:
+      if skips is None:
+        raise
+      dropped.append(e)
+  if not good:
+    raise _bad(where, f'no usable caption in "{key}" ({dropped[0]})', "Give the image at least one real caption.",
+               "no usable caption")
+  for error in dropped:
+    skips.add_caption(error)
+  return tuple(good)
+
+
+def _inside(path: str, root: str, where: str, allow_outside: bool) -> str:
+  """`path` (absolute), refused when it leaves `root` (via ../ or an absolute path) unless `allow_outside`:
+  prepared sets and the search service serve these files."""
+  if not allow_outside and os.path.commonpath([path, root]) != root:
+    raise _bad(where, f"image path {path} is outside the dataset folder {root}",
+               "Move the image inside the folder, or allow it explicitly (config.data.allow_outside_paths=True, "
+               "`xmodal prepare --allow_outside_paths`).", "path outside the dataset folder")
+  return path
 
 
 def _split(split: Any, where: str, restval_to_train: bool = False) -> str:
@@ -161,10 +225,11 @@ def _boxes(boxes: Any, where: str) -> tuple[np.ndarray, tuple[str, ...]]:
 class _Collector:
   """Accepts records one at a time: checks duplicates and image files, and raises or skips bad ones."""
 
-  def __init__(self, source: str, skip_bad: bool, check_images: bool):
+  def __init__(self, source: str, skip_bad: bool, check_images: bool, max_bad_fraction: float):
     self.source = source
     self.skip_bad = skip_bad
     self.check_images = check_images
+    self.max_bad_fraction = max_bad_fraction
     self.records: list[ImageRecord] = []
     self.report = SkipReport()
     self._id_where: dict[int, str] = {}
@@ -195,11 +260,18 @@ class _Collector:
                  "Fix the path (relative to the dataset root), add the file, or pass skip_bad=True to skip it.",
                  "missing image file")
 
+  @property
+  def caption_skips(self) -> SkipReport | None:
+    """Where bad captions of otherwise good records go under skip_bad (None: strict, they raise)."""
+    return self.report if self.skip_bad else None
+
   def finish(self) -> tuple[list[ImageRecord], SkipReport]:
     if not self.records:
       skipped = f" ({self.report.summary()})" if self.report.total() else ""
       raise BadInputError(f"{self.source}: no usable records{skipped}. Check the file's format and paths.",
                           "no records")
+    self.report.check_fraction(len(self.records), sum(len(r.captions) for r in self.records), self.max_bad_fraction,
+                               self.source)
     return self.records, self.report
 
 
@@ -208,25 +280,30 @@ def _check_dir(path: str, what: str) -> None:
     raise MissingFileError(f"{path}: {what} is not a directory. Pass the folder that holds the images.", "missing file")
 
 
-def read_caption_folder(root: str, *, skip_bad: bool = False,
-                        check_images: bool = True) -> tuple[list[ImageRecord], SkipReport]:
-  """Reads `root/captions.jsonl` (see module docstring); raises on the first bad line unless `skip_bad`."""
+def read_caption_folder(root: str, *, skip_bad: bool = False, check_images: bool = True,
+                        max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+                        allow_outside: bool = False) -> tuple[list[ImageRecord], SkipReport]:
+  """Reads `root/captions.jsonl` (see module docstring); raises on the first bad line unless `skip_bad`, which
+  skips bad records and drops bad captions (counted), failing if more than `max_bad_fraction` is bad. Image
+  paths must stay inside `root` unless `allow_outside`."""
   root = os.path.abspath(root)
   path = os.path.join(root, CAPTIONS_FILE)
   _check_dir(root, "caption folder")
   if not os.path.isfile(path):
     raise MissingFileError(f"{path}: not found. A caption folder needs {CAPTIONS_FILE} with {_JSONL_FORMAT}.",
                            "missing file")
-  collector = _Collector(path, skip_bad, check_images)
+  collector = _Collector(path, skip_bad, check_images, max_bad_fraction)
   with open(path, "rb") as f:
     for line_no, line in enumerate(f, start=1):
       if line.strip():  # Blank lines (e.g. a trailing one) are allowed.
         where = f"{path}:{line_no}"
-        collector.add(where, functools.partial(_jsonl_record, line, where, line_no - 1, root))
+        collector.add(where, functools.partial(_jsonl_record, line, where, line_no - 1, root, allow_outside,
+                                               collector.caption_skips))
   return collector.finish()
 
 
-def _jsonl_record(line: bytes, where: str, index: int, root: str) -> ImageRecord:
+def _jsonl_record(line: bytes, where: str, index: int, root: str, allow_outside: bool = False,
+                  caption_skips: SkipReport | None = None) -> ImageRecord:
   try:
     obj = json.loads(line.strip())
   except json.JSONDecodeError as e:
@@ -242,14 +319,17 @@ def _jsonl_record(line: bytes, where: str, index: int, root: str) -> ImageRecord
   image = _path_part(obj["image"], where, "image")
   image_id = _image_id(obj["image_id"], where, "image_id") if "image_id" in obj else index
   boxes, labels = _boxes(obj.get("boxes"), where)
-  return ImageRecord(image_id=image_id, image_path=os.path.abspath(os.path.join(root, image)),
-                     captions=_captions(obj["captions"], where, "captions"), split=_split(obj.get("split"), where),
-                     boxes=boxes, box_labels=labels)
+  image_path = _inside(os.path.abspath(os.path.join(root, image)), root, where, allow_outside)
+  return ImageRecord(image_id=image_id, image_path=image_path,
+                     captions=_captions(obj["captions"], where, "captions", caption_skips),
+                     split=_split(obj.get("split"), where), boxes=boxes, box_labels=labels)
 
 
 def read_karpathy(json_path: str, image_root: str, *, skip_bad: bool = False, check_images: bool = True,
-                  restval_to_train: bool = True) -> tuple[list[ImageRecord], SkipReport]:
-  """Reads a Karpathy split JSON; images at `image_root/filepath/filename`, ids from cocoid / imgid / index."""
+                  restval_to_train: bool = True, max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+                  allow_outside: bool = False) -> tuple[list[ImageRecord], SkipReport]:
+  """Reads a Karpathy split JSON; images at `image_root/filepath/filename`, ids from cocoid / imgid / index.
+  skip_bad, max_bad_fraction and allow_outside as for `read_caption_folder`."""
   json_path = os.path.abspath(json_path)
   image_root = os.path.abspath(image_root)
   fix = ('Pass a Karpathy split file such as dataset_coco.json: {"images": [{"filename": ..., "split": ..., '
@@ -265,14 +345,16 @@ def read_karpathy(json_path: str, image_root: str, *, skip_bad: bool = False, ch
     raise BadInputError(f"{json_path}: malformed JSON ({e}). {fix}", "malformed JSON") from None
   if not isinstance(data, dict) or not isinstance(data.get("images"), list):
     raise BadInputError(f'{json_path}: no "images" list at the top level. {fix}', "not an object")
-  collector = _Collector(json_path, skip_bad, check_images)
+  collector = _Collector(json_path, skip_bad, check_images, max_bad_fraction)
   for index, entry in enumerate(data["images"]):
     where = f"{json_path}: images[{index}]"
-    collector.add(where, functools.partial(_karpathy_record, entry, where, index, image_root, restval_to_train))
+    collector.add(where, functools.partial(_karpathy_record, entry, where, index, image_root, restval_to_train,
+                                           allow_outside, collector.caption_skips))
   return collector.finish()
 
 
-def _karpathy_record(entry: Any, where: str, index: int, image_root: str, restval_to_train: bool) -> ImageRecord:
+def _karpathy_record(entry: Any, where: str, index: int, image_root: str, restval_to_train: bool,
+                     allow_outside: bool = False, caption_skips: SkipReport | None = None) -> ImageRecord:
   fix = 'Write each entry as {"filename": "x.jpg", "split": "train", "sentences": [{"raw": "..."}, ...]}.'
   if not isinstance(entry, dict):
     raise _bad(where, f"entry is a JSON {type(entry).__name__}, not an object", fix, "not an object")
@@ -290,8 +372,9 @@ def _karpathy_record(entry: Any, where: str, index: int, image_root: str, restva
     parts.insert(0, _path_part(entry["filepath"], where, "filepath"))
   id_key = next((k for k in ("cocoid", "imgid") if k in entry), None)
   return ImageRecord(image_id=_image_id(entry[id_key], where, id_key) if id_key else index,
-                     image_path=os.path.abspath(os.path.join(image_root, *parts)),
-                     captions=_captions(sentences, where, "sentences"),
+                     image_path=_inside(os.path.abspath(os.path.join(image_root, *parts)), image_root, where,
+                                        allow_outside),
+                     captions=_captions(sentences, where, "sentences", caption_skips),
                      split=_split(entry.get("split"), where, restval_to_train), boxes=_NO_BOXES, box_labels=())
 
 
@@ -306,24 +389,65 @@ def select_split(records: Sequence[ImageRecord], split: str, source: str) -> lis
   return selected
 
 
+MAX_ASPECT_RATIO = 20  # longer / shorter side; beyond it resizing the shorter side makes absurd (or unencodable) images
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_PLAIN = ("1", "L", "P", "RGB", "CMYK", "YCbCr")
+
+
+def _to_rgb8(img: Image.Image, path: str) -> np.ndarray:
+  """Any mode PIL decodes -> uint8 [H, W, 3], values scaled from their bit depth (not clipped); alpha and
+  palette transparency composited over white; an unsupported mode is a named error."""
+  mode = img.mode
+  if mode in _SIXTEEN_BIT or mode == "I":
+    values = np.asarray(img).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+      raise BadInputError(f"{path}: {mode} image with values {values.min()}..{values.max()}, beyond 16 bits. "
+                          "Convert it to 8-bit RGB.", "unsupported image")
+    sixteen = mode in _SIXTEEN_BIT or (values.size and values.max() > 255)  # "I" may hold 8-bit data
+    gray = np.round(values / 257.0).astype(np.uint8) if sixteen else values.astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1)
+  if mode == "F":
+    values = np.asarray(img, np.float64)
+    if not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > 255:
+      raise BadInputError(f"{path}: floating-point image with values outside [0, 255] (or not finite). Convert it "
+                          "to 8-bit RGB.", "unsupported image")
+    scale = 255.0 if values.max() <= 1.0 else 1.0  # [0, 1] images are the common float convention
+    return np.repeat(np.round(values * scale).astype(np.uint8)[..., None], 3, axis=-1)
+  if mode in ("RGBA", "LA", "PA") or (mode in ("P", "L", "RGB") and "transparency" in img.info):
+    opaque = Image.new("RGBA", img.size, (255, 255, 255, 255))
+    opaque.alpha_composite(img.convert("RGBA"))
+    return np.asarray(opaque.convert("RGB"), dtype=np.uint8)
+  if mode in _PLAIN:
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+  raise BadInputError(f"{path}: colour mode {mode} is not supported. Convert the image to RGB.", "unsupported image")
+
+
 def load_image(path: str) -> np.ndarray:
-  """Decodes the whole image at `path` into uint8 [H, W, 3] RGB (alpha composited over white)."""
+  """Decodes the whole image at `path` into uint8 [H, W, 3] RGB, upright (EXIF orientation applied).
+
+  High bit depths are scaled to 8 bits, greyscale / palette / CMYK converted, alpha composited over white.
+  Every failure is a BadInputError naming the file: missing, empty, corrupt or truncated data, an unsupported
+  mode, or an aspect ratio beyond MAX_ASPECT_RATIO.
+  """
   if not os.path.isfile(path):
-    raise MissingFileError(f"{path}: image file does not exist. Fix the path or remove its record.", "missing file")
+    raise MissingFileError(f"{path}: image file does not exist. Fix the path (or leave the image out).", "missing file")
   if os.path.getsize(path) == 0:
     raise BadInputError(f"{path}: image file is empty (0 bytes). Re-download or remove it.", "empty image")
   try:
     with Image.open(path) as img:
       img.load()  # Full decode: catches truncated and corrupt data now, not inside the input pipeline.
-      if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-        opaque = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        opaque.alpha_composite(img.convert("RGBA"))
-        array = np.asarray(opaque.convert("RGB"), dtype=np.uint8)
-      else:
-        array = np.asarray(img.convert("RGB"), dtype=np.uint8)
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+      if img.getexif().get(0x0112, 1) != 1:  # EXIF orientation: store the image upright
+        img = ImageOps.exif_transpose(img)
+      array = _to_rgb8(img, path)
+  except BadInputError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (any decoder failure is this file's problem)
     raise BadInputError(f"{path}: unreadable or corrupt image ({type(e).__name__}: {e}). Re-download or "
                         "re-encode it, or remove its record.", "corrupt image") from None
   if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
     raise BadInputError(f"{path}: image has no pixels (shape {array.shape}). Remove its record.", "empty image")
+  height, width = array.shape[:2]
+  if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
+    raise BadInputError(f"{path}: aspect ratio {width}x{height} is beyond {MAX_ASPECT_RATIO}:1; crop the image or "
+                        "leave it out.", "extreme aspect ratio")
   return array

@@ -17,6 +17,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from xmodal_jax import errors
 from xmodal_jax.data import prepared, preprocess, shapes_world
 
 class SplitData:
@@ -77,7 +78,7 @@ class TfdsSplit(SplitData):
       boxes.append(fields.boxes(example))
     self.captions, self.image_ids, self.boxes = captions, np.asarray(ids, np.int64), boxes
     if len(set(ids)) != len(ids):
-      raise ValueError(f"Split {name!r} has duplicate image ids; re-prepare the data set.")
+      raise errors.DataError(f"Split {name!r} has duplicate image ids; re-prepare the data set.")
 
   def _image(self, index: int) -> np.ndarray:
     data = self._fields.image_bytes(self._source[index])
@@ -113,7 +114,7 @@ def _open_builder_split(builder, split: str, fields: FieldMap, what: str) -> Tfd
   """A split of a prepared tfds builder, images left as JPEG bytes (decoded per batch by TfdsSplit)."""
   available = list(builder.info.splits.keys())
   if split not in available:
-    raise ValueError(f"{what} has no split {split!r}; it has {available}.")
+    raise errors.DataError(f"{what} has no split {split!r}; it has {available}.")
   source = builder.as_data_source(split, decoders={"image": prepared.import_tfds().decode.SkipDecoding()})
   return TfdsSplit(split, source, fields)
 
@@ -124,9 +125,9 @@ def _open_registered_tfds(name: str, config_name: str | None, split: str, data_d
   try:
     builder = tfds.builder(full, data_dir=data_dir or None, file_format="array_record")
   except Exception as e:  # unknown name, bad config
-    raise ValueError(f"tfds data set {full!r} could not be loaded ({e}). Check the name (tfds.list_builders()).") from e
+    raise errors.ConfigError(f"tfds data set {full!r} could not be loaded ({e}). Check the name (tfds.list_builders()).") from e
   if not builder.is_prepared():
-    raise FileNotFoundError(
+    raise errors.MissingError(
         f"tfds data set {full!r} is not prepared as array_record in {builder.data_dir_root}. Build it once with "
         f"`tfds build {full} --file_format=array_record --data_dir=DIR` (COCO needs its archives in "
         "--manual_dir; see README) and set config.data.tfds_data_dir=DIR.")
@@ -135,7 +136,8 @@ def _open_registered_tfds(name: str, config_name: str | None, split: str, data_d
 
 
 def prepared_dir(data_config: ml_collections.ConfigDict) -> str:
-  return data_config.prepared_dir or prepared.default_prepared_dir(data_config.source, data_config.prepare_size)
+  return data_config.prepared_dir or prepared.default_prepared_dir(data_config.source,
+                                                                   prepared.options_from_config(data_config))
 
 
 def load_split(data_config: ml_collections.ConfigDict, split: str) -> SplitData:
@@ -145,19 +147,19 @@ def load_split(data_config: ml_collections.ConfigDict, split: str) -> SplitData:
   if kind == "shapes":
     sizes = {"train": data_config.num_train, "val": data_config.num_val, "test": data_config.num_test}
     if split not in sizes:
-      raise ValueError(f"Shapes world has splits {sorted(sizes)}, not {split!r}.")
+      raise errors.ConfigError(f"Shapes world has splits {sorted(sizes)}, not {split!r}.")
     world = shapes_world.generate_split(split, sizes[split], seed=data_config.seed, image_size=data_config.image_size)
     boxes = [b[:n] for b, n in zip(world.boxes, world.num_objects)]
     return InMemorySplit(split, world.images, world.captions, world.image_ids, boxes, extras=world)
   if kind in ("folder", "karpathy"):
     out_dir = prepared_dir(data_config)
-    if not prepared.is_prepared(out_dir):
-      logging.info("Preparing %s into %s (once; later runs reuse it).", spec, out_dir)
-      prepared.prepare(spec, out_dir, image_size=data_config.prepare_size, skip_bad=data_config.skip_bad)
+    # Our cache is rebuilt when the source changed; a directory the user named is refused instead.
+    prepared.ensure_prepared(spec, out_dir, prepared.options_from_config(data_config),
+                             rebuild_stale=not data_config.prepared_dir)
     return _open_builder_split(prepared.open_builder(out_dir), split, FieldMap("ours"),
                                f"The prepared data set {out_dir} (from {spec})")
   if kind == "tfds" and rest:
     name, _, config_name = rest.partition(":")
     return _open_registered_tfds(name, config_name or None, split, data_config.get("tfds_data_dir") or None)
-  raise ValueError(f"Unknown data source {spec!r} (config.data.source); use one of: shapes, folder:PATH, "
+  raise errors.ConfigError(f"Unknown data source {spec!r} (config.data.source); use one of: shapes, folder:PATH, "
                    "karpathy:JSON:IMAGE_ROOT, tfds:NAME[:CONFIG].")

@@ -18,6 +18,7 @@ from typing import Iterable, Protocol, Sequence
 import numpy as np
 import sentencepiece as spm
 
+from xmodal_jax import errors
 from xmodal_jax.data.text import SPECIALS, TokenizerBase, WordVocab, normalize_caption
 
 _SP_KIND = "sentencepiece"
@@ -61,12 +62,12 @@ class SentencePieceTokenizer(TokenizerBase):
             model_type: str = "unigram") -> "SentencePieceTokenizer":
     """Trains on `captions` (normalised first); deterministic for a given caption sequence."""
     if model_type not in _SP_MODEL_TYPES:
-      raise ValueError(f"Unknown SentencePiece model_type {model_type!r}; choose one of {_SP_MODEL_TYPES}.")
+      raise errors.ConfigError(f"Unknown SentencePiece model_type {model_type!r}; choose one of {_SP_MODEL_TYPES}.")
     if vocab_size <= len(SPECIALS):
-      raise ValueError(f"vocab_size must exceed the {len(SPECIALS)} special tokens, got {vocab_size}.")
+      raise errors.ConfigError(f"vocab_size must exceed the {len(SPECIALS)} special tokens, got {vocab_size}.")
     sentences = [normalize_caption(c) for c in captions]
     if not sentences:
-      raise ValueError("No training captions to build a SentencePiece model from.")
+      raise errors.DataError("No training captions to build a SentencePiece model from.")
     model = io.BytesIO()
     spm.set_random_generator_seed(_SP_SEED)
     try:
@@ -79,9 +80,9 @@ class SentencePieceTokenizer(TokenizerBase):
     except RuntimeError as e:
       too_high = _TOO_HIGH.search(str(e))
       if too_high:
-        raise ValueError(f"vocab_size={vocab_size} is too large for these {len(sentences)} training captions: "
+        raise errors.ConfigError(f"vocab_size={vocab_size} is too large for these {len(sentences)} training captions: "
                          f"a {model_type} model fits at most {too_high.group(1)} pieces; lower vocab_size.") from e
-      raise ValueError(f"SentencePiece training failed (vocab_size={vocab_size}, model_type={model_type}): {e}") from e
+      raise errors.DataError(f"SentencePiece training failed (vocab_size={vocab_size}, model_type={model_type}): {e}") from e
     return cls(model.getvalue())
 
   @property
@@ -111,7 +112,7 @@ class SentencePieceTokenizer(TokenizerBase):
   def load(cls, path: str) -> "SentencePieceTokenizer":
     payload = _read_json(path)
     if payload.get("kind") != _SP_KIND:
-      raise ValueError(f"{path} holds a {payload.get('kind')!r} tokenizer, not a {_SP_KIND!r} one; "
+      raise errors.WorkdirError(f"{path} holds a {payload.get('kind')!r} tokenizer, not a {_SP_KIND!r} one; "
                        "use load_tokenizer to read either kind.")
     return cls(base64.b64decode(payload["model"]))
 
@@ -123,15 +124,15 @@ _STORED_KINDS = {"word_vocab": WordVocab, _SP_KIND: SentencePieceTokenizer}
 
 def _read_json(path: str) -> dict:
   if not os.path.exists(path):
-    raise FileNotFoundError(f"Tokenizer file {path} not found; the run's workdir holds it once training has "
+    raise errors.MissingError(f"Tokenizer file {path} not found; the run's workdir holds it once training has "
                             "built it: train in this workdir first or point --workdir at the run that made it.")
   with open(path) as f:
     try:
       payload = json.load(f)
     except json.JSONDecodeError as e:
-      raise ValueError(f"{path} is not a tokenizer file (not JSON): {e}") from e
+      raise errors.WorkdirError(f"{path} is not a tokenizer file (not JSON): {e}") from e
   if not isinstance(payload, dict):
-    raise ValueError(f"{path} is not a tokenizer file (expected a JSON object).")
+    raise errors.WorkdirError(f"{path} is not a tokenizer file (expected a JSON object).")
   return payload
 
 
@@ -146,12 +147,12 @@ def build_tokenizer(kind: str, captions: Iterable[str], **kwargs) -> Tokenizer:
   "word": min_count. "sentencepiece": vocab_size, model_type.
   """
   if kind not in _BUILDERS:
-    raise ValueError(f"Unknown tokenizer kind {kind!r}; choose one of {sorted(_BUILDERS)}.")
+    raise errors.ConfigError(f"Unknown tokenizer kind {kind!r}; choose one of {sorted(_BUILDERS)}.")
   build = _BUILDERS[kind].build
   accepted = [p for p in inspect.signature(build).parameters if p != "captions"]
   unknown = sorted(set(kwargs) - set(accepted))
   if unknown:
-    raise ValueError(f"Tokenizer kind {kind!r} does not take options {unknown}; it takes {accepted}.")
+    raise errors.ConfigError(f"Tokenizer kind {kind!r} does not take options {unknown}; it takes {accepted}.")
   return build(captions, **kwargs)
 
 
@@ -159,5 +160,5 @@ def load_tokenizer(path: str) -> Tokenizer:
   """Reads back a tokenizer of either kind saved by `.save(path)`."""
   kind = _read_json(path).get("kind")
   if kind not in _STORED_KINDS:
-    raise ValueError(f"{path} holds an unknown tokenizer kind {kind!r}; known: {sorted(_STORED_KINDS)}.")
+    raise errors.WorkdirError(f"{path} holds an unknown tokenizer kind {kind!r}; known: {sorted(_STORED_KINDS)}.")
   return _STORED_KINDS[kind].load(path)
