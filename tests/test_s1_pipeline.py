@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from tests.helpers import REPO, load_config
+from xmodal_jax import errors, pipeline
 from xmodal_jax.data import shapes_world
-from xmodal_jax import pipeline
 from xmodal_jax.train import stages
 
 
@@ -107,7 +107,7 @@ def test_minilm_text_features_option(tiny_run, tmp_path):
   assert "test/accuracy" in out["stages"]["text_only"]["metrics"]
   # `fusion` was not re-run: its checkpoint no longer fits the features, and loading it says so.
   from xmodal_jax.tasks.s1.classifier import MultimodalClassifier
-  with pytest.raises(ValueError, match="Re-run the pipeline"):
+  with pytest.raises(errors.WorkdirError, match="Re-run the pipeline"):
     MultimodalClassifier(config, workdir)
 
 

@@ -16,6 +16,7 @@ import optax
 import pytest
 
 from tests.helpers import REPO, load_config, make_task
+from xmodal_jax import errors
 from xmodal_jax.data.iterator import EpochBatchIterator
 from xmodal_jax.models import layers
 from xmodal_jax.train import checkpointing, inference, sharding, trainer
@@ -114,7 +115,7 @@ def test_frozen_params_are_not_checkpointed_and_must_match_on_resume(tmp_path):
   assert stopped["stopped_early"] and os.path.exists(os.path.join(workdir, trainer.FROZEN_FILE))
   saved = pathlib.Path(workdir, "checkpoints", "2")
   assert not any("tower" in p.name for p in saved.rglob("*"))  # only the trainable params were written
-  with pytest.raises(ValueError, match="frozen params of this run changed"):
+  with pytest.raises(errors.WorkdirError, match="frozen params of this run changed"):
     trainer.train_and_evaluate(FrozenTowerTask(_toy_config(), workdir, tower_seed=1))
   resumed = trainer.train_and_evaluate(FrozenTowerTask(_toy_config(), workdir))
   straight = trainer.train_and_evaluate(FrozenTowerTask(_toy_config(), str(tmp_path / "straight")))
@@ -251,7 +252,7 @@ def test_checkpoints_keep_the_latest_n_and_the_best(tmp_path):
   abstract = jax.eval_shape(lambda: _toy_state(0.0))
   step, state, data = ckpt.restore(abstract, which="best")
   assert step == 2 and float(state.params["w"][0]) == 2.0 and data["batch"] == 2
-  with pytest.raises(KeyError, match="not among the evaluation metrics"):
+  with pytest.raises(ValueError, match="not among the evaluation metrics"):
     ckpt.save(7, _toy_state(7.0), {}, metrics={"val/other": 1.0})
   ckpt.close()
   with pytest.raises(FileNotFoundError, match="train first"):

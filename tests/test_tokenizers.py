@@ -6,6 +6,7 @@ import random
 import numpy as np
 import pytest
 
+from xmodal_jax import errors
 from xmodal_jax.data.text import WordVocab
 from xmodal_jax.data.tokenizers import (SentencePieceTokenizer, build_tokenizer, load_tokenizer,
                                         tokenizer_path)
@@ -118,10 +119,10 @@ def test_factory_errors(captions, tmp_path):
     build_tokenizer("word", captions, vocab_size=100)
   bad = tmp_path / "bad.json"
   bad.write_text(json.dumps({"kind": "mystery"}))
-  with pytest.raises(ValueError, match="unknown tokenizer kind 'mystery'"):
+  with pytest.raises(errors.WorkdirError, match="unknown tokenizer kind 'mystery'"):
     load_tokenizer(str(bad))
   WordVocab.build(captions).save(str(bad))
-  with pytest.raises(ValueError, match="load_tokenizer"):
+  with pytest.raises(errors.WorkdirError, match="load_tokenizer"):
     SentencePieceTokenizer.load(str(bad))
 
 

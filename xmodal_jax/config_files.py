@@ -9,6 +9,8 @@ import hashlib
 import importlib.util
 import os
 import sys
+
+from xmodal_jax import errors
 from types import ModuleType
 
 
@@ -16,7 +18,7 @@ def load_beside(config_file: str, name: str) -> ModuleType:
   """The module `name` (a .py file) in the directory of `config_file` (loaded once per path)."""
   path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{config_file} needs {path}, which does not exist.")
+    raise errors.MissingError(f"{config_file} needs {path}, which does not exist.")
   module_name = "xmodal_config_" + hashlib.sha1(path.encode()).hexdigest()[:12]
   if module_name in sys.modules:
     return sys.modules[module_name]

@@ -11,15 +11,23 @@ are skipped, so the same command resumes; `--stages=a,b` runs only those.
 `train` in a workdir that has checkpoints resumes from the latest one (parameters, optimiser, step, RNG
 and data position). Unknown config fields are an error. `--multihost` calls jax.distributed.initialize()
 (Cloud TPU pod slices / multi-node GPU).
+
+Exit codes (xmodal_jax/errors.py): 0 done; 1 an error that is yours to fix (one message, no traceback;
+`--verbose` shows it); 2 a bad command line or config file; 75 stopped at --stop_at_step and 143 stopped by
+SIGTERM / preemption, both after saving a checkpoint (rerun the same command to resume). A traceback without
+`--verbose` is a bug.
 """
 from __future__ import annotations
 
 import json
 import logging as std_logging
+import re
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from xmodal_jax import errors
 
 COMMANDS = ("train", "eval", "prepare", "classify")
 
@@ -34,9 +42,14 @@ flags.DEFINE_string("source", None, "prepare: folder:PATH or karpathy:JSON_FILE:
 flags.DEFINE_string("out", None, "prepare: output directory (default: the cache dir configs use).")
 flags.DEFINE_integer("image_size", 256, "prepare: shorter side of the stored images (>= the training crop).")
 flags.DEFINE_bool("skip_bad", False, "prepare: skip (and count) bad records instead of stopping at the first.")
+flags.DEFINE_float("max_bad_fraction", 0.01, "prepare with --skip_bad: fail if more than this fraction is bad.")
+flags.DEFINE_bool("allow_outside_paths", False, "prepare: allow image paths outside the dataset folder.")
 flags.DEFINE_list("stages", None, "train/eval of a pipeline config: only these stages.")
 flags.DEFINE_bool("json", False, "classify: print one JSON object per image instead of text.")
 flags.DEFINE_bool("verbose_checkpointing", False, "Show orbax's INFO logs (hidden by default: very chatty).")
+flags.DEFINE_bool("verbose", False, "Print the Python traceback of errors that are yours to fix, too.")
+flags.DEFINE_bool("allow_config_change", False, "train: resume although fields that change shapes or data "
+                  "(task, model, data, ...) differ from the run's config.json.")
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -46,26 +59,75 @@ class _QuietLibraries(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
+def _flag_error(error: Exception) -> str:
+  """One line from an error raised while parsing flags or loading the config file (ml_collections embeds the
+  config file's traceback in its message: keep its last line)."""
+  text = str(error).strip().strip("'\"")
+  missing = re.search(r"No such file or directory: '([^'\n]+)", text)
+  if missing:
+    return f"--config: {missing.group(1)} does not exist; pass a config file such as configs/retrieval/vsepp_shapes.py."
+  unknown = re.search(r"'\\?'?(\w+)\\?'?\\nDid you mean \"(\w+)\"", text) or re.search(
+      r"(\w+)'?\s*Did you mean \"(\w+)\"", text.replace("\\n", " "))
+  if unknown:
+    return f"unknown config field {unknown.group(1)!r}; did you mean {unknown.group(2)!r}?"
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  if "Traceback (most recent call last)" in text:
+    lines = [line for line in lines if not line.startswith(("File ", "^", "~", "Traceback"))]
+  last = lines[-1] if lines else type(error).__name__
+  return re.sub(r"^(\w+\.)*\w*(Error|Exception): ", "", last)  # "ValueError: msg" -> "msg"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, plus loading the config file now, with errors as one line and exit code 2."""
+  try:
+    rest = FLAGS(argv)
+    if FLAGS["config"].present:
+      FLAGS.config.keys()  # ml_collections defers errors of the file itself to the first attribute access
+    return rest
+  except Exception as e:  # pylint: disable=broad-except  (any failure here is a bad command line or config file)
+    if "--verbose" in argv:
+      raise
+    print(f"xmodal: error: {_flag_error(e)}", file=sys.stderr)
+    sys.exit(errors.EXIT_USAGE)
+
+
 def main(argv: list[str]) -> None:
+  """Runs a command; a UserError becomes one message on stderr and its exit code (see the module docstring)."""
+  try:
+    code = _run_command(argv)
+  except errors.UserError as e:
+    if FLAGS.verbose:
+      raise
+    logging.flush()
+    print(f"xmodal: error: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
+  sys.exit(code or errors.EXIT_OK)
+
+
+def _run_command(argv: list[str]) -> int:
   if len(argv) < 2 or argv[1] not in COMMANDS or (len(argv) > 2 and argv[1] != "classify"):
     raise app.UsageError(f"usage: xmodal {{{'|'.join(COMMANDS)}}} --config=configs/X.py --workdir=DIR "
-                         f"(got {' '.join(argv[1:]) or 'no command'})")
+                         f"(got {' '.join(argv[1:]) or 'no command'})", exitcode=errors.EXIT_USAGE)
   if not FLAGS.verbose_checkpointing:
     logging.get_absl_handler().addFilter(_QuietLibraries())
   if argv[1] == "classify":
-    _classify(argv[2:])
-    return
+    return _classify(argv[2:])
   if argv[1] == "prepare":
     if not FLAGS.source:
-      raise app.UsageError("prepare needs --source=folder:PATH or --source=karpathy:JSON_FILE:IMAGE_ROOT.")
+      raise app.UsageError("prepare needs --source=folder:PATH or --source=karpathy:JSON_FILE:IMAGE_ROOT.",
+                           exitcode=errors.EXIT_USAGE)
     from xmodal_jax.data import prepared
-    out = FLAGS.out or prepared.default_prepared_dir(FLAGS.source, FLAGS.image_size)
-    summary = prepared.prepare(FLAGS.source, out, image_size=FLAGS.image_size, skip_bad=FLAGS.skip_bad)
-    print(f"Prepared {FLAGS.source} -> {out}: {summary['examples']} images in {summary['seconds']}s"
-          + (f"; skipped {summary['skipped']}" if summary["skipped"] else ""))
-    return
+    options = prepared.PrepareOptions(image_size=FLAGS.image_size, skip_bad=FLAGS.skip_bad,
+                                      max_bad_fraction=FLAGS.max_bad_fraction, allow_outside=FLAGS.allow_outside_paths)
+    out = FLAGS.out or prepared.default_prepared_dir(FLAGS.source, options)
+    summary = prepared.ensure_prepared(FLAGS.source, out, options, rebuild_stale=True)
+    print(f"Prepared {FLAGS.source} -> {out}: {summary['examples']} images ({summary['seconds']}s when built; "
+          "rebuilt only when the source or options change)"
+          + (f"; skipped {summary['skipped']}" if summary["skipped"] else "")
+          + (f"; dropped captions {summary['dropped_captions']}" if summary.get("dropped_captions") else ""))
+    return errors.EXIT_OK
   if FLAGS.config is None or FLAGS.workdir is None:
-    raise app.UsageError("--config and --workdir are required.")
+    raise app.UsageError("--config and --workdir are required.", exitcode=errors.EXIT_USAGE)
   import jax  # after absl parsed flags, so XLA/JAX flags from the environment apply
   if FLAGS.multihost:
     jax.distributed.initialize()
@@ -73,58 +135,81 @@ def main(argv: list[str]) -> None:
                jax.device_count(), jax.devices()[0].device_kind)
   from xmodal_jax.train import stages
   if stages.is_pipeline(FLAGS.config):
-    _run_pipeline(argv[1], FLAGS.config)
-    return
+    return _run_pipeline(argv[1], FLAGS.config)
   from xmodal_jax import tasks
   from xmodal_jax.train import trainer
   task = tasks.create(FLAGS.config, FLAGS.workdir)
   if argv[1] == "train":
-    results = trainer.train_and_evaluate(task, stop_at_step=FLAGS.stop_at_step)
+    results = trainer.train_and_evaluate(task, stop_at_step=FLAGS.stop_at_step,
+                                         allow_config_change=FLAGS.allow_config_change)
     if results["stopped_early"]:
-      print(f"Stopped at step {results['step']}; rerun the same command to resume.")
-    else:
-      print(results["report"])
-      print(f"Done: {results['step']} steps in {results['train_seconds']:.0f}s (+{results['eval_seconds']:.0f}s "
-            f"eval). Results: {FLAGS.workdir}/results.json; TensorBoard: tensorboard --logdir {FLAGS.workdir}")
-  else:
-    results = trainer.evaluate_checkpoint(task, splits=tuple(FLAGS.split or ()) or None, which=FLAGS.checkpoint)
+      print(f"Stopped at step {results['step']} ({results['stop_reason']}); the checkpoint is saved: rerun the same "
+            "command to resume.")
+      return _STOP_CODES[results["stop_reason"]]
     print(results["report"])
-    print("metrics: " + json.dumps({"step": results["step"], **results["metrics"]}, sort_keys=True))
+    print(f"Done: {results['step']} steps in {results['train_seconds']:.0f}s (+{results['eval_seconds']:.0f}s "
+          f"eval). Results: {FLAGS.workdir}/results.json; TensorBoard: tensorboard --logdir {FLAGS.workdir}")
+    return errors.EXIT_OK
+  results = trainer.evaluate_checkpoint(task, splits=tuple(FLAGS.split or ()) or None, which=FLAGS.checkpoint)
+  print(results["report"])
+  print("metrics: " + json.dumps({"step": results["step"], **results["metrics"]}, sort_keys=True))
+  return errors.EXIT_OK
 
 
-def _run_pipeline(command: str, config) -> None:
+_STOP_CODES = {"stop_at_step": errors.EXIT_STOPPED, "preempted": errors.EXIT_PREEMPTED}
+
+
+def _run_pipeline(command: str, config) -> int:
   from xmodal_jax import pipeline
   only = tuple(FLAGS.stages or ())
   if command == "train":
-    results = pipeline.run_pipeline(config, FLAGS.workdir, stop_at_step=FLAGS.stop_at_step, only=only)
+    results = pipeline.run_pipeline(config, FLAGS.workdir, stop_at_step=FLAGS.stop_at_step, only=only,
+                                    allow_config_change=FLAGS.allow_config_change)
     print(results["report"])
     if results["stopped_early"]:
-      print(f"Stopped in stage {results['stage']}; rerun the same command to resume.")
-    else:
-      print(f"Done: stages in {FLAGS.workdir}/<stage>; TensorBoard: tensorboard --logdir {FLAGS.workdir}")
-    return
+      print(f"Stopped in stage {results['stage']} ({results['stop_reason']}); the checkpoint is saved: rerun the "
+            "same command to resume.")
+      return _STOP_CODES[results["stop_reason"]]
+    print(f"Done: stages in {FLAGS.workdir}/<stage>; TensorBoard: tensorboard --logdir {FLAGS.workdir}")
+    return errors.EXIT_OK
   for name, results in pipeline.evaluate_pipeline(config, FLAGS.workdir, only=only,
                                                   splits=tuple(FLAGS.split or ()) or None, which=FLAGS.checkpoint):
     print(f"== {name} ==\n{results['report']}")
     print("metrics: " + json.dumps({"stage": name, "step": results["step"], **results["metrics"]}, sort_keys=True))
+  return errors.EXIT_OK
 
 
-def _classify(paths: list[str]) -> None:
+def _classify(paths: list[str]) -> int:
   if not FLAGS.workdir or not paths:
-    raise app.UsageError("usage: xmodal classify --workdir=DIR IMAGE [IMAGE ...] (DIR: a finished S1 pipeline run)")
+    raise app.UsageError("usage: xmodal classify --workdir=DIR IMAGE [IMAGE ...] (DIR: a finished S1 pipeline run)",
+                         exitcode=errors.EXIT_USAGE)
   from xmodal_jax.tasks.s1.classifier import MultimodalClassifier
   model = MultimodalClassifier.from_workdir(FLAGS.workdir, mesh_shape=(-1, 1))
-  for path, result in zip(paths, model.classify(model.load_image_files(paths))):
-    if FLAGS.json:
-      print(json.dumps({"image": path, **result}))
-      continue
-    phrases = ", ".join(f"{p!r} ({s:.2f})" for p, s in result["phrases"])
-    print(f"{path}: {result['label']} (p={result['probability']:.3f}); phrases: {phrases}")
+  loaded, failed = [], 0
+  for path in paths:  # one unreadable image is reported; the others are still classified
+    try:
+      loaded.append((path, model.load_image_files([path])[0]))
+    except errors.UserError as e:
+      failed += 1
+      print(f"xmodal: error: {e}", file=sys.stderr)
+  if loaded:
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    results = model.classify(np.stack([image for _, image in loaded]))
+    for (path, _), result in zip(loaded, results):
+      if FLAGS.json:
+        print(json.dumps({"image": path, **result}))
+        continue
+      phrases = ", ".join(f"{p!r} ({s:.2f})" for p, s in result["phrases"])
+      print(f"{path}: {result['label']} (p={result['probability']:.3f}); phrases: {phrases}")
+  if failed:
+    print(f"xmodal: {failed} of {len(paths)} image(s) could not be read (see above).", file=sys.stderr)
+    return errors.EXIT_ERROR
+  return errors.EXIT_OK
 
 
 def run() -> None:
   """Console entry point."""
-  app.run(main, argv=sys.argv)
+  app.run(main, argv=sys.argv, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

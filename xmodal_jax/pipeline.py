@@ -22,8 +22,10 @@ import jax
 import ml_collections
 from absl import logging
 
+from xmodal_jax import errors
 from xmodal_jax import tasks
 from xmodal_jax.train import stages, trainer
+from xmodal_jax.train import workdir as workdir_lib
 
 DONE_FILE = "stage_done.json"
 
@@ -65,14 +67,23 @@ def _stage_finished(path: str, fingerprint: str) -> bool:
 
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int | None = None,
-                 only: tuple[str, ...] = ()) -> dict[str, Any]:
-  """Run the stages in order (skipping finished ones). Returns {stage: results} and a 'report' string.
+                 only: tuple[str, ...] = (), allow_config_change: bool = False) -> dict[str, Any]:
+  """Run the stages in order (skipping finished ones). Returns {stage: results}, a 'report' string and, when a
+  stage stopped early, 'stage' and 'stop_reason'.
 
-  stop_at_step applies to every training stage (like a preemption); `only` restricts to those stages.
+  The pipeline workdir is locked for the whole run (and each stage's directory by its trainer). stop_at_step
+  applies to every training stage (like a preemption); `only` restricts to those stages.
   """
+  with workdir_lib.WorkdirLock(workdir, enabled=jax.process_index() == 0):
+    return _run_pipeline(config, workdir, stop_at_step=stop_at_step, only=only,
+                         allow_config_change=allow_config_change)
+
+
+def _run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int | None,
+                  only: tuple[str, ...], allow_config_change: bool) -> dict[str, Any]:
   for name in only:
     if name not in config.pipeline:
-      raise ValueError(f"Unknown stage {name!r}; the pipeline has {tuple(config.pipeline)}.")
+      raise errors.ConfigError(f"Unknown stage {name!r}; the pipeline has {tuple(config.pipeline)}.")
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -100,11 +111,13 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, stop_at_ste
     if "job" in cfg:
       out = tasks.get_job(cfg.job)(config, workdir, name)
     else:
-      out = trainer.train_and_evaluate(tasks.create(cfg, path), stop_at_step=stop_at_step)
+      out = trainer.train_and_evaluate(tasks.create(cfg, path), stop_at_step=stop_at_step,
+                                       allow_config_change=allow_config_change)
       out.pop("state", None)
       if out["stopped_early"]:
         results[name] = out
-        return {"stages": results, "stopped_early": True, "stage": name, "report": "\n\n".join(reports)}
+        return {"stages": results, "stopped_early": True, "stage": name, "stop_reason": out["stop_reason"],
+                "report": "\n\n".join(reports)}
     out["seconds"] = time.time() - start
     results[name] = out
     reports.append(f"== {name} ==\n{out.get('report', '')}")

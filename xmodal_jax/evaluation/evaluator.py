@@ -23,6 +23,8 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
+from xmodal_jax import errors
+
 _BUILTIN = {
     "retrieval": "xmodal_jax.evaluation.retrieval_evaluator",
     "classification": "xmodal_jax.evaluation.classification",
@@ -72,7 +74,7 @@ class EvalData:
   def need(self, field: str, evaluator: str) -> Any:
     value = getattr(self, field)
     if value is None:
-      raise ValueError(f"Evaluator {evaluator!r} needs EvalData.{field}, which this task's eval_data does not "
+      raise errors.ConfigError(f"Evaluator {evaluator!r} needs EvalData.{field}, which this task's eval_data does not "
                        "provide; use an evaluator type that fits the task.")
     return value
 
@@ -91,9 +93,9 @@ class Evaluator(abc.ABC):
     self.every = int(spec.every)
     self.at_end = bool(spec.at_end)
     if self.every < 0:
-      raise ValueError(f"config.evals.{name}.every={self.every}: use a number of steps, or 0 for the end only.")
+      raise errors.ConfigError(f"config.evals.{name}.every={self.every}: use a number of steps, or 0 for the end only.")
     if spec.best_mode not in ("max", "min"):
-      raise ValueError(f"config.evals.{name}.best_mode={spec.best_mode!r}; use 'max' or 'min'.")
+      raise errors.ConfigError(f"config.evals.{name}.best_mode={spec.best_mode!r}; use 'max' or 'min'.")
 
   @property
   def best_metric(self) -> str | None:
@@ -106,7 +108,7 @@ class Evaluator(abc.ABC):
   def predict_fn(self, predict_fns: dict[str, Callable], field: str) -> Callable:
     name = self.spec[field]
     if name not in predict_fns:
-      raise ValueError(f"config.evals.{self.name}.{field}={name!r}: the task has no predict function of that name; "
+      raise errors.ConfigError(f"config.evals.{self.name}.{field}={name!r}: the task has no predict function of that name; "
                        f"it has {sorted(predict_fns)}.")
     return predict_fns[name]
 
@@ -123,7 +125,7 @@ class Evaluator(abc.ABC):
 def register(cls: type[Evaluator]) -> type[Evaluator]:
   """Class decorator: makes `cls` available to configs as type `cls.TYPE`."""
   if not cls.TYPE:
-    raise ValueError(f"{cls.__name__} has no TYPE.")
+    raise errors.ConfigError(f"{cls.__name__} has no TYPE.")
   _REGISTRY[cls.TYPE] = cls
   return cls
 
@@ -132,7 +134,7 @@ def get(type_name: str) -> type[Evaluator]:
   if type_name not in _REGISTRY and type_name in _BUILTIN:
     importlib.import_module(_BUILTIN[type_name])
   if type_name not in _REGISTRY:
-    raise ValueError(f"Unknown evaluator type {type_name!r}; available: {available()}.")
+    raise errors.ConfigError(f"Unknown evaluator type {type_name!r}; available: {available()}.")
   return _REGISTRY[type_name]
 
 
@@ -146,19 +148,19 @@ def evaluator_config(type_name: str, **fields: Any) -> ml_collections.ConfigDict
   defaults = dict(COMMON_DEFAULTS, **get(type_name).DEFAULTS, type=type_name)
   unknown = sorted(set(fields) - set(defaults))
   if unknown:
-    raise ValueError(f"Evaluator type {type_name!r} has no field(s) {unknown}; it has {sorted(defaults)}.")
+    raise errors.ConfigError(f"Evaluator type {type_name!r} has no field(s) {unknown}; it has {sorted(defaults)}.")
   return ml_collections.ConfigDict(dict(defaults, **fields))
 
 
 def create(name: str, spec: ml_collections.ConfigDict) -> Evaluator:
   """The evaluator of config entry `config.evals.<name>`."""
   if "type" not in spec or not spec.type:
-    raise ValueError(f"config.evals.{name} has no type; use one of {available()}.")
+    raise errors.ConfigError(f"config.evals.{name} has no type; use one of {available()}.")
   cls = get(spec.type)
   expected = set(COMMON_DEFAULTS) | set(cls.DEFAULTS)
   unknown = sorted(set(spec.keys()) - expected)
   if unknown:
-    raise ValueError(f"config.evals.{name}: unknown field(s) {unknown} for type {spec.type!r}; known: "
+    raise errors.ConfigError(f"config.evals.{name}: unknown field(s) {unknown} for type {spec.type!r}; known: "
                      f"{sorted(expected)}.")
   missing = {k: v for k, v in dict(COMMON_DEFAULTS, **cls.DEFAULTS).items() if k not in spec}
   if missing:
@@ -173,7 +175,7 @@ def create_all(evals: ml_collections.ConfigDict) -> list[Evaluator]:
   out.sort(key=lambda e: e.every == 0)  # stable
   picking = [e.name for e in out if e.best_metric]
   if len(picking) > 1:
-    raise ValueError(f"config.evals: {picking} all set best_metric; only one evaluator may pick the best "
+    raise errors.ConfigError(f"config.evals: {picking} all set best_metric; only one evaluator may pick the best "
                      "checkpoint.")
   return out
 

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from xmodal_jax import errors
 from xmodal_jax.evaluation import evaluator as evaluator_lib
 from xmodal_jax.evaluation import retrieval
 
@@ -37,9 +38,9 @@ class RetrievalEvaluator(evaluator_lib.Evaluator):
   def __init__(self, name, spec):
     super().__init__(name, spec)
     if spec.scorer not in ("embeddings", "pairwise"):
-      raise ValueError(f"config.evals.{name}.scorer={spec.scorer!r}; use 'embeddings' or 'pairwise'.")
+      raise errors.ConfigError(f"config.evals.{name}.scorer={spec.scorer!r}; use 'embeddings' or 'pairwise'.")
     if spec.rerank_k and spec.scorer != "pairwise":
-      raise ValueError(f"config.evals.{name}.rerank_k={spec.rerank_k} re-ranks with the pairwise scorer: set "
+      raise errors.ConfigError(f"config.evals.{name}.rerank_k={spec.rerank_k} re-ranks with the pairwise scorer: set "
                        "scorer='pairwise' (or rerank_k=0).")
 
   def _embeddings(self, predict_fns, variables, data, runtime) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,8 @@ from typing import Sequence
 
 import ml_collections
 
+from xmodal_jax import errors
+
 _TASKS = {
     "vsepp": "xmodal_jax.tasks.retrieval.vsepp:VSEPPTask",
     "s1_text_generator": "xmodal_jax.tasks.s1.text_generator:TextGeneratorTask",
@@ -28,7 +30,7 @@ _JOBS = {
 
 def _load(table: dict[str, str], name: str, what: str):
   if name not in table:
-    raise ValueError(f"Unknown {what} {name!r}; available {what}s: {sorted(table)}.")
+    raise errors.ConfigError(f"Unknown {what} {name!r}; available {what}s: {sorted(table)}.")
   module, attr = table[name].split(":")
   return getattr(importlib.import_module(module), attr)
 
@@ -48,7 +50,7 @@ def available_tasks() -> list[str]:
 def create(config: ml_collections.ConfigDict, workdir: str):
   """The task of `config` (config.task) working in `workdir`. Reads no data."""
   if "task" not in config:
-    raise ValueError(f"The config has no `task` field; set config.task to one of {available_tasks()}.")
+    raise errors.ConfigError(f"The config has no `task` field; set config.task to one of {available_tasks()}.")
   return get_task_class(config.task)(config, workdir)
 
 

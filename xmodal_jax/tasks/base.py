@@ -7,6 +7,7 @@ from typing import Callable
 import ml_collections
 import numpy as np
 
+from xmodal_jax import errors
 from xmodal_jax.data import sources
 from xmodal_jax.data.iterator import EpochBatchIterator
 from xmodal_jax.evaluation.evaluator import EvalData
@@ -57,7 +58,7 @@ class ImageTextTask(Task):
     cfg = self.config.data
     data = self.split("train")
     if len(rows) == 0:
-      raise ValueError(f"No usable train image in {cfg.source} for config.task={self.config.task!r}: nothing to train "
+      raise errors.DataError(f"No usable train image in {cfg.source} for config.task={self.config.task!r}: nothing to train "
                        "on (S1 stages: no labels or queries; check the config.data query / taxonomy fields).")
 
     def load(indices, keys):

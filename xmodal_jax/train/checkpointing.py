@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
+from xmodal_jax import errors
 from xmodal_jax.train.state import TrainState
 
 CHECKPOINTS = "checkpoints"
+# Fault injection (tests/test_reliability.py): SIGKILL the process right after starting the save of this step.
+FAULT_KILL_DURING_SAVE = "XMODAL_FAULT_KILL_DURING_SAVE"
 
 
 class _DropUnrankedSaveWarning(logging.Filter):
@@ -54,11 +58,11 @@ class Checkpointer:
   def __init__(self, workdir: str, *, max_to_keep: int = 3, best_metric: str | None = None,
                best_mode: str = "max", use_async: bool = True, create: bool = True):
     if best_mode not in ("max", "min"):
-      raise ValueError(f"best_mode={best_mode!r}; use 'max' or 'min'.")
+      raise errors.ConfigError(f"best_mode={best_mode!r}; use 'max' or 'min'.")
     self.best_metric = best_metric or None
     directory = os.path.abspath(os.path.join(workdir, CHECKPOINTS))
     if not create and not os.path.isdir(directory):
-      raise FileNotFoundError(f"No checkpoints in {workdir} (expected {directory}); train first with "
+      raise errors.MissingError(f"No checkpoints in {workdir} (expected {directory}); train first with "
                               "`xmodal train --workdir=...` or point --workdir at a trained run.")
     keep = [policies.LatestN(n=max_to_keep)]
     best_fn = None
@@ -85,25 +89,28 @@ class Checkpointer:
     kept = None
     if self.best_metric and metrics is not None:
       if self.best_metric not in metrics:
-        raise KeyError(f"The best-checkpoint metric {self.best_metric!r} is not among the evaluation metrics "
+        raise errors.ConfigError(f"The best-checkpoint metric {self.best_metric!r} is not among the evaluation metrics "
                        f"{sorted(metrics)}; pick one of those in the evaluator's best_metric (or '' to disable).")
       kept = {self.best_metric: float(metrics[self.best_metric])}
     args = ocp.args.Composite(model=ocp.args.StandardSave(_model_item(state)),
                               train=ocp.args.StandardSave(_train_item(state)),
                               data=ocp.args.JsonSave(data_state))
-    return self._manager.save(step, args=args, metrics=kept, force=True)
+    saved = self._manager.save(step, args=args, metrics=kept, force=True)
+    if os.environ.get(FAULT_KILL_DURING_SAVE) == str(step):  # fault injection for the crash tests only
+      os.kill(os.getpid(), signal.SIGKILL)  # the asynchronous write of this step is still in flight
+    return saved
 
   def _step(self, which: str, step: int | None) -> int:
     if step is None:
       if which == "best":
         if not self.best_metric:
-          raise ValueError("This run keeps no best checkpoint (no evaluator sets best_metric); use "
+          raise errors.WorkdirError("This run keeps no best checkpoint (no evaluator sets best_metric); use "
                            "--checkpoint=latest.")
         step = self.best_step()
       else:
         step = self.latest_step()
     if step is None:
-      raise FileNotFoundError(f"No {which} checkpoint in {self._manager.directory}; train first with `xmodal train`.")
+      raise errors.MissingError(f"No {which} checkpoint in {self._manager.directory}; train first with `xmodal train`.")
     return step
 
   def restore(self, abstract_state: TrainState, *, which: str = "latest", step: int | None = None

@@ -18,17 +18,18 @@ import ml_collections
 import optax
 from flax import traverse_util
 
+from xmodal_jax import errors
 from xmodal_jax.train import sparse_rows
 
-_SCHEDULES = ("constant", "cosine", "linear")
-_OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "linear")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 DEFAULT, FROZEN = "default", "frozen"
 
 
 def learning_rate_schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
   """Linear warm-up over `warmup_steps`, then `schedule` (constant / cosine / linear decay to 0)."""
-  if cfg.schedule not in _SCHEDULES:
-    raise ValueError(f"config.optimizer.schedule={cfg.schedule!r}; choose one of {_SCHEDULES}.")
+  if cfg.schedule not in SCHEDULES:
+    raise errors.ConfigError(f"config.optimizer.schedule={cfg.schedule!r}; choose one of {SCHEDULES}.")
   warmup = min(int(cfg.warmup_steps), max(num_steps - 1, 0))
   decay_steps = max(num_steps - warmup, 1)
   if cfg.schedule == "constant":
@@ -59,15 +60,15 @@ def _groups(cfg: ml_collections.ConfigDict) -> list[tuple[re.Pattern, float]]:
   out = []
   for entry in tuple(cfg.get("groups", ()) or ()):
     if len(entry) != 2:
-      raise ValueError(f"config.optimizer.groups entry {entry!r}: use (regex, learning-rate multiplier), e.g. "
+      raise errors.ConfigError(f"config.optimizer.groups entry {entry!r}: use (regex, learning-rate multiplier), e.g. "
                        "('image_backbone/.*', 0.1); multiplier 0 freezes.")
     pattern, multiplier = entry
     try:
       compiled = re.compile(str(pattern))
     except re.error as e:
-      raise ValueError(f"config.optimizer.groups: {pattern!r} is not a regular expression ({e}).") from None
+      raise errors.ConfigError(f"config.optimizer.groups: {pattern!r} is not a regular expression ({e}).") from None
     if float(multiplier) < 0:
-      raise ValueError(f"config.optimizer.groups: multiplier {multiplier} for {pattern!r} must be >= 0.")
+      raise errors.ConfigError(f"config.optimizer.groups: multiplier {multiplier} for {pattern!r} must be >= 0.")
     out.append((compiled, float(multiplier)))
   return out
 
@@ -93,7 +94,7 @@ def _check_all_match(patterns: list[tuple[re.Pattern, str]], params: Any) -> Non
   paths = [p for p, leaf in traverse_util.flatten_dict(params, sep="/").items()]
   for pattern, label in patterns:
     if not any(pattern.fullmatch(p) for p in paths):
-      raise ValueError(f"config.optimizer.groups: {pattern.pattern!r} matches no parameter (group {label}); "
+      raise errors.ConfigError(f"config.optimizer.groups: {pattern.pattern!r} matches no parameter (group {label}); "
                        f"parameter paths look like {paths[:4]} (all {len(paths)} are logged at start).")
 
 
@@ -105,8 +106,8 @@ def create_optimizer(cfg: ml_collections.ConfigDict, num_steps: int, *,
   sparse: {path regex: transformation} for tables whose gradients are `sparse_rows.RowSparseGrad`s (the
   task's step makes them); they bypass clipping and the dense optimiser.
   """
-  if cfg.name not in _OPTIMIZERS:
-    raise ValueError(f"config.optimizer.name={cfg.name!r}; choose one of {_OPTIMIZERS}.")
+  if cfg.name not in OPTIMIZERS:
+    raise errors.ConfigError(f"config.optimizer.name={cfg.name!r}; choose one of {OPTIMIZERS}.")
   schedule = learning_rate_schedule(cfg, num_steps)
   groups, sparse = _groups(cfg), dict(sparse or {})
   clip = optax.clip_by_global_norm(cfg.grad_clip_norm) if cfg.grad_clip_norm and cfg.grad_clip_norm > 0 else None

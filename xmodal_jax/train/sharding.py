@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+
+from xmodal_jax import errors
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "model")
@@ -53,18 +55,18 @@ def create_mesh(shape: Sequence[int] = (-1, 1), axis_names: Sequence[str] = MESH
   devices = list(jax.devices() if devices is None else devices)
   shape = list(shape)
   if len(shape) != len(axis_names):
-    raise ValueError(f"config.mesh.shape={tuple(shape)} must have one entry per mesh axis {tuple(axis_names)}.")
+    raise errors.ConfigError(f"config.mesh.shape={tuple(shape)} must have one entry per mesh axis {tuple(axis_names)}.")
   n_infer = shape.count(-1)
   if n_infer > 1:
-    raise ValueError(f"config.mesh.shape={tuple(shape)}: at most one entry may be -1.")
+    raise errors.ConfigError(f"config.mesh.shape={tuple(shape)}: at most one entry may be -1.")
   known = int(np.prod([s for s in shape if s != -1]))
   if n_infer:
     if len(devices) % known:
-      raise ValueError(f"config.mesh.shape={tuple(shape)} does not divide the {len(devices)} devices; "
+      raise errors.ConfigError(f"config.mesh.shape={tuple(shape)} does not divide the {len(devices)} devices; "
                        f"choose sizes whose product divides {len(devices)}.")
     shape[shape.index(-1)] = len(devices) // known
   if int(np.prod(shape)) != len(devices):
-    raise ValueError(f"config.mesh.shape={tuple(shape)} needs {int(np.prod(shape))} devices but "
+    raise errors.ConfigError(f"config.mesh.shape={tuple(shape)} needs {int(np.prod(shape))} devices but "
                      f"{len(devices)} are available; set config.mesh.shape so the product is {len(devices)} "
                      "(use -1 for one axis to infer it).")
   return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=(jax.sharding.AxisType.Auto,) * len(axis_names),

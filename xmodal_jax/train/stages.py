@@ -12,6 +12,8 @@ import os
 
 import ml_collections
 
+from xmodal_jax import errors
+
 SHARED_SECTIONS = ("seed", "data", "mesh")
 
 
@@ -22,7 +24,7 @@ def is_pipeline(config: ml_collections.ConfigDict) -> bool:
 def stage_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
   """The complete config of stage `name`: its own section plus the shared ones (unlocked copy)."""
   if name not in config.stages:
-    raise ValueError(f"Stage {name!r} is not in config.stages ({sorted(config.stages.keys())}).")
+    raise errors.ConfigError(f"Stage {name!r} is not in config.stages ({sorted(config.stages.keys())}).")
   stage = ml_collections.ConfigDict(config.stages[name].to_dict())
   for section in SHARED_SECTIONS:
     value = config[section]

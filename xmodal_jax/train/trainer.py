@@ -27,11 +27,13 @@ from absl import logging
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
+from xmodal_jax import errors
 from xmodal_jax.evaluation import evaluator as evaluator_lib
 from xmodal_jax.train import checkpointing
 from xmodal_jax.train import inference
 from xmodal_jax.train import optimizer as optimizer_lib
-from xmodal_jax.train import sharding
+from xmodal_jax.train import sharding, validation
+from xmodal_jax.train import workdir as workdir_lib
 from xmodal_jax.train.runtime import Runtime
 from xmodal_jax.train.state import TrainState
 from xmodal_jax.train.task import StepContext, Task
@@ -39,7 +41,7 @@ from xmodal_jax.train.task import StepContext, Task
 FROZEN_FILE = "frozen_params.json"
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(errors.UserError, FloatingPointError):
   """Raised when a training step produced a NaN/Inf metric (loss or gradient norm)."""
 
 
@@ -79,8 +81,10 @@ def build(task: Task, devices: list[jax.Device] | None = None, *, training: bool
   `config.mesh.shape` must fit their number.
   """
   config = task.config
-  task.setup(training=training)
   mesh = sharding.create_mesh(tuple(config.mesh.shape), devices=devices)
+  if training:
+    validation.validate(config, data_parallel=mesh.shape["data"], process_count=jax.process_count())
+  task.setup(training=training)
   rules = sharding.logical_axis_rules(fsdp=config.mesh.fsdp)
   tx = task.make_optimizer()
 
@@ -158,27 +162,6 @@ class _PreemptionWatcher:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Write config.json; on resume, log which fields differ from the run that made the workdir."""
-  path = os.path.join(workdir, "config.json")
-  current = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
-    if previous != current:
-      logging.warning("Config differs from the one this workdir was started with (%s); resuming anyway. "
-                      "Differences: %s", path, _diff(previous, current))
-  if jax.process_index() == 0:
-    with open(path, "w") as f:
-      json.dump(current, f, indent=2, sort_keys=True)
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-  if isinstance(a, dict) and isinstance(b, dict):
-    return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
-  return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
-
-
 def _hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
   flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
   return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
@@ -205,12 +188,25 @@ def _check_frozen(setup: Setup, workdir: str, resuming: bool) -> None:
     with open(path) as f:
       recorded = json.load(f)
     if recorded["sha256"] != current["sha256"]:
-      raise ValueError(f"The frozen params of this run changed since it started ({path} records sha256 "
+      raise errors.WorkdirError(f"The frozen params of this run changed since it started ({path} records sha256 "
                        f"{recorded['sha256'][:12]}..., they now hash to {current['sha256'][:12]}...): restore the "
                        "original source of the frozen params, or start a new --workdir.")
   elif jax.process_index() == 0:
     with open(path, "w") as f:
       json.dump(current, f, indent=2)
+
+
+def _restore(ckpt: checkpointing.Checkpointer, setup: Setup, workdir: str) -> tuple[int, Any, dict]:
+  """The latest checkpoint; a checkpoint that does not fit the task's shapes is a WorkdirError, not a raw
+  orbax error (only reachable with --allow_config_change: other changes are refused earlier)."""
+  try:
+    return ckpt.restore(setup.abstract_state)
+  except (ValueError, TypeError, KeyError) as e:
+    if isinstance(e, errors.UserError):
+      raise
+    raise errors.WorkdirError(
+        f"The checkpoint in {workdir} does not fit this config's model (the config changed parameter shapes or "
+        f"structure: {str(e).splitlines()[0][:300]}). Train in a new --workdir.") from e
 
 
 class _MetricAverager:
@@ -269,7 +265,7 @@ def evaluate_checkpoint(task: Task, *, splits: tuple[str, ...] | None = None, wh
   evaluators = [e for e in evaluator_lib.create_all(task.config.evals)
                 if e.at_end and (not splits or e.split in splits)]
   if not evaluators:
-    raise ValueError(f"No evaluator of config.evals runs on split(s) {list(splits or ())}; the config evaluates "
+    raise errors.ConfigError(f"No evaluator of config.evals runs on split(s) {list(splits or ())}; the config evaluates "
                      f"{sorted({e.split for e in evaluator_lib.create_all(task.config.evals)})}.")
   loaded = inference.load_model(task, which=which)
   metrics = evaluate(task, loaded.runtime, loaded.variables, evaluators)
@@ -277,38 +273,56 @@ def evaluate_checkpoint(task: Task, *, splits: tuple[str, ...] | None = None, wh
           "report": report(task, metrics, evaluators, title=f"step {loaded.step}, {which} checkpoint")}
 
 
-def train_and_evaluate(task: Task, *, stop_at_step: int | None = None,
-                       devices: list[jax.Device] | None = None) -> dict[str, Any]:
+def train_and_evaluate(task: Task, *, stop_at_step: int | None = None, devices: list[jax.Device] | None = None,
+                       allow_config_change: bool = False) -> dict[str, Any]:
   """Train `task` in `task.workdir` (resuming from its latest checkpoint), evaluating as `config.evals` says.
 
-  stop_at_step: stop (after checkpointing) once this step is reached, as a preemption would; the same
-  command later resumes. Returns {'step', 'metrics', 'report', 'train_seconds', 'stopped_early', 'state'}.
+  The workdir is locked for the life of the call; a resume whose config differs in a run-defining field is
+  refused unless `allow_config_change` (train/workdir.py). stop_at_step: stop (after checkpointing) once this
+  step is reached, as a preemption would; the same command later resumes. Returns {'step', 'metrics',
+  'report', 'train_seconds', 'stopped_early', 'stop_reason' (None | 'stop_at_step' | 'preempted'), 'state'}.
   """
+  mesh = sharding.create_mesh(tuple(task.config.mesh.shape), devices=devices)  # no arrays: just the layout
+  validation.validate(task.config, data_parallel=mesh.shape["data"], process_count=jax.process_count())
+  with workdir_lib.WorkdirLock(task.workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(task, stop_at_step=stop_at_step, devices=devices,
+                               allow_config_change=allow_config_change)
+
+
+def _train_and_evaluate(task: Task, *, stop_at_step: int | None, devices: list[jax.Device] | None,
+                        allow_config_change: bool) -> dict[str, Any]:
   from clu import metric_writers, parameter_overview, periodic_actions  # TensorFlow: keep it off the import path
 
   config, workdir = task.config, task.workdir
   cfg = config.train
   os.makedirs(workdir, exist_ok=True)
-  _save_config(config, workdir)
+  current_config = json.loads(config.to_json_best_effort())
   evaluators = evaluator_lib.create_all(config.evals)
-  setup = build(task, devices)
   metric_name, metric_mode = evaluator_lib.best_metric(config.evals)
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep, best_metric=metric_name,
                                     best_mode=metric_mode, use_async=config.checkpoint.use_async)
+  resuming = ckpt.latest_step() is not None
+  if resuming:  # before anything is built or written: a changed run is refused with the workdir untouched
+    workdir_lib.check_resume_config(workdir, current_config, allow_change=allow_config_change)
+  setup = build(task, devices)
+  _check_frozen(setup, workdir, resuming)
   data = task.train_iterator(process_index=jax.process_index(), process_count=jax.process_count())
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, asynchronous=True)
   lr_schedule = optimizer_lib.learning_rate_schedule(config.optimizer, cfg.num_steps)
 
-  resuming = ckpt.latest_step() is not None
-  _check_frozen(setup, workdir, resuming)
   if resuming:
-    start_step, state, data_state = ckpt.restore(setup.abstract_state)
+    start_step, state, data_state = _restore(ckpt, setup, workdir)
     data.set_state(data_state)
-    logging.info("Resumed from %s at step %d (data position %s).", workdir, start_step, data_state)
+    logged = workdir_lib.last_logged_step(workdir) if jax.process_index() == 0 else 0
+    writer = workdir_lib.LoggedStepFilter(writer, logged)  # the redone steps are in TensorBoard already
+    logging.info("Resumed from %s at step %d (data position %s; TensorBoard has steps up to %d).", workdir,
+                 start_step, data_state, logged)
   else:
     start_step = 0
     state = setup.init_state(jax.random.PRNGKey(config.seed))
     writer.write_hparams(_hparams(config))
+  if jax.process_index() == 0:  # the run is accepted: record its config (only now)
+    workdir_lib.write_config(workdir, current_config)
   parameter_overview.log_parameter_overview(state.params, include_stats=False, msg="Trainable params")
   logging.info("Task %s: %.2fM trainable parameters, mesh %s, global batch %d, %d steps.", config.task,
                sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)) / 1e6, dict(setup.mesh.shape),
@@ -326,8 +340,13 @@ def train_and_evaluate(task: Task, *, stop_at_step: int | None = None,
   step, stopped_early, train_start = start_step, False, time.time()
   final_metrics: dict[str, float] = {}
   eval_seconds = 0.0
+  stop_reason = None
+  if stop_at_step is not None and start_step >= stop_at_step and start_step < cfg.num_steps:
+    logging.warning("The run is at step %d already, not below --stop_at_step=%d: nothing to train.", start_step,
+                    stop_at_step)
+    stopped_early, stop_reason = True, "stop_at_step"
   try:
-    while step < cfg.num_steps:
+    while step < cfg.num_steps and not stopped_early:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = sharding.global_batch_from_host(next(data), setup.mesh)
         state, first_bad, metrics = step_fn(state, setup.frozen, first_bad, batch)
@@ -340,6 +359,7 @@ def train_and_evaluate(task: Task, *, stop_at_step: int | None = None,
         hook(step)
       preempted = watcher.should_stop(step)
       stopped_early = preempted or (stop_at_step is not None and step >= stop_at_step and step < cfg.num_steps)
+      stop_reason = ("preempted" if preempted else "stop_at_step") if stopped_early else None
       final = step == cfg.num_steps
       if step % cfg.log_every == 0 or final or stopped_early:
         _check_finite(first_bad, last_ckpt)
@@ -366,7 +386,8 @@ def train_and_evaluate(task: Task, *, stop_at_step: int | None = None,
                         "preemption signal" if preempted else "stop_at_step")
         break
     train_seconds = time.time() - train_start - eval_seconds
-    results: dict[str, Any] = {"step": step, "train_seconds": train_seconds, "stopped_early": stopped_early}
+    results: dict[str, Any] = {"step": step, "train_seconds": train_seconds, "stopped_early": stopped_early,
+                               "stop_reason": stop_reason}
     if not stopped_early:
       if not final_metrics:  # the run had finished before: evaluate it again
         eval_start = time.time()

@@ -11,6 +11,7 @@ import os
 import jax
 import ml_collections
 
+from xmodal_jax import errors
 from xmodal_jax.evaluation import evaluator, tables
 from xmodal_jax.train import stages
 
@@ -21,7 +22,7 @@ def ablation_table(config: ml_collections.ConfigDict, workdir: str, rows: tuple[
   for name in rows:
     path = os.path.join(stages.stage_dir(workdir, name), "results.json")
     if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} not found: stage {name!r} has not finished; run the pipeline first.")
+      raise errors.MissingError(f"{path} not found: stage {name!r} has not finished; run the pipeline first.")
     with open(path) as f:
       results[name] = json.load(f)["metrics"]
   prefixes = [e.prefix for e in evaluator.create_all(config.stages[rows[0]].evals) if e.at_end]

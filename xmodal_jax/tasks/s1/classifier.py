@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
+from xmodal_jax import errors
 from xmodal_jax import tasks
 from xmodal_jax.data import prepared, preprocess, records
 from xmodal_jax.serving import phrase_lookup
@@ -51,7 +52,7 @@ class MultimodalClassifier:
     else:
       text = load_stage(config, workdir, spec.text_embedding, which, mesh_shape)
       if text.task.queries != self.queries:
-        raise ValueError(f"Stages {spec.generator!r} and {spec.text_embedding!r} built different query vocabularies "
+        raise errors.WorkdirError(f"Stages {spec.generator!r} and {spec.text_embedding!r} built different query vocabularies "
                          "(different data configs?); re-run the pipeline from scratch.")
       self.embed_phrases = lambda phrases: text.predict("embed_phrases", text.task.encode_phrases(phrases),
                                                         self.batch_size)
@@ -68,7 +69,12 @@ class MultimodalClassifier:
   @classmethod
   def from_workdir(cls, workdir: str, **kwargs) -> "MultimodalClassifier":
     """A finished pipeline run (its WORKDIR/config.json names the stages)."""
-    return cls(inference.read_run_config(workdir), workdir, **kwargs)
+    config = inference.read_run_config(workdir)
+    if not stages.is_pipeline(config) or "features" not in config.stages:
+      what = f"a {config.task!r} run" if "task" in config else "no S1 pipeline"
+      raise errors.WorkdirError(f"{workdir} holds {what}, not an S1 pipeline: `xmodal classify` needs a workdir "
+                                "trained with configs/s1/*.py (e.g. xmodal train --config=configs/s1/shapes.py).")
+    return cls(config, workdir, **kwargs)
 
   def _check_fusion_width(self) -> None:
     """The fusion head was trained on features of a fixed width; text features from another embedding
@@ -78,7 +84,7 @@ class MultimodalClassifier:
              "pixel": int(self.pixel.task.config.model.bottleneck_dim)}
     have = sum(width[k] for k in fusion.inputs)
     if have != fusion.input_dim:
-      raise ValueError(f"The fusion stage was trained on {fusion.input_dim}-d inputs but these stages give "
+      raise errors.WorkdirError(f"The fusion stage was trained on {fusion.input_dim}-d inputs but these stages give "
                        f"{have}-d {'+'.join(fusion.inputs)} features (the features stage was re-run with another "
                        "config). Re-run the pipeline (`xmodal train` re-runs the stages whose inputs changed).")
 

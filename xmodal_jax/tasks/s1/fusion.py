@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from xmodal_jax import errors
 from xmodal_jax.data import query_annotations
 from xmodal_jax.data.iterator import EpochBatchIterator
 from xmodal_jax.evaluation.evaluator import EvalData
@@ -35,7 +36,7 @@ class FusionTask(Task):
     super().__init__(config, workdir)
     self.inputs = tuple(config.model.inputs)
     if not self.inputs or any(k not in FEATURE_KINDS for k in self.inputs):
-      raise ValueError(f"config.model.inputs={self.inputs}: choose a non-empty subset of {FEATURE_KINDS}.")
+      raise errors.ConfigError(f"config.model.inputs={self.inputs}: choose a non-empty subset of {FEATURE_KINDS}.")
     stage = config.features.stage
     self.features_dir = stage if os.path.isabs(stage) else os.path.join(os.path.dirname(os.path.abspath(workdir)),
                                                                          stage)
@@ -58,13 +59,13 @@ class FusionTask(Task):
       with open(path) as f:
         trained = json.load(f)["input_dim"]
     elif not training:
-      raise FileNotFoundError(f"{path} not found: train this fusion stage first.")
+      raise errors.MissingError(f"{path} not found: train this fusion stage first.")
     if training:
       self._dim = self.assemble(self.features("train")).shape[1]
       for split in evaluated_splits(self.config):
         self.features(split)
       if trained is not None and trained != self._dim:
-        raise ValueError(f"{self.workdir} was trained on {trained}-d inputs but {self.features_dir} now holds "
+        raise errors.WorkdirError(f"{self.workdir} was trained on {trained}-d inputs but {self.features_dir} now holds "
                          f"{self._dim}-d {'+'.join(self.inputs)} features (the features stage was re-run with "
                          "another config). Re-run the pipeline (`xmodal train` re-runs the stages whose inputs "
                          "changed).")
@@ -85,7 +86,7 @@ class FusionTask(Task):
     if split not in self._features:
       path = features_path(self.features_dir, split)
       if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: run the features stage first (config.features.stage="
+        raise errors.MissingError(f"{path} not found: run the features stage first (config.features.stage="
                                 f"{self.config.features.stage!r}; `xmodal train` of the pipeline does it).")
       with np.load(path) as data:
         self._features[split] = {k: data[k] for k in data.files}

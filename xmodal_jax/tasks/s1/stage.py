@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from xmodal_jax import errors
 from xmodal_jax.data import query_annotations
 from xmodal_jax.models.resnet import ResNetEncoder
 from xmodal_jax.tasks.base import ImageTextTask
@@ -24,7 +25,7 @@ def load_or_build_queries(task: ImageTextTask, training: bool) -> list[str]:
     with open(path) as f:
       return list(json.load(f)["queries"])
   if not training:
-    raise FileNotFoundError(f"{path} not found: the run in {task.workdir} did not finish setting up; train it "
+    raise errors.MissingError(f"{path} not found: the run in {task.workdir} did not finish setting up; train it "
                             "(`xmodal train` writes its query vocabulary there).")
   queries = query_annotations.query_vocabulary(task.config.data, task.split("train"))
   if jax.process_index() == 0:

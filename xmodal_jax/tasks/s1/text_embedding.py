@@ -15,6 +15,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from xmodal_jax import errors
 from xmodal_jax.data.iterator import EpochBatchIterator
 from xmodal_jax.data.ngrams import NgramVocab
 from xmodal_jax.evaluation.evaluator import EvalData
@@ -54,7 +55,7 @@ class TextEmbeddingTask(S1Stage):
     notes = self.annotations("train")
     rows = notes.images_with_queries(minimum=2)
     if len(rows) == 0:
-      raise ValueError("No train image has two queries: the siamese text embedding has no pairs to learn from.")
+      raise errors.DataError("No train image has two queries: the siamese text embedding has no pairs to learn from.")
     table = self.encode_phrases(self.queries)
     phrase_ids, phrase_mask = table["ids"], table["mask"]
 

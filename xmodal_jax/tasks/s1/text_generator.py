@@ -20,6 +20,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from xmodal_jax import errors
 from xmodal_jax.data import shapes_world
 from xmodal_jax.data.preprocess import normalize_images
 from xmodal_jax.evaluation.evaluator import EvalData
@@ -39,11 +40,11 @@ class TextGeneratorTask(S1Stage):
   def __init__(self, config, workdir):
     super().__init__(config, workdir)
     if config.loss.softmax not in ("sampled", "full"):
-      raise ValueError(f"config.loss.softmax={config.loss.softmax!r}; use 'sampled' or 'full'.")
+      raise errors.ConfigError(f"config.loss.softmax={config.loss.softmax!r}; use 'sampled' or 'full'.")
     if config.loss.query_update not in ("dense", "sparse_adagrad"):
-      raise ValueError(f"config.loss.query_update={config.loss.query_update!r}; use 'dense' or 'sparse_adagrad'.")
+      raise errors.ConfigError(f"config.loss.query_update={config.loss.query_update!r}; use 'dense' or 'sparse_adagrad'.")
     if config.loss.query_update == "sparse_adagrad" and config.loss.softmax != "sampled":
-      raise ValueError("config.loss.query_update='sparse_adagrad' needs config.loss.softmax='sampled' (the full "
+      raise errors.ConfigError("config.loss.query_update='sparse_adagrad' needs config.loss.softmax='sampled' (the full "
                        "softmax touches every row of W).")
     self._predict = {"embed_image": self.embed_image, "label_scores": self.label_scores}
 
