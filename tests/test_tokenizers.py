@@ -113,7 +113,7 @@ def test_factory_round_trip(captions, tmp_path, kind, kwargs, cls):
 
 
 def test_factory_errors(captions, tmp_path):
-  with pytest.raises(ValueError, match=r"Unknown tokenizer kind 'bert'.*\['sentencepiece', 'word'\]"):
+  with pytest.raises(ValueError, match=r"Unknown tokenizer kind 'bert'.*\['sentencepiece', 'word', 'wordpiece'\]"):
     build_tokenizer("bert", captions)
   with pytest.raises(ValueError, match="does not take options \\['vocab_size'\\]"):
     build_tokenizer("word", captions, vocab_size=100)

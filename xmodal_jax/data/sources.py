@@ -10,6 +10,7 @@ Every split is a `SplitData`: captions and image ids in memory, images loaded (a
 from __future__ import annotations
 
 import io
+import json
 from typing import Any, Sequence
 
 import ml_collections
@@ -163,3 +164,23 @@ def load_split(data_config: ml_collections.ConfigDict, split: str) -> SplitData:
     return _open_registered_tfds(name, config_name or None, split, data_config.get("tfds_data_dir") or None)
   raise errors.ConfigError(f"Unknown data source {spec!r} (config.data.source); use one of: shapes, folder:PATH, "
                    "karpathy:JSON:IMAGE_ROOT, tfds:NAME[:CONFIG].")
+
+
+def source_fingerprint(data_config: ml_collections.ConfigDict) -> str:
+  """A string that changes whenever the source's content would: shapes world's generator settings, a prepared
+  set's recorded fingerprint (records file, image files, options), or a tfds builder's version and sizes."""
+  spec = str(data_config.source)
+  kind, _, rest = spec.partition(":")
+  if kind == "shapes":
+    settings = {k: data_config[k] for k in ("seed", "num_train", "num_val", "num_test", "image_size")}
+    return "shapes:" + json.dumps(settings, sort_keys=True)
+  if kind in ("folder", "karpathy"):
+    out_dir = prepared_dir(data_config)
+    summary = prepared.ensure_prepared(spec, out_dir, prepared.options_from_config(data_config),
+                                       rebuild_stale=not data_config.prepared_dir)
+    return "prepared:" + summary["fingerprint"]["sha256"]
+  name, _, config_name = rest.partition(":")
+  builder = prepared.import_tfds().builder(f"{name}/{config_name}" if config_name else name,
+                                           data_dir=data_config.get("tfds_data_dir") or None,
+                                           file_format="array_record")
+  return f"tfds:{builder.info.full_name}:" + json.dumps({k: v.num_examples for k, v in builder.info.splits.items()})

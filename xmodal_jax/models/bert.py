@@ -82,27 +82,34 @@ class BertEncoder(nn.Module):
 
   token_type_ids [batch, len] defaults to zeros (single-segment input). `precision` goes to every matmul
   (e.g. "highest" to keep float32 accuracy on accelerators whose default matmul precision is lower).
+
+  Entry and exit points, for caching frozen lower layers: with `start_layer` > 0, `input_ids` is the hidden
+  state [batch, len, hidden] after layer start_layer-1 (not token ids); layers [start_layer, stop_layer) run.
   """
   config: BertConfig
   precision: Any = None
 
   @nn.compact
   def __call__(self, input_ids: jnp.ndarray, attention_mask: jnp.ndarray,
-               token_type_ids: jnp.ndarray | None = None) -> jnp.ndarray:
+               token_type_ids: jnp.ndarray | None = None, *, start_layer: int = 0,
+               stop_layer: int | None = None) -> jnp.ndarray:
     cfg = self.config
     length = input_ids.shape[1]
     if length > cfg.max_position:
       raise ValueError(f"BertEncoder: sequence length {length} exceeds max_position={cfg.max_position}.")
-    if token_type_ids is None:
-      token_type_ids = jnp.zeros_like(input_ids)
-    x = (nn.Embed(cfg.vocab_size, cfg.hidden_size, name="word_embeddings")(input_ids)
-         + nn.Embed(cfg.max_position, cfg.hidden_size, name="position_embeddings")(jnp.arange(length)[None, :])
-         + nn.Embed(cfg.type_vocab_size, cfg.hidden_size, name="token_type_embeddings")(token_type_ids))
-    x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="embeddings_norm")(x)
+    if start_layer == 0:
+      if token_type_ids is None:
+        token_type_ids = jnp.zeros_like(input_ids)
+      x = (nn.Embed(cfg.vocab_size, cfg.hidden_size, name="word_embeddings")(input_ids)
+           + nn.Embed(cfg.max_position, cfg.hidden_size, name="position_embeddings")(jnp.arange(length)[None, :])
+           + nn.Embed(cfg.type_vocab_size, cfg.hidden_size, name="token_type_embeddings")(token_type_ids))
+      x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="embeddings_norm")(x)
+    else:
+      x = input_ids.astype(jnp.float32)
     # Additive mask as in Hugging Face: 0 where attended, the most negative float32 where padding.
     keep = attention_mask.astype(bool)[:, None, None, :]
     bias = jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
-    for i in range(cfg.num_layers):
+    for i in range(start_layer, cfg.num_layers if stop_layer is None else stop_layer):
       x = BertLayer(cfg, self.precision, name=f"layer_{i}")(x, bias)
     return x
 
