@@ -111,6 +111,31 @@ def test_minilm_text_features_option(tiny_run, tmp_path):
     MultimodalClassifier(config, workdir)
 
 
+def test_pretrained_pixel_embedding_option(tiny_run, tmp_path, monkeypatch):
+  from xmodal_jax.models import efficientnet_weights
+  try:
+    efficientnet_weights.source_file("efficientnet-lite0")
+  except errors.MissingError as e:
+    pytest.skip(str(e))
+  monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+  _, shared, _ = tiny_run
+  workdir = str(tmp_path / "run")
+  shutil.copytree(shared, workdir)
+  config = load_config("configs/s1/shapes.py:tiny", "--config.mesh.shape=(2,4)",
+                       "--config.stages.pixel_embedding.model.pretrained_image=efficientnet-lite0",
+                       "--config.stages.pixel_embedding.model.input_size=96")
+  out = pipeline.run_pipeline(config, workdir, only=("pixel_embedding", "features", "pixel_only"))
+  assert "test/accuracy" in out["stages"]["pixel_only"]["metrics"]
+  # Only the bottleneck and the head train: the checkpoint holds no tower, the frozen tower is recorded.
+  assert json.load(open(os.path.join(workdir, "pixel_embedding", "frozen_params.json")))["arrays"] > 100
+  from xmodal_jax import tasks
+  loaded = tasks.load_run(os.path.join(workdir, "pixel_embedding"), mesh_shape=(-1, 1))
+  assert set(loaded.variables["params"]) == {"bottleneck", "head"}
+  assert "backbone" in loaded.variables["frozen"]["params"]
+  with np.load(os.path.join(workdir, "features", "val.npz")) as f:
+    assert f["pixel"].shape == (64, config.stages.pixel_embedding.model.bottleneck_dim)
+
+
 def test_add_queries_from_prototypes_without_retraining(tiny_run):
   from xmodal_jax.tasks.s1.classifier import MultimodalClassifier
   config, workdir, _ = tiny_run

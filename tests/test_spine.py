@@ -1,6 +1,7 @@
 """The spine's structure: frozen params are sharded arguments of the compiled step, parameter groups through
 optax.multi_transform, one-way imports, params-only inference from a workdir alone, checkpoint retention."""
 import ast
+import json
 import os
 import pathlib
 import shutil
@@ -162,6 +163,41 @@ def test_learning_rate_multiplier_group_scales_the_update():
   np.testing.assert_allclose(updates["fast"]["w"], -0.2)
   np.testing.assert_allclose(updates["slow"]["w"], -0.05)
   np.testing.assert_allclose(updates["still"]["w"], 0.0)
+
+
+def test_step_schedule_and_a_group_that_starts_later():
+  """The VSE++ protocol's pieces: lr x step_factor at each boundary; a group (a tower) frozen for a first phase."""
+  cfg = ml_collections.ConfigDict(dict(name="sgd", learning_rate=0.1, schedule="step", warmup_steps=2,
+                                       step_boundaries=(5, 8), step_factor=0.1, weight_decay=0.0, grad_clip_norm=0.0,
+                                       b1=0.9, b2=0.999, momentum=0.0, groups=(("late/.*", 1.0, 4),)))
+  lr = optimizer_lib.learning_rate_schedule(cfg, 10)
+  np.testing.assert_allclose([float(lr(s)) for s in (0, 1, 2, 4, 5, 7, 8, 9)],
+                             [0.0, 0.05, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+  tx = optimizer_lib.create_optimizer(cfg, num_steps=10)
+  params = {"early": {"w": jnp.ones(2)}, "late": {"w": jnp.ones(2)}}
+  state = tx.init(params)
+  moved = []
+  for _ in range(6):
+    updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+    moved.append((float(jnp.abs(updates["early"]["w"]).sum()) > 0, float(jnp.abs(updates["late"]["w"]).sum()) > 0))
+  assert moved == [(False, False), (True, False), (True, False), (True, False), (True, True), (True, True)]
+  with pytest.raises(errors.ConfigError, match="step_boundaries"):
+    optimizer_lib.learning_rate_schedule(ml_collections.ConfigDict(dict(cfg.to_dict(), step_boundaries=(5, 3))), 10)
+
+
+def test_final_figures_from_the_best_validation_checkpoint(tmp_path):
+  config = load_config("configs/retrieval/vsepp_shapes.py:tiny", "--config.checkpoint.final_from=best",
+                       "--config.train.num_steps=6", "--config.evals.val.every=2")
+  out = trainer.train_and_evaluate(make_task(config, tmp_path))
+  results = json.load(open(tmp_path / "results.json"))
+  reported = results["checkpoint"]
+  assert reported["which"] == "best" and reported["by"] == "val/rsum" and reported["step"] in (2, 4, 6)
+  assert out["step"] == 6
+  # The figures are those of the checkpoint the best-metric policy kept, re-measured from the workdir.
+  again = trainer.evaluate_checkpoint(make_task(config, tmp_path), which="best")
+  assert again["step"] == reported["step"]
+  for key, value in again["metrics"].items():
+    assert results["metrics"][key] == pytest.approx(value, abs=1e-6), key
 
 
 BUILDING_BLOCKS = ("models", "objectives", "data", "evaluation", "serving")

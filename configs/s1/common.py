@@ -76,8 +76,10 @@ def s1(source: str = "shapes", eval_splits: tuple[str, ...] = ("val", "test")) -
   stages.text_embedding.loss = ml_collections.ConfigDict(dict(temperature=0.1))
 
   stages.pixel_embedding = _stage("s1_pixel_embedding", 1_500, 128, ("classification", "accuracy", {}), eval_splits)
-  stages.pixel_embedding.model = ml_collections.ConfigDict(dict(dtype="float32", bottleneck_dim=1024,
-                                                                image=dict(IMAGE)))
+  stages.pixel_embedding.model = ml_collections.ConfigDict(dict(
+      dtype="float32", bottleneck_dim=1024, image=dict(IMAGE),  # image: the from-scratch ResNet
+      pretrained_image="",  # or "efficientnet-lite0" | 1 | 2: the seed's pretrained CNN, frozen, + bottleneck
+      input_size=0))        # pretrained tower: resize images to this size first (0: as the data gives them)
 
   stages.features = ml_collections.ConfigDict(dict(
       job="s1_features", splits=("train",) + tuple(eval_splits),

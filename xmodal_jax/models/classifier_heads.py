@@ -13,6 +13,7 @@ class BottleneckClassifier(nn.Module):
   """images [batch, H, W, 3] -> logits [batch, num_classes]; `embed` gives the bottleneck [batch, bottleneck_dim].
 
   backbone feature map -> global mean pool -> dense(bottleneck_dim) -> relu (= the pixel embedding) -> dense.
+  A backbone that pools itself (features [batch, C]) is used as it is.
   """
   backbone: nn.Module
   num_classes: int
@@ -23,7 +24,10 @@ class BottleneckClassifier(nn.Module):
     self.head = layers.dense(self.num_classes, ("mlp", None), name="head")
 
   def embed(self, images: jnp.ndarray) -> jnp.ndarray:
-    return nn.relu(self.bottleneck(jnp.mean(self.backbone(images), axis=(1, 2)))).astype(jnp.float32)
+    features = self.backbone(images)
+    if features.ndim == 4:
+      features = jnp.mean(features, axis=(1, 2))
+    return nn.relu(self.bottleneck(features)).astype(jnp.float32)
 
   def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
     return self.head(self.embed(images)).astype(jnp.float32)

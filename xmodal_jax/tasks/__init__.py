@@ -15,6 +15,7 @@ from xmodal_jax import errors
 
 _TASKS = {
     "vsepp": "xmodal_jax.tasks.retrieval.vsepp:VSEPPTask",
+    "dual_encoder": "xmodal_jax.tasks.retrieval.dual_encoder:DualEncoderTask",
     "s1_text_generator": "xmodal_jax.tasks.s1.text_generator:TextGeneratorTask",
     "s1_text_embedding": "xmodal_jax.tasks.s1.text_embedding:TextEmbeddingTask",
     "s1_pixel_embedding": "xmodal_jax.tasks.s1.pixel_embedding:PixelEmbeddingTask",

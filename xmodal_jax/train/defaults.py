@@ -15,7 +15,9 @@ def trainer_config() -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=2e-3, schedule="cosine", warmup_steps=200, weight_decay=1e-4,
       grad_clip_norm=2.0, b1=0.9, b2=0.999, momentum=0.9,
-      groups=()))          # ((param path regex, learning-rate multiplier), ...); multiplier 0 freezes
+      step_boundaries=(),  # schedule="step": steps at which the learning rate is multiplied by step_factor
+      step_factor=0.1,
+      groups=()))          # ((param path regex, lr multiplier[, first step]), ...); multiplier 0 freezes
   config.train = ml_collections.ConfigDict(dict(
       batch_size=128,      # global batch
       num_steps=2_000,
@@ -24,7 +26,8 @@ def trainer_config() -> ml_collections.ConfigDict:
       profile_steps=0))    # >0: write a profiler trace of that many steps to the workdir
   config.checkpoint = ml_collections.ConfigDict(dict(
       max_to_keep=2,       # latest checkpoints kept (plus the best one, if an evaluator sets best_metric)
-      use_async=True))
+      use_async=True,
+      final_from="latest"))  # latest | best: which checkpoint the final evaluation (results.json) reports
   config.mesh = ml_collections.ConfigDict(dict(
       shape=(-1, 1),       # (data, model); -1 = all remaining devices
       fsdp=False))         # also shard params over `data`

@@ -14,6 +14,7 @@ import re
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import traverse_util
@@ -21,13 +22,14 @@ from flax import traverse_util
 from xmodal_jax import errors
 from xmodal_jax.train import sparse_rows
 
-SCHEDULES = ("constant", "cosine", "linear")
+SCHEDULES = ("constant", "cosine", "linear", "step")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DEFAULT, FROZEN = "default", "frozen"
 
 
 def learning_rate_schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-  """Linear warm-up over `warmup_steps`, then `schedule` (constant / cosine / linear decay to 0)."""
+  """Linear warm-up over `warmup_steps`, then `schedule`: constant, cosine or linear decay to 0, or "step":
+  multiplied by `step_factor` at each step of `step_boundaries` (VSE++'s 2e-4 -> 2e-5 after 15 epochs)."""
   if cfg.schedule not in SCHEDULES:
     raise errors.ConfigError(f"config.optimizer.schedule={cfg.schedule!r}; choose one of {SCHEDULES}.")
   warmup = min(int(cfg.warmup_steps), max(num_steps - 1, 0))
@@ -36,6 +38,14 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> op
     main = optax.constant_schedule(cfg.learning_rate)
   elif cfg.schedule == "cosine":
     main = optax.cosine_decay_schedule(cfg.learning_rate, decay_steps)
+  elif cfg.schedule == "step":
+    boundaries = [int(b) for b in cfg.get("step_boundaries", ())]
+    if not boundaries or sorted(boundaries) != boundaries or boundaries[0] <= 0:
+      raise errors.ConfigError(f"config.optimizer.step_boundaries={tuple(boundaries)}: the step schedule needs "
+                               "increasing positive steps, e.g. (3000,).")
+    factor = float(cfg.get("step_factor", 0.1))
+    # The boundaries count training steps (warm-up included); optax's piecewise schedule counts from its start.
+    main = optax.piecewise_constant_schedule(cfg.learning_rate, {max(b - warmup, 1): factor for b in boundaries})
   else:
     main = optax.linear_schedule(cfg.learning_rate, 0.0, decay_steps)
   if warmup == 0:
@@ -56,20 +66,23 @@ def _base(cfg: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.Gra
   return optax.sgd(schedule, momentum=cfg.momentum or None)
 
 
-def _groups(cfg: ml_collections.ConfigDict) -> list[tuple[re.Pattern, float]]:
+def _groups(cfg: ml_collections.ConfigDict) -> list[tuple[re.Pattern, float, int]]:
   out = []
   for entry in tuple(cfg.get("groups", ()) or ()):
-    if len(entry) != 2:
-      raise errors.ConfigError(f"config.optimizer.groups entry {entry!r}: use (regex, learning-rate multiplier), e.g. "
-                       "('image_backbone/.*', 0.1); multiplier 0 freezes.")
-    pattern, multiplier = entry
+    if len(entry) not in (2, 3):
+      raise errors.ConfigError(f"config.optimizer.groups entry {entry!r}: use (regex, learning-rate multiplier) or "
+                               "(regex, multiplier, first step), e.g. ('image_tower/.*', 0.1, 2000); multiplier 0 "
+                               "freezes.")
+    pattern, multiplier = entry[:2]
+    start = int(entry[2]) if len(entry) == 3 else 0
     try:
       compiled = re.compile(str(pattern))
     except re.error as e:
       raise errors.ConfigError(f"config.optimizer.groups: {pattern!r} is not a regular expression ({e}).") from None
-    if float(multiplier) < 0:
-      raise errors.ConfigError(f"config.optimizer.groups: multiplier {multiplier} for {pattern!r} must be >= 0.")
-    out.append((compiled, float(multiplier)))
+    if float(multiplier) < 0 or start < 0:
+      raise errors.ConfigError(f"config.optimizer.groups: multiplier {multiplier} and first step {start} for "
+                               f"{pattern!r} must be >= 0.")
+    out.append((compiled, float(multiplier), start))
   return out
 
 
@@ -120,11 +133,14 @@ def create_optimizer(cfg: ml_collections.ConfigDict, num_steps: int, *,
   for i, (pattern, transform) in enumerate(sparse.items()):
     transforms[f"sparse{i}"] = transform
     patterns.append((re.compile(pattern), f"sparse{i}"))
-  for i, (pattern, multiplier) in enumerate(groups):
+  for i, (pattern, multiplier, start) in enumerate(groups):
     if multiplier == 0:
       patterns.append((pattern, FROZEN))
       continue
-    transforms[f"lr{i}"] = _base(cfg, lambda step, m=multiplier: m * schedule(step))
+    # A group with a first step trains from that step on (e.g. the tower after a phase of heads only).
+    scaled = (lambda step, m=multiplier, s=start: jnp.where(step >= s, m * schedule(step), 0.0)) if start else (
+        lambda step, m=multiplier: m * schedule(step))
+    transforms[f"lr{i}"] = _base(cfg, scaled)
     patterns.append((pattern, f"lr{i}"))
   labels = param_labels(patterns)
   partitioned = optax.multi_transform(transforms, labels)

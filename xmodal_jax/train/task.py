@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Protocol
 import jax
 import ml_collections
 import optax
+from flax import traverse_util
 from jax.sharding import Mesh
 
 from xmodal_jax.train import optimizer as optimizer_lib
@@ -57,6 +58,20 @@ class StepContext:
   model_state: Any
 
 
+def with_frozen(params: Any, frozen: Any, model_state: Any = None) -> dict[str, Any]:
+  """A model's whole variables from its trainable `params`, its frozen variables (`frozen_params()`: a dict of
+  collections, "params" merged path by path with the trainable ones, others such as "batch_stats" taken as
+  they are) and the state's non-trainable collections (`model_state`, which win over frozen ones)."""
+  frozen = dict(frozen or {})
+  flat = traverse_util.flatten_dict(frozen.pop("params", {}), sep="/")
+  flat.update(traverse_util.flatten_dict(params, sep="/"))
+  out = dict(frozen, params=traverse_util.unflatten_dict(flat, sep="/"))
+  for name, value in (model_state or {}).items():
+    if name not in ("params", "frozen"):
+      out[name] = value
+  return out
+
+
 class Task(abc.ABC):
   """Base class of the systems. Constructing a task reads no data; `setup` loads or builds its assets."""
 
@@ -87,6 +102,12 @@ class Task(abc.ABC):
     loadable from the same source again. The trainer records their fingerprint in the workdir and refuses
     to resume with different ones.
     """
+    return None
+
+  def pretrained_params(self) -> Any:
+    """Values for some trainable params at the start of a run (a nested dict, a subset of the params' paths;
+    host arrays), e.g. the upper part of a pretrained tower that is fine-tuned. None: all from init_variables.
+    Read once, for a new run only (a resumed run restores its checkpoint)."""
     return None
 
   # ---- training

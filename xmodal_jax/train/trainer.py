@@ -196,6 +196,33 @@ def _check_frozen(setup: Setup, workdir: str, resuming: bool) -> None:
       json.dump(current, f, indent=2)
 
 
+def load_pretrained(params: Any, pretrained: Any, shardings: Any) -> Any:
+  """`params` with the leaves named in `pretrained` (nested dict of host arrays) replaced, each placed with the
+  param's sharding; a path that is not a param, or a shape that differs, is an error naming it."""
+  if not pretrained:
+    return params
+  flat = traverse_util.flatten_dict(params, sep="/")
+  flat_shardings = traverse_util.flatten_dict(shardings, sep="/")
+  for path, value in traverse_util.flatten_dict(pretrained, sep="/").items():
+    if path not in flat:
+      raise errors.ConfigError(f"Pretrained value for {path}, which is not a trainable param of this model.")
+    value = np.asarray(value, flat[path].dtype)
+    if value.shape != flat[path].shape:
+      raise errors.DataError(f"Pretrained value for {path} has shape {value.shape}; the model's param has "
+                             f"{flat[path].shape}.")
+    flat[path] = jax.device_put(value, flat_shardings[path])
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def _best_variables(ckpt: checkpointing.Checkpointer, setup: Setup, step: int) -> dict[str, Any]:
+  abstract = {"params": setup.abstract_state.params, "model_state": setup.abstract_state.model_state}
+  _, model = ckpt.restore_model(abstract, step=step)
+  out = {"params": model["params"], **model["model_state"]}
+  if setup.frozen:
+    out["frozen"] = setup.frozen
+  return out
+
+
 def _restore(ckpt: checkpointing.Checkpointer, setup: Setup, workdir: str) -> tuple[int, Any, dict]:
   """The latest checkpoint; a checkpoint that does not fit the task's shapes is a WorkdirError, not a raw
   orbax error (only reachable with --allow_config_change: other changes are refused earlier)."""
@@ -320,6 +347,7 @@ def _train_and_evaluate(task: Task, *, stop_at_step: int | None, devices: list[j
   else:
     start_step = 0
     state = setup.init_state(jax.random.PRNGKey(config.seed))
+    state = state.replace(params=load_pretrained(state.params, task.pretrained_params(), setup.state_shardings.params))
     writer.write_hparams(_hparams(config))
   if jax.process_index() == 0:  # the run is accepted: record its config (only now)
     workdir_lib.write_config(workdir, current_config)
@@ -389,12 +417,25 @@ def _train_and_evaluate(task: Task, *, stop_at_step: int | None, devices: list[j
     results: dict[str, Any] = {"step": step, "train_seconds": train_seconds, "stopped_early": stopped_early,
                                "stop_reason": stop_reason}
     if not stopped_early:
+      at_end = [e for e in evaluators if e.at_end]
       if not final_metrics:  # the run had finished before: evaluate it again
         eval_start = time.time()
-        final_metrics = evaluate(task, setup.runtime, setup.variables(state), [e for e in evaluators if e.at_end])
+        final_metrics = evaluate(task, setup.runtime, setup.variables(state), at_end)
         eval_seconds = time.time() - eval_start
-      results.update(metrics=final_metrics, eval_seconds=eval_seconds,
-                     report=report(task, final_metrics, evaluators, title=f"step {step}"))
+      reported = {"which": "latest", "step": step}
+      if config.checkpoint.get("final_from", "latest") == "best" and metric_name:
+        ckpt.wait()
+        best = ckpt.best_step()
+        if best is not None and best != step:  # report the best-validation checkpoint (the VSE++ protocol)
+          eval_start = time.time()
+          variables = _best_variables(ckpt, setup, best)
+          final_metrics = evaluate(task, setup.runtime, variables, at_end)
+          eval_seconds += time.time() - eval_start
+        reported = {"which": "best", "step": best if best is not None else step, "by": metric_name}
+      results.update(metrics=final_metrics, eval_seconds=eval_seconds, checkpoint=reported,
+                     report=report(task, final_metrics, evaluators,
+                                   title=f"step {reported['step']}" + (", best checkpoint" if reported["which"] == "best"
+                                                                      else "")))
       if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:
           json.dump(results, f, indent=2, sort_keys=True)
