@@ -57,12 +57,10 @@ def source_file(name: str) -> pathlib.Path:
   return files[0]
 
 
-def _sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
+def file_sha256(path: str | pathlib.Path) -> str:
+  """The sha256 of a file's bytes (hex), read in chunks."""
   with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _name_map(name: str) -> dict[str, tuple[str, str]]:
@@ -134,7 +132,7 @@ def convert_to_cache(name: str) -> pathlib.Path:
   tmp = target.with_suffix(f".tmp-{os.getpid()}")
   save_file(traverse_util.flatten_dict(variables, sep="/"), str(tmp))
   os.replace(tmp, target)
-  meta = {"variant": name, "source": str(source), "source_sha256": _sha256(source), "converter": CONVERTER_VERSION}
+  meta = {"variant": name, "source": str(source), "source_sha256": file_sha256(source), "converter": CONVERTER_VERSION}
   target.with_suffix(".json").write_text(json.dumps(meta, indent=2))
   logging.info("Converted %s (%s) -> %s", name, source, target)
   return target
@@ -151,7 +149,7 @@ def load(name: str) -> dict[str, Any]:
       meta = json.loads(meta_path.read_text())
     except ValueError:
       meta = {}
-    fresh = meta.get("source_sha256") == _sha256(source) and meta.get("converter") == CONVERTER_VERSION
+    fresh = meta.get("source_sha256") == file_sha256(source) and meta.get("converter") == CONVERTER_VERSION
   if not fresh:
     convert_to_cache(name)
   from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel

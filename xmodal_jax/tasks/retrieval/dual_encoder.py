@@ -61,14 +61,6 @@ def text_cut(num_layers: int, cut: Any) -> int:
                            f"1..{num_layers}.")
 
 
-def _sha256_file(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 class DualEncoderTask(RetrievalTask):
   """Predict functions: embed_image (uint8 images -> unit vectors), embed_text (tokens, mask -> unit vectors)."""
 
@@ -179,7 +171,7 @@ class DualEncoderTask(RetrievalTask):
       data, lower = self.split("train"), self._lower_fn(PretrainedDualEncoder.lower_image)
       views = int(cfg.cache.train_views)
       key.update(tower=cfg.model.image.variant, cut=model.image_cut,
-                 weights=_sha256_file(str(efficientnet_weights.source_file(cfg.model.image.variant))),
+                 weights=efficientnet_weights.file_sha256(str(efficientnet_weights.source_file(cfg.model.image.variant))),
                  image_size=cfg.data.image_size, prepare_size=cfg.data.prepare_size, flip=bool(cfg.data.flip),
                  views=views, view_seed=int(cfg.seed))
 
@@ -192,7 +184,7 @@ class DualEncoderTask(RetrievalTask):
     else:
       toks, lower = self.tokens("train"), self._lower_fn(PretrainedDualEncoder.lower_text)
       key.update(tower="all-MiniLM-L6-v2", cut=model.text_cut, max_len=cfg.data.max_len,
-                 weights=_sha256_file(str(minilm.model_dir() / "model.safetensors")),
+                 weights=efficientnet_weights.file_sha256(str(minilm.model_dir() / "model.safetensors")),
                  tokenizer=hashlib.sha256(str(self.tokenizer.encode_batch(["a b"], 4)).encode()).hexdigest()[:8])
 
       def encode(split, rows, view):
