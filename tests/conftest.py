@@ -1,6 +1,8 @@
 """Test set-up: 8 fake CPU devices, so sharded code is tested without accelerators.
 
 XLA_FLAGS must be set before JAX is imported anywhere, which is why this lives in conftest.py.
+Tests never write to the user's cache: XMODAL_CACHE (converted weights, feature caches, prepared data sets named
+by default) points to a per-session temporary directory; tests that check cache behaviour set their own.
 A per-session persistent compilation cache lets tests that build the same programs several times (kill and
 resume runs the trainer three times) compile once; it starts empty, so nothing carries over between sessions.
 """
@@ -15,6 +17,10 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Keep TensorFlow (imported by clu/tfds) quiet and off any accelerator.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+_xmodal_cache = tempfile.mkdtemp(prefix="xmodal-test-cache-")
+atexit.register(shutil.rmtree, _xmodal_cache, ignore_errors=True)
+os.environ["XMODAL_CACHE"] = _xmodal_cache
 
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache = tempfile.mkdtemp(prefix="xmodal-test-jax-cache-")

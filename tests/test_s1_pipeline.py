@@ -20,7 +20,7 @@ def tiny_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("s1") / "run")
   config = load_config("configs/s1/shapes.py:tiny", "--config.mesh.shape=(2,4)")
   stopped = pipeline.run_pipeline(config, workdir, stop_at_step=2)  # a "preemption" in the first stage
-  assert stopped["stopped_early"] and stopped["stage"] == "text_generator"
+  assert stopped["stopped_early"] and stopped["stage"] == "text_generator (fold 1/2)"
   results = pipeline.run_pipeline(config, workdir)
   return config, workdir, results
 
@@ -28,8 +28,10 @@ def tiny_run(tmp_path_factory):
 def test_every_stage_runs_and_writes_its_outputs(tiny_run):
   config, workdir, results = tiny_run
   assert not results["stopped_early"]
-  assert list(results["stages"]) == list(config.pipeline)
-  gen = results["stages"]["text_generator"]
+  crossfit = set(config.partition.crossfit_stages)
+  assert list(results["stages"]) == [v for name in config.pipeline
+                                     for v in ([f"{name}_fold0", f"{name}_fold1"] if name in crossfit else [name])]
+  gen = results["stages"]["text_generator_fold0"]
   assert gen["step"] == config.stages.text_generator.train.num_steps  # resumed after the stop at step 2
   assert {"val/p_at_1", "val/p_at_3", "test/r_at_10"} <= set(gen["metrics"])
   for split, n in (("train", 256), ("val", 64), ("test", 64)):
@@ -38,6 +40,7 @@ def test_every_stage_runs_and_writes_its_outputs(tiny_run):
       assert f["pixel"].shape == (n, config.stages.pixel_embedding.model.bottleneck_dim)
       assert f["top_ids"].shape == (n, 3) and np.all(np.diff(f["top_scores"], axis=1) <= 1e-6)
       assert np.array_equal(f["labels"], shapes_world.generate_split(split, n, seed=0).label)
+      assert not f["in_sample"].any() and set(f["model_fold"].tolist()) == {0, 1}
   for name in ("fusion", "pixel_only", "text_only"):
     assert 0.0 <= results["stages"][name]["metrics"]["test/accuracy"] <= 100.0
   table = open(os.path.join(workdir, "ablation", "ablation.md")).read()
@@ -46,15 +49,57 @@ def test_every_stage_runs_and_writes_its_outputs(tiny_run):
   assert "Ablation" in results["report"]
 
 
-def test_rerun_skips_finished_stages_and_config_change_reruns_downstream(tiny_run):
-  config, workdir, first = tiny_run
+def _trained_on(workdir: str, stage: str) -> set[int]:
+  with np.load(os.path.join(workdir, stage, "train_images.npz")) as record:
+    return set(record["image_ids"].tolist())
+
+
+def test_no_fusion_training_row_has_features_from_a_model_that_trained_on_it(tiny_run):
+  """Checked through the pipeline's records: the image ids each cross-fitted variant trained on, and the
+  variant each feature row came from."""
+  config, workdir, _ = tiny_run
+  with np.load(os.path.join(workdir, "features", "train.npz")) as f:
+    ids, fold = f["image_ids"], f["model_fold"]
+  assert len(ids) == 256  # the fusion head's training rows (every tiny train image is labelled)
+  for stage in config.partition.crossfit_stages:
+    seen = [_trained_on(workdir, f"{stage}_fold{j}") for j in (0, 1)]
+    for j in (0, 1):
+      own = set(ids[fold == j].tolist())
+      assert own and not own & seen[j], stage            # never trained on the rows it made features for
+      assert own <= seen[1 - j], stage                    # ... which the other variant did train on
+  assert len(_trained_on(workdir, "text_generator_fold0")) == 256 - int(np.sum(fold == 0))
+
+
+def test_seed_regime_keeps_the_labelled_set_apart_from_the_image_query_set(tmp_path):
+  config = load_config("configs/s1/shapes.py:tiny", "--config.partition.labelled_images=96",
+                       "--config.stages.text_generator.train.num_steps=2",
+                       "--config.stages.pixel_embedding.train.num_steps=2")
+  workdir = str(tmp_path / "run")
+  pipeline.run_pipeline(config, workdir, only=("text_generator", "text_embedding", "pixel_embedding", "features"))
+  with np.load(os.path.join(workdir, "features", "train.npz")) as f:
+    labelled = set(f["image_ids"].tolist())
+    assert len(labelled) == 96 and not f["in_sample"].any()
+  for j in (0, 1):
+    generator = _trained_on(workdir, f"text_generator_fold{j}")
+    assert len(generator) == 256 - 96 and not generator & labelled  # disjoint sets: the fold leaves out nothing
+    assert _trained_on(workdir, f"pixel_embedding_fold{j}") < labelled
+  with pytest.raises(ValueError, match="labelled_images=999"):
+    pipeline.run_pipeline(load_config("configs/s1/shapes.py:tiny", "--config.partition.labelled_images=999"),
+                          str(tmp_path / "bad"), only=("text_generator",))
+
+
+def test_rerun_skips_finished_stages_and_config_change_reruns_downstream(tiny_run, tmp_path):
+  config, shared, first = tiny_run
+  workdir = str(tmp_path / "run")
+  shutil.copytree(shared, workdir)  # leave the shared run as it is for the other tests
   again = pipeline.run_pipeline(config, workdir)
   assert again["stages"]["fusion"]["metrics"] == first["stages"]["fusion"]["metrics"]
   assert "finished earlier" in again["report"]
   changed = load_config("configs/s1/shapes.py:tiny", "--config.mesh.shape=(2,4)",
                         "--config.stages.fusion.model.dropout_rate=0.5")
   out = pipeline.run_pipeline(changed, workdir)
-  rerun = [name for name in changed.pipeline if f"== {name} (finished earlier) ==" not in out["report"]]
+  rerun = [name for name in changed.pipeline if f"== {name} (finished earlier) ==" not in out["report"] and
+           f"== {name} (fold 1/2) (finished earlier) ==" not in out["report"]]
   assert rerun == ["fusion", "ablation"]  # the changed stage and the one that reads it, nothing else
   assert os.path.isdir(os.path.join(workdir, "fusion.old"))
   with pytest.raises(ValueError, match="Unknown stage"):
@@ -111,29 +156,30 @@ def test_minilm_text_features_option(tiny_run, tmp_path):
     MultimodalClassifier(config, workdir)
 
 
-def test_pretrained_pixel_embedding_option(tiny_run, tmp_path, monkeypatch):
-  from xmodal_jax.models import efficientnet_weights
-  try:
-    efficientnet_weights.source_file("efficientnet-lite0")
-  except errors.MissingError as e:
-    pytest.skip(str(e))
-  monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
-  _, shared, _ = tiny_run
+def test_pixel_embedding_is_the_pretrained_tower_by_default_and_from_scratch_on_request(tiny_run, tmp_path):
+  from xmodal_jax import tasks
+  config, shared, _ = tiny_run
+  # Default: the frozen ImageNet EfficientNet-Lite0 (cached pooled features) + a trained bottleneck and head.
+  assert config.stages.pixel_embedding.model.pretrained_image == "efficientnet-lite0"
+  assert json.load(open(os.path.join(shared, "pixel_embedding_fold0", "frozen_params.json")))["arrays"] > 100
+  loaded = tasks.load_run(os.path.join(shared, "pixel_embedding_fold0"), mesh_shape=(-1, 1))
+  assert set(loaded.variables["params"]) == {"bottleneck", "head"}
+  assert "backbone" in loaded.variables["frozen"]["params"]
+  # The from-scratch option: a ResNet trained on the target labels, its bottleneck the pixel feature.
   workdir = str(tmp_path / "run")
   shutil.copytree(shared, workdir)
   config = load_config("configs/s1/shapes.py:tiny", "--config.mesh.shape=(2,4)",
-                       "--config.stages.pixel_embedding.model.pretrained_image=efficientnet-lite0",
-                       "--config.stages.pixel_embedding.model.input_size=96")
+                       "--config.stages.pixel_embedding.model.pretrained_image=",
+                       "--config.stages.pixel_embedding.model.cache=False")
   out = pipeline.run_pipeline(config, workdir, only=("pixel_embedding", "features", "pixel_only"))
   assert "test/accuracy" in out["stages"]["pixel_only"]["metrics"]
-  # Only the bottleneck and the head train: the checkpoint holds no tower, the frozen tower is recorded.
-  assert json.load(open(os.path.join(workdir, "pixel_embedding", "frozen_params.json")))["arrays"] > 100
-  from xmodal_jax import tasks
-  loaded = tasks.load_run(os.path.join(workdir, "pixel_embedding"), mesh_shape=(-1, 1))
-  assert set(loaded.variables["params"]) == {"bottleneck", "head"}
-  assert "backbone" in loaded.variables["frozen"]["params"]
+  loaded = tasks.load_run(os.path.join(workdir, "pixel_embedding_fold1"), mesh_shape=(-1, 1))
+  assert {"backbone", "bottleneck", "head"} <= set(loaded.variables["params"])
   with np.load(os.path.join(workdir, "features", "val.npz")) as f:
     assert f["pixel"].shape == (64, config.stages.pixel_embedding.model.bottleneck_dim)
+  with pytest.raises(ValueError, match="needs a pretrained tower"):
+    pipeline.run_pipeline(load_config("configs/s1/shapes.py:tiny", "--config.stages.pixel_embedding.model.pretrained_image="),
+                          str(tmp_path / "bad"), only=("pixel_embedding",))
 
 
 def test_add_queries_from_prototypes_without_retraining(tiny_run):
@@ -178,9 +224,9 @@ def test_classifier_loads_from_the_workdir_alone(tiny_run, monkeypatch):
 def test_eval_of_a_pipeline_reproduces_the_training_metrics(tiny_run):
   config, workdir, results = tiny_run
   evaluated = dict(pipeline.evaluate_pipeline(config, workdir, only=("fusion", "text_generator")))
-  assert sorted(evaluated) == ["fusion", "text_generator"]
+  assert sorted(evaluated) == ["fusion", "text_generator_fold0", "text_generator_fold1"]
   for name, out in evaluated.items():
-    assert out["step"] == config.stages[name].train.num_steps
+    assert out["step"] == config.stages[name.split("_fold")[0]].train.num_steps
     trained = results["stages"][name]["metrics"]
     assert out["metrics"].keys() == trained.keys()
     for key, value in trained.items():

@@ -92,39 +92,49 @@ def _run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, stop_at_st
   reports = []
   fingerprints: dict[str, str] = {}
   for name in config.pipeline:
-    cfg, path = stages.stage_config(config, name), stages.stage_dir(workdir, name)
+    variants = stages.stage_folds(config, name)
     # A stage's identity: its config plus those of the stages it reads (any field naming an earlier stage), so
     # a change re-runs the stage and what depends on it, and nothing else.
-    fingerprint = "\n".join([cfg.to_json_best_effort(sort_keys=True)] +
-                            [fingerprints[d] for d in _dependencies(config.stages[name], fingerprints)])
-    fingerprints[name] = fingerprint
+    deps = [fingerprints[d] for d in _dependencies(config.stages[name], fingerprints)]
+    prints = {fold: "\n".join([stages.stage_config(config, name, fold).to_json_best_effort(sort_keys=True)] + deps)
+              for fold in variants}
+    fingerprints[name] = "\n".join(prints[fold] for fold in variants)
     if only and name not in only:
       continue
-    if _stage_finished(path, fingerprint):
-      logging.info("Stage %s: finished earlier (%s); skipping.", name, path)
-      with open(os.path.join(path, DONE_FILE)) as f:
-        results[name] = json.load(f)["results"]
-      reports.append(f"== {name} (finished earlier) ==\n{results[name].get('report', '')}")
-      continue
-    logging.info("Stage %s -> %s", name, path)
-    start = time.time()
-    if "job" in cfg:
-      out = tasks.get_job(cfg.job)(config, workdir, name)
-    else:
-      out = trainer.train_and_evaluate(tasks.create(cfg, path), stop_at_step=stop_at_step,
-                                       allow_config_change=allow_config_change)
-      out.pop("state", None)
-      if out["stopped_early"]:
-        results[name] = out
-        return {"stages": results, "stopped_early": True, "stage": name, "stop_reason": out["stop_reason"],
+    for fold in variants:
+      label = name if fold < 0 else f"{name} (fold {fold + 1}/{len(variants)})"
+      out = _run_stage(config, workdir, name, fold, prints[fold], label, stop_at_step, allow_config_change)
+      results[name if fold < 0 else f"{name}_fold{fold}"] = out
+      if out.get("stopped_early"):
+        return {"stages": results, "stopped_early": True, "stage": label, "stop_reason": out["stop_reason"],
                 "report": "\n\n".join(reports)}
-    out["seconds"] = time.time() - start
-    results[name] = out
-    reports.append(f"== {name} ==\n{out.get('report', '')}")
-    if jax.process_index() == 0:
-      with open(os.path.join(path, DONE_FILE), "w") as f:
-        json.dump({"config": fingerprint, "results": out}, f, indent=2, sort_keys=True, default=float)
+      reports.append(f"== {label}{' (finished earlier)' if out.get('skipped') else ''} ==\n{out.get('report', '')}")
   return {"stages": results, "stopped_early": False, "report": "\n\n".join(r for r in reports if r)}
+
+
+def _run_stage(config: ml_collections.ConfigDict, workdir: str, name: str, fold: int, fingerprint: str, label: str,
+               stop_at_step: int | None, allow_config_change: bool) -> dict[str, Any]:
+  """Run (or skip, if finished with this fingerprint) one stage variant; its results."""
+  cfg, path = stages.stage_config(config, name, fold), stages.stage_dir(workdir, name, fold)
+  if _stage_finished(path, fingerprint):
+    logging.info("Stage %s: finished earlier (%s); skipping.", label, path)
+    with open(os.path.join(path, DONE_FILE)) as f:
+      return dict(json.load(f)["results"], skipped=True)
+  logging.info("Stage %s -> %s", label, path)
+  start = time.time()
+  if "job" in cfg:
+    out = tasks.get_job(cfg.job)(config, workdir, name)
+  else:
+    out = trainer.train_and_evaluate(tasks.create(cfg, path), stop_at_step=stop_at_step,
+                                     allow_config_change=allow_config_change)
+    out.pop("state", None)
+    if out["stopped_early"]:
+      return out
+  out["seconds"] = time.time() - start
+  if jax.process_index() == 0:
+    with open(os.path.join(path, DONE_FILE), "w") as f:
+      json.dump({"config": fingerprint, "results": out}, f, indent=2, sort_keys=True, default=float)
+  return out
 
 
 def evaluate_pipeline(config: ml_collections.ConfigDict, workdir: str, *, only: tuple[str, ...] = (),
@@ -134,6 +144,8 @@ def evaluate_pipeline(config: ml_collections.ConfigDict, workdir: str, *, only: 
   for name in config.pipeline:
     if (only and name not in only) or "job" in config.stages[name]:
       continue
-    task = tasks.create(stages.stage_config(config, name), stages.stage_dir(workdir, name))
-    out.append((name, trainer.evaluate_checkpoint(task, splits=splits, which=which)))
+    for fold in stages.stage_folds(config, name):
+      task = tasks.create(stages.stage_config(config, name, fold), stages.stage_dir(workdir, name, fold))
+      out.append((name if fold < 0 else f"{name}_fold{fold}",
+                  trainer.evaluate_checkpoint(task, splits=splits, which=which)))
   return out

@@ -1,6 +1,11 @@
 """The S1 pipeline shared by the configs of this folder: text generator -> text embedding -> pixel embedding ->
 features -> fusion (+ pixel-only and text-only ablations) -> ablation table. Each training stage is a complete
-trainer config; `seed`, `data` and `mesh` are shared by all stages (xmodal_jax/train/stages.py).
+trainer config; `seed`, `data`, `mesh` and `partition` are shared by all stages (xmodal_jax/train/stages.py).
+
+`partition` (xmodal_jax/tasks/s1/partition.py) says which train images each model learns from: by default every
+train image is image-query data and labelled (today's regime), and the three models before the fusion head are
+cross-fitted over 2 folds of the labelled images, so the fusion head trains on out-of-sample features.
+`partition.labelled_images=N` is the seed's regime: N labelled images, disjoint from the (larger) image-query set.
 
 Loaded by the configs beside it: `common = config_files.load_beside(__file__, "common.py")`.
 """
@@ -9,6 +14,7 @@ import ml_collections
 from xmodal_jax.data.config import data_config
 from xmodal_jax.evaluation.evaluator import evaluator_config
 from xmodal_jax.tasks.s1 import evaluators  # pylint: disable=unused-import  (registers the "query_association" evaluator type)
+from xmodal_jax.tasks.s1.partition import partition_config
 from xmodal_jax.train.defaults import trainer_config
 
 IMAGE = dict(stem_width=32, stem_stride=4, stage_widths=(32, 64, 128), blocks_per_stage=(1, 1, 1), norm_groups=8)
@@ -54,6 +60,8 @@ def s1(source: str = "shapes", eval_splits: tuple[str, ...] = ("val", "test")) -
   config.seed = 0
   config.data = s1_data(source)
   config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1), fsdp=False))
+  # Which train images each model learns from; cross-fitting folds (tasks/s1/partition.py, module docstring).
+  config.partition = partition_config(labelled_images=0, folds=2)
   config.pipeline = ("text_generator", "text_embedding", "pixel_embedding", "features",
                      "fusion", "pixel_only", "text_only", "ablation")
   stages = ml_collections.ConfigDict()
@@ -77,9 +85,14 @@ def s1(source: str = "shapes", eval_splits: tuple[str, ...] = ("val", "test")) -
 
   stages.pixel_embedding = _stage("s1_pixel_embedding", 1_500, 128, ("classification", "accuracy", {}), eval_splits)
   stages.pixel_embedding.model = ml_collections.ConfigDict(dict(
-      dtype="float32", bottleneck_dim=1024, image=dict(IMAGE),  # image: the from-scratch ResNet
-      pretrained_image="",  # or "efficientnet-lite0" | 1 | 2: the seed's pretrained CNN, frozen, + bottleneck
-      input_size=0))        # pretrained tower: resize images to this size first (0: as the data gives them)
+      dtype="float32", bottleneck_dim=1024,
+      # The seed's pixel embedding: the bottleneck of a CNN pretrained on other labels (ImageNet EfficientNet-
+      # Lite0 | 1 | 2, frozen; its pooled 1280-d feature projected to bottleneck_dim). "" = the ResNet `image`
+      # trained from scratch on the target labels.
+      pretrained_image="efficientnet-lite0",
+      image=dict(IMAGE),
+      input_size=0,   # pretrained tower's input size (0: as the data gives them); real data is read at this size
+      cache=True))    # pretrained tower: run it once over the train images, train the bottleneck on its output
 
   stages.features = ml_collections.ConfigDict(dict(
       job="s1_features", splits=("train",) + tuple(eval_splits),

@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.stages[name].evals.val.every = 500
     config.stages[name].optimizer.update(learning_rate=1e-3, weight_decay=5e-4)
   config.stages.text_generator.loss.num_samples = 256  # of ~1,200 queries
+  config.stages.pixel_embedding.model.input_size = 224  # the pretrained tower reads its own 224-px copy
   if arg not in (None, ""):
     raise ValueError(f"configs/s1/flickr8k.py: unknown variant {arg!r}.")
   return config

@@ -23,12 +23,14 @@ common = load_beside(__file__, "common.py")
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = common.s1("shapes", eval_splits=("val", "test"))
   config.data.flip = False  # queries say "left" / "right"
+  config.stages.pixel_embedding.model.input_size = 128  # Lite0 on 64-px shapes upsampled x2 (val 92.6 vs 88.3 at 64)
   if arg == "tiny":
     config.data.update(num_train=256, num_val=64, num_test=64)
     small = dict(stem_width=8, stage_widths=(8, 16), blocks_per_stage=(1, 1), norm_groups=4)
     for name in ("text_generator", "pixel_embedding"):
       config.stages[name].model.image.update(small)
     config.stages.pixel_embedding.model.bottleneck_dim = 32
+    config.stages.pixel_embedding.model.input_size = 0
     config.stages.text_embedding.model.update(dim=16, embed_dim=16)
     config.stages.features.chunk = 100
     for stage in config.stages.values():

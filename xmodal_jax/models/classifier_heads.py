@@ -23,14 +23,25 @@ class BottleneckClassifier(nn.Module):
     self.bottleneck = layers.dense(self.bottleneck_dim, ("embed", "mlp"), name="bottleneck")
     self.head = layers.dense(self.num_classes, ("mlp", None), name="head")
 
-  def embed(self, images: jnp.ndarray) -> jnp.ndarray:
+  def features(self, images: jnp.ndarray) -> jnp.ndarray:
+    """The backbone's pooled features [batch, C] (what `PrecomputedFeatures` takes the place of)."""
     features = self.backbone(images)
-    if features.ndim == 4:
-      features = jnp.mean(features, axis=(1, 2))
-    return nn.relu(self.bottleneck(features)).astype(jnp.float32)
+    return jnp.mean(features, axis=(1, 2)) if features.ndim == 4 else features
+
+  def embed(self, images: jnp.ndarray) -> jnp.ndarray:
+    return nn.relu(self.bottleneck(self.features(images))).astype(jnp.float32)
 
   def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
     return self.head(self.embed(images)).astype(jnp.float32)
+
+
+class PrecomputedFeatures(nn.Module):
+  """A backbone whose output was computed beforehand (a feature cache): pooled features [batch, C] pass through.
+  A BottleneckClassifier on it has the same parameters as one on the real backbone, minus the backbone's."""
+
+  @nn.compact
+  def __call__(self, features: jnp.ndarray) -> jnp.ndarray:
+    return features
 
 
 class FusionClassifier(nn.Module):

@@ -33,10 +33,14 @@ class ImageTextTask(Task):
     return evaluated_splits(self.config)
 
   # ---- data (read on demand: never during inference)
+  def data_config(self) -> ml_collections.ConfigDict:
+    """The data section this task reads its images with (config.data; a task may read them at another size)."""
+    return self.config.data
+
   def split(self, name: str) -> sources.SplitData:
     """The split `name` of `config.data.source`, loaded once per task."""
     if name not in self._splits:
-      self._splits[name] = sources.load_split(self.config.data, name)
+      self._splits[name] = sources.load_split(self.data_config(), name)
     return self._splits[name]
 
   def check_eval_splits(self) -> None:
@@ -48,14 +52,14 @@ class ImageTextTask(Task):
     """uint8 [N, size, size, 3] centre crops of the whole split `name` (decoded once)."""
     if name not in self._eval_images:
       data = self.split(name)
-      self._eval_images[name] = data.load_images(np.arange(len(data)), self.config.data.image_size)
+      self._eval_images[name] = data.load_images(np.arange(len(data)), self.data_config().image_size)
     return self._eval_images[name]
 
   def image_iterator(self, rows: np.ndarray, targets: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]],
                      *, process_index: int, process_count: int) -> EpochBatchIterator:
     """Training batches over the train images `rows`: random crops (+ flips) as "images", plus
     `targets(image indices, keys)` (e.g. labels, a caption or queries drawn from the keys)."""
-    cfg = self.config.data
+    cfg = self.data_config()
     data = self.split("train")
     if len(rows) == 0:
       raise errors.DataError(f"No usable train image in {cfg.source} for config.task={self.config.task!r}: nothing to train "

@@ -24,9 +24,12 @@ from xmodal_jax.train import inference, stages
 
 
 def load_stage(config: ml_collections.ConfigDict, workdir: str, name: str, which: str = "latest",
-               mesh_shape: Sequence[int] | None = None) -> inference.LoadedModel:
-  """Stage `name` of the pipeline `config` in `workdir`, loaded for inference."""
-  task = tasks.create(stages.stage_config(config, name), stages.stage_dir(workdir, name))
+               mesh_shape: Sequence[int] | None = None, fold: int | None = None) -> inference.LoadedModel:
+  """Stage `name` of the pipeline `config` in `workdir`, loaded for inference: of a cross-fitted stage, the
+  variant of `fold` (None: fold 0, the one serving uses); of any other stage, the one variant."""
+  variants = stages.stage_folds(config, name)
+  variant = -1 if variants == [-1] else (0 if fold is None else fold)
+  task = tasks.create(stages.stage_config(config, name, variant), stages.stage_dir(workdir, name, variant))
   return inference.load_model(task, which=which, mesh_shape=mesh_shape)
 
 
@@ -35,14 +38,15 @@ class MultimodalClassifier:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, features_stage: str = "features",
                fusion_stage: str | None = "fusion", mesh_shape: Sequence[int] | None = None,
-               batch_size: int = 256):
+               batch_size: int = 256, fold: int | None = None):
     """mesh_shape: run on this (data, model) mesh instead of the training one, e.g. (-1, 1) to serve on
-    whatever devices this machine has."""
+    whatever devices this machine has. fold: which variant of the cross-fitted stages to load (None: fold 0;
+    the features stage loads each in turn)."""
     self.config = config
     self.batch_size = batch_size
     spec = config.stages[features_stage]
     self.top_n, which = int(spec.top_n), spec.checkpoint
-    self.generator = load_stage(config, workdir, spec.generator, which, mesh_shape)
+    self.generator = load_stage(config, workdir, spec.generator, which, mesh_shape, fold)
     self.queries: list[str] = list(self.generator.task.queries)
     # W [K, 64]: the query vectors phrases are generated from (extended by `add_queries`).
     self.query_vectors = self.generator.task.query_vectors(self.generator.variables)
@@ -50,21 +54,26 @@ class MultimodalClassifier:
       from xmodal_jax.models import minilm  # pylint: disable=import-outside-toplevel  (optional dependency)
       self.embed_phrases = minilm.MiniLMEncoder.load().embed
     else:
-      text = load_stage(config, workdir, spec.text_embedding, which, mesh_shape)
+      text = load_stage(config, workdir, spec.text_embedding, which, mesh_shape, fold)
       if text.task.queries != self.queries:
         raise errors.WorkdirError(f"Stages {spec.generator!r} and {spec.text_embedding!r} built different query vocabularies "
                          "(different data configs?); re-run the pipeline from scratch.")
       self.embed_phrases = lambda phrases: text.predict("embed_phrases", text.task.encode_phrases(phrases),
                                                         self.batch_size)
     self.query_table = self.embed_phrases(self.queries)  # text embedding of every query [K, Dt]
-    self.pixel = load_stage(config, workdir, spec.pixel, which, mesh_shape)
+    self.pixel = load_stage(config, workdir, spec.pixel, which, mesh_shape, fold)
     self.label_names = tuple(self.pixel.task.label_names())
     self.fusion = load_stage(config, workdir, fusion_stage, "latest", mesh_shape) if fusion_stage else None
     if self.fusion is not None:
       self._check_fusion_width()
+    # The generator reads images at config.data.image_size; the pixel stage at its tower's size, which may be
+    # larger (a pretrained tower on real photos): each from the shorter side resized as its prepared data was.
     self.image_size = int(config.data.image_size)
+    self.pixel_size = int(self.pixel.task.data_config().image_size)
     shapes = str(config.data.source).startswith("shapes")
-    self.resize_to = self.image_size if shapes else max(self.image_size, int(config.data.prepare_size))
+    self._resize_to = {size: size if shapes else max(size, int(data.prepare_size))
+                       for size, data in ((self.pixel_size, self.pixel.task.data_config()),
+                                          (self.image_size, config.data))}
 
   @classmethod
   def from_workdir(cls, workdir: str, **kwargs) -> "MultimodalClassifier":
@@ -89,8 +98,9 @@ class MultimodalClassifier:
                        "config). Re-run the pipeline (`xmodal train` re-runs the stages whose inputs changed).")
 
   def image_embeddings(self, images: np.ndarray) -> np.ndarray:
-    """uint8 [N, size, size, 3] -> the text generator's x [N, 64]."""
-    return self.generator.predict("embed_image", {"images": images}, self.batch_size)
+    """uint8 [N, s, s, 3] -> the text generator's x [N, 64]."""
+    return self.generator.predict("embed_image", {"images": self._at_size(images, self.image_size)},
+                                  self.batch_size)
 
   def add_queries(self, phrases: Sequence[str], images: Sequence[np.ndarray]) -> None:
     """New queries without retraining (seed eq. 2): query c gets the prototype phi_c = mean of the normalised
@@ -111,11 +121,23 @@ class MultimodalClassifier:
     self.query_table = np.concatenate([self.query_table, self.embed_phrases(list(phrases))]).astype(np.float32)
     self.queries += list(phrases)
 
-  def features(self, images: np.ndarray) -> dict[str, np.ndarray]:
-    """uint8 [N, size, size, 3] -> {"text" [N, Dt], "pixel" [N, Dp], "top_ids" [N, n], "top_scores" [N, n]}."""
+  def _at_size(self, images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [N, s, s, 3] (as `load_image_files` gives them) -> [N, size, size, 3] for one of the two readers."""
+    if images.shape[1] == size:
+      return images
+    return np.stack([preprocess.center_crop(prepared.resize_shorter_side(image, self._resize_to[size]), size)
+                     for image in images])
+
+  def features(self, images: np.ndarray, pixel_images: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """uint8 images [N, s, s, 3] -> {"text" [N, Dt], "pixel" [N, Dp], "top_ids" [N, n], "top_scores" [N, n]}.
+
+    `images` at the generator's size (and `pixel_images` at the pixel stage's, as the training data gave
+    them), or only `images` as `load_image_files` gives them (each reader's size is made from them)."""
+    if pixel_images is None:
+      images, pixel_images = self._at_size(images, self.image_size), self._at_size(images, self.pixel_size)
     scores, ids = (np.asarray(a) for a in phrase_lookup.top_queries(
         self.image_embeddings(images), self.query_vectors, self.top_n))
-    pixel = self.pixel.predict("embed_image", {"images": images}, self.batch_size)
+    pixel = self.pixel.predict("embed_image", {"images": pixel_images}, self.batch_size)
     return {"text": self.query_table[ids].mean(axis=1).astype(np.float32), "pixel": pixel.astype(np.float32),
             "top_ids": ids.astype(np.int32), "top_scores": scores.astype(np.float32)}
 
@@ -137,9 +159,11 @@ class MultimodalClassifier:
     return out
 
   def load_image_files(self, paths: Sequence[str]) -> np.ndarray:
-    """Image files -> uint8 [N, size, size, 3]: shorter side resized as the prepared data was, centre crop."""
-    out = np.empty((len(paths), self.image_size, self.image_size, 3), np.uint8)
+    """Image files -> uint8 [N, s, s, 3] at the larger of the two readers' sizes: shorter side resized as the
+    prepared data was, centre crop."""
+    size = max(self.image_size, self.pixel_size)
+    out = np.empty((len(paths), size, size, 3), np.uint8)
     for row, path in enumerate(paths):
       image = records.load_image(path)  # errors name the file and the fix
-      out[row] = preprocess.center_crop(prepared.resize_shorter_side(image, self.resize_to), self.image_size)
+      out[row] = preprocess.center_crop(prepared.resize_shorter_side(image, self._resize_to[size]), size)
     return out

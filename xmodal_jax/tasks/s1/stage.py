@@ -9,13 +9,16 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from xmodal_jax import errors
 from xmodal_jax.data import query_annotations
 from xmodal_jax.models.resnet import ResNetEncoder
 from xmodal_jax.tasks.base import ImageTextTask
+from xmodal_jax.tasks.s1 import partition as partition_lib
 
 QUERIES_FILE = "queries.json"
+TRAIN_IMAGES_FILE = "train_images.npz"  # the record of which train images a stage trained on (image ids)
 
 
 def load_or_build_queries(task: ImageTextTask, training: bool) -> list[str]:
@@ -37,7 +40,9 @@ def load_or_build_queries(task: ImageTextTask, training: bool) -> list[str]:
 
 class S1Stage(ImageTextTask):
   """Base of the S1 stages that read images and/or queries (not the fusion stage, which reads features).
-  Subclasses build `self.model` in `build_model` once the queries are known."""
+  Subclasses build `self.model` in `build_model` once the queries are known, and say which train images they
+  learn from by ROLE ("queries": the image-query set, "labelled": the labelled set; tasks/s1/partition.py)."""
+  ROLE = "queries"
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     super().__init__(config, workdir)
@@ -62,6 +67,19 @@ class S1Stage(ImageTextTask):
       self._annotations[name] = query_annotations.annotate(self.config.data, self.split(name), self.queries)
     return self._annotations[name]
 
+  def train_partition(self) -> partition_lib.TrainPartition:
+    return partition_lib.train_partition(self.config.get("partition"), self.annotations("train").labels)
+
+  def train_rows(self, candidates: np.ndarray) -> np.ndarray:
+    """The rows of `candidates` (train row indices) this stage (its fold variant) trains on; recorded as image
+    ids in WORKDIR/train_images.npz, which the features stage checks against."""
+    rows = np.intersect1d(candidates, self.train_partition().rows(self.ROLE, int(self.config.get("fold", -1))))
+    if jax.process_index() == 0:
+      os.makedirs(self.workdir, exist_ok=True)
+      np.savez(os.path.join(self.workdir, TRAIN_IMAGES_FILE), image_ids=self.split("train").image_ids[rows],
+               role=self.ROLE, fold=int(self.config.get("fold", -1)))
+    return rows
+
   def label_names(self) -> tuple[str, ...]:
     return query_annotations.label_names(self.config.data)
 
@@ -72,5 +90,5 @@ class S1Stage(ImageTextTask):
     return {"params": self.model.init(rng, self.dummy_images())["params"]}
 
   def dummy_images(self) -> jnp.ndarray:
-    size = self.config.data.image_size
+    size = self.data_config().image_size
     return jnp.zeros((1, size, size, 3), jnp.float32)

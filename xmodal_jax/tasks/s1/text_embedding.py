@@ -53,7 +53,7 @@ class TextEmbeddingTask(S1Stage):
 
   def train_iterator(self, *, process_index, process_count):
     notes = self.annotations("train")
-    rows = notes.images_with_queries(minimum=2)
+    rows = self.train_rows(notes.images_with_queries(minimum=2))
     if len(rows) == 0:
       raise errors.DataError("No train image has two queries: the siamese text embedding has no pairs to learn from.")
     table = self.encode_phrases(self.queries)

@@ -53,7 +53,7 @@ class TextGeneratorTask(S1Stage):
 
   def train_iterator(self, *, process_index, process_count):
     notes = self.annotations("train")
-    return self.image_iterator(notes.images_with_queries(),
+    return self.image_iterator(self.train_rows(notes.images_with_queries()),
                                lambda images, keys: {"labels": notes.sample_queries(images, keys)[:, 0]},
                                process_index=process_index, process_count=process_count)
 
