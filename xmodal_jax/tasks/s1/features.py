@@ -91,7 +91,7 @@ def extract_features(config: ml_collections.ConfigDict, workdir: str, stage: str
     feats = {k: np.concatenate([p[k] for p in parts])[back] for k in parts[0]}
     ids = np.asarray(data.image_ids)[rows]
     in_sample = np.zeros(len(rows), bool)
-    for v in variants:
+    for v in variants if split == "train" else ():  # stages train on the train split only
       seen = set().union(*records[v].values())
       in_sample |= (row_fold == v) & np.isin(ids, np.fromiter(seen, np.int64, len(seen)))
     if folds and in_sample.any():
