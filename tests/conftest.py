@@ -27,3 +27,21 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
+
+import pytest  # noqa: E402  (after the environment set-up above)
+
+
+@pytest.fixture(scope="session")
+def s1_tiny_run(tmp_path_factory):
+  """configs/s1/shapes.py:tiny trained once per session on a 2x4 mesh, interrupted in its first stage and resumed:
+  (config, workdir, results). Shared by tests/test_s1_pipeline.py and tests/test_s1_serving.py; tests that write
+  into a run copy the workdir first."""
+  from tests.helpers import load_config
+  from xmodal_jax import pipeline
+  workdir = str(tmp_path_factory.mktemp("s1") / "run")
+  config = load_config("configs/s1/shapes.py:tiny", "--config.mesh.shape=(2,4)")
+  stopped = pipeline.run_pipeline(config, workdir, stop_at_step=2)  # a "preemption" in the first stage
+  assert stopped["stopped_early"] and stopped["stage"] == "text_generator (fold 1/2)"
+  results = pipeline.run_pipeline(config, workdir)
+  return config, workdir, results

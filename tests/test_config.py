@@ -46,7 +46,8 @@ def test_unknown_task_names_the_choices():
 CONFIG_FILES = ("configs/retrieval/vsepp_shapes.py", "configs/retrieval/vsepp_shapes.py:tiny",
                 "configs/retrieval/vsepp_flickr8k.py", "configs/retrieval/vsepp_coco.py",
                 "configs/retrieval/vsepp_flickr8k_pretrained.py", "configs/retrieval/vsepp_flickr8k_pretrained.py:tiny",
-                "configs/s1/shapes.py", "configs/s1/shapes.py:tiny", "configs/s1/shapes.py:full", "configs/s1/flickr8k.py")
+                "configs/s1/shapes.py", "configs/s1/shapes.py:tiny", "configs/s1/shapes.py:resnet101",
+                "configs/s1/flickr8k.py")
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES)

@@ -67,6 +67,45 @@ def test_fusion_and_pixel_heads_shapes():
   assert pixel.apply(p, images, method=BottleneckClassifier.embed).shape == (2, 1024)
 
 
+def test_resnet101_variant_has_resnet101_parameter_count():
+  """configs/s1/shapes.py:resnet101's backbone, abstractly (no arrays): torchvision's ResNet-101 has 44,549,160
+  parameters, 42,500,160 without its fc layer (2048 x 1000 + 1000). GroupNorm has the same affine parameters per
+  channel as BatchNorm (whose running statistics are buffers, not parameters), so the counts match exactly."""
+  config = load_config("configs/s1/shapes.py:resnet101")
+  assert load_config("configs/s1/shapes.py:full").to_dict() == config.to_dict()  # the old name, an alias
+  for name in ("text_generator", "pixel_embedding"):
+    image = config.stages[name].model.image
+    assert image.block == "bottleneck" and tuple(image.blocks_per_stage) == (3, 4, 23, 3)
+  encoder = ResNetEncoder(**config.stages.pixel_embedding.model.image)
+  images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+  abstract = jax.eval_shape(encoder.init, jax.random.PRNGKey(0), images)
+  count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(nn.meta.unbox(abstract)))
+  assert count == 42_500_160
+  assert jax.eval_shape(encoder.apply, abstract, images).shape == (1, 7, 7, 2048)  # stride 32, 4 x 512 channels
+
+
+def test_bottleneck_blocks_forward_and_default_stays_basic():
+  tiny = dict(stem_width=8, stage_widths=(4, 8), blocks_per_stage=(2, 1), norm_groups=2)
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+  rng = np.random.default_rng(0)
+
+  def random_params(model):  # eval_shape + numpy: a real init (He-normal, truncated) takes seconds on a CPU
+    abstract = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(1), images))
+    return jax.tree.map(lambda a: jnp.asarray(rng.normal(0.0, 0.3, a.shape), a.dtype), abstract)
+
+  model = ResNetEncoder(**tiny, block="bottleneck")
+  params = random_params(model)
+  out = model.apply(params, images)
+  assert out.shape == (2, 4, 4, 32) and np.all(np.isfinite(out))  # 4 x the last width
+  kernels = {k: v["kernel"].shape for k, v in params["params"]["stage0_block0"].items() if "kernel" in v}
+  assert kernels == {"Conv_0": (1, 1, 8, 4), "Conv_1": (3, 3, 4, 4), "Conv_2": (1, 1, 4, 16), "shortcut": (1, 1, 8, 16)}
+  assert "shortcut" not in params["params"]["stage0_block1"]  # same shape: identity shortcut
+  basic = ResNetEncoder(**tiny)
+  assert basic.block == "basic" and basic.apply(random_params(basic), images).shape == (2, 4, 4, 8)
+  with pytest.raises(ValueError, match="block='wide'"):
+    jax.eval_shape(ResNetEncoder(**tiny, block="wide").init, jax.random.PRNGKey(1), images)
+
+
 def test_text_generator_query_matrix_is_padded_and_sharded_over_model():
   backbone = ResNetEncoder(stage_widths=(8,), blocks_per_stage=(1,), stem_width=8, norm_groups=4)
   model = TextGenerator(backbone, num_queries=300, embed_dim=64)

@@ -16,13 +16,9 @@ from xmodal_jax.train import stages
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("s1") / "run")
-  config = load_config("configs/s1/shapes.py:tiny", "--config.mesh.shape=(2,4)")
-  stopped = pipeline.run_pipeline(config, workdir, stop_at_step=2)  # a "preemption" in the first stage
-  assert stopped["stopped_early"] and stopped["stage"] == "text_generator (fold 1/2)"
-  results = pipeline.run_pipeline(config, workdir)
-  return config, workdir, results
+def tiny_run(s1_tiny_run):
+  """The session's tiny run (tests/conftest.py: stopped at step 2 of the first stage, then resumed)."""
+  return s1_tiny_run
 
 
 def test_every_stage_runs_and_writes_its_outputs(tiny_run):
@@ -189,7 +185,7 @@ def test_add_queries_from_prototypes_without_retraining(tiny_run):
   world = shapes_world.generate_split("test", 8, seed=0)
   before = model.features(world.images)
   k = len(model.queries)
-  model.add_queries(["my new concept"], [world.images[:4]])
+  model.add_queries(["my new circle"], [world.images[:4]])
   after = model.features(world.images)
   assert len(model.queries) == k + 1 and model.query_vectors.shape[0] == k + 1
   assert model.query_table.shape[0] == k + 1
@@ -197,9 +193,9 @@ def test_add_queries_from_prototypes_without_retraining(tiny_run):
   for i in range(4, 8):  # other images: the old phrases keep their ids and order (the new one may enter)
     old = [q for q in after["top_ids"][i].tolist() if q != k]
     assert old == before["top_ids"][i].tolist()[:len(old)]
-  assert model.classify(world.images[:1])[0]["phrases"][0][0] == "my new concept"
+  assert model.classify(world.images[:1])[0]["phrases"][0][0] == "my new circle"
   with pytest.raises(ValueError, match="already in the vocabulary"):
-    model.add_queries(["my new concept"], [world.images[:1]])
+    model.add_queries(["my new circle"], [world.images[:1]])
 
 
 def test_classifier_loads_from_the_workdir_alone(tiny_run, monkeypatch):

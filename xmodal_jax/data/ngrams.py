@@ -43,9 +43,18 @@ class NgramVocab:
   def encode(self, phrase: str) -> list[int]:
     return [self._index.get(g, UNK_ID) for g in phrase_ngrams(phrase, self.max_n)]
 
+  def known_ids(self, phrase: str) -> list[int]:
+    """The ids of the phrase's n-grams that are in the vocabulary, in order (unknown ones left out)."""
+    return [i for i in self.encode(phrase) if i != UNK_ID]
+
   def encode_batch(self, phrases: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """phrases -> (ids int32 [n, max_len], mask bool [n, max_len]); bags longer than max_len are cut."""
     return pad_token_ids([self.encode(p) for p in phrases], max_len)
+
+  def encode_known_batch(self, phrases: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Like `encode_batch`, but unknown n-grams are left out of a phrase that has a known one (a new phrase of
+    known words is then its words' and bigrams' bag); a phrase with none keeps the unknown id alone."""
+    return pad_token_ids([self.known_ids(p) or [UNK_ID] for p in phrases], max_len)
 
   def save(self, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

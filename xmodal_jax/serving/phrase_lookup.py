@@ -7,6 +7,10 @@ without retraining as class prototypes (seed eq. 2):
   phi_c = 1/|S_c| * sum_{x in S_c} f(x),   f(x) the L2-normalised image feature,
 
 appended after the old ids (`extend_queries`) or written over existing rows (`replace_queries`).
+
+The generator's distribution over all K queries, p(q_c | x) = softmax_c(-s d(x, w_c)) = softmax_c(s cos(x, w_c))
+(d = 1 - cos; the constant cancels), is `top_query_probabilities` (the k most probable, normalised over all K);
+`query_space_similarity` compares images by the cosine of their p(q | x) vectors, in chunks of K.
 """
 from __future__ import annotations
 
@@ -57,6 +61,59 @@ def top_queries(x: jnp.ndarray, w: jnp.ndarray, k: int, *, method: str = "exact"
   else:
     values, ids = jax.lax.approx_max_k(scores, k, recall_target=recall_target)
   return values, ids.astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def top_query_probabilities(x: jnp.ndarray, w: jnp.ndarray, k: int, scale: float
+                            ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  """The k most probable queries under seed eq. 1, p(q_c | x) = softmax_c(s cos(x, w_c)) over all K.
+
+  x [batch, D], w [K, D], scale s (the text generator's `loss.scale`). Returns (probabilities [batch, k],
+  cosines [batch, k], ids int32 [batch, k]), most probable first: the same order as `top_queries` (the softmax
+  is monotone in the cosine). k = K gives the whole distribution. Cost O(batch * K * D).
+  """
+  if not 1 <= k <= w.shape[0]:
+    raise ValueError(f"k={k} must be in [1, K={w.shape[0]}].")
+  cosines = query_cosines(x, w)  # [batch, K]
+  logits = scale * cosines
+  log_z = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+  values, ids = jax.lax.top_k(logits, k)
+  return jnp.exp(values - log_z), jnp.take_along_axis(cosines, ids, axis=-1), ids.astype(jnp.int32)
+
+
+@jax.jit
+def _chunk_log_partition(x: jnp.ndarray, w: jnp.ndarray, scale: float) -> jnp.ndarray:
+  return jax.nn.logsumexp(scale * query_cosines(x, w), axis=-1)
+
+
+@jax.jit
+def _chunk_similarity_terms(x_a, x_b, w, scale, log_z_a, log_z_b):
+  p_a = jnp.exp(scale * query_cosines(x_a, w) - log_z_a[:, None])  # [Na, chunk]
+  p_b = jnp.exp(scale * query_cosines(x_b, w) - log_z_b[:, None])  # [Nb, chunk]
+  dots = jnp.einsum("ak,bk->ab", p_a, p_b, precision=jax.lax.Precision.HIGHEST)
+  return dots, jnp.sum(p_a * p_a, axis=-1), jnp.sum(p_b * p_b, axis=-1)
+
+
+def query_log_partition(x: Any, w: Any, scale: float, chunk: int = 65536) -> np.ndarray:
+  """log sum_c exp(s cos(x, w_c)) over all K queries: x [batch, D], w [K, D] -> [batch], in chunks of K rows."""
+  parts = [_chunk_log_partition(x, w[start:start + chunk], scale) for start in range(0, np.shape(w)[0], chunk)]
+  return np.asarray(jax.nn.logsumexp(jnp.stack(parts), axis=0))
+
+
+def query_space_similarity(x_a: Any, x_b: Any, w: Any, scale: float, chunk: int = 65536) -> np.ndarray:
+  """Cosine of the query distributions: sim[i, j] = <p(q | a_i), p(q | b_j)> / (|p(q | a_i)| |p(q | b_j)|).
+
+  x_a [Na, D], x_b [Nb, D] (image embeddings), w [K, D], scale s. Returns float32 [Na, Nb] in [0, 1] (1: the
+  same distribution). K is processed `chunk` rows at a time (two passes: log partition, then dot products), so
+  memory is O((Na + Nb) * chunk), never [N, K].
+  """
+  x_a, x_b, w = jnp.asarray(x_a), jnp.asarray(x_b), np.asarray(w)
+  log_z_a, log_z_b = (jnp.asarray(query_log_partition(x, w, scale, chunk)) for x in (x_a, x_b))
+  dots, norm_a, norm_b = 0.0, 0.0, 0.0
+  for start in range(0, w.shape[0], chunk):
+    d, na, nb = _chunk_similarity_terms(x_a, x_b, jnp.asarray(w[start:start + chunk]), scale, log_z_a, log_z_b)
+    dots, norm_a, norm_b = dots + d, norm_a + na, norm_b + nb
+  return np.clip(np.asarray(dots / jnp.sqrt(norm_a[:, None] * norm_b[None, :]), np.float32), 0.0, 1.0)
 
 
 def class_prototypes(features: Any, members: Any) -> jnp.ndarray:

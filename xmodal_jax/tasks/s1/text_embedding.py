@@ -47,8 +47,14 @@ class TextEmbeddingTask(S1Stage):
     return SiameseQueryEmbedding(len(self.ngrams), dim=cfg.dim, embed_dim=cfg.embed_dim)
 
   def encode_phrases(self, phrases: Sequence[str]) -> dict[str, np.ndarray]:
-    """Phrases -> the inputs of `embed_phrases` ({"ids", "mask"}); n-grams unseen in training are unknown."""
-    ids, mask = self.ngrams.encode_batch(list(phrases), self.config.model.max_ngrams)
+    """Phrases -> the inputs of `embed_phrases` ({"ids" int32 [n, max_ngrams], "mask" bool [n, max_ngrams]}).
+
+    n-grams unseen in training are left out of a phrase that has a known one, so a new phrase of known words
+    (a query added after training) is embedded from those words and bigrams, not pulled towards the unknown
+    vector. A phrase with no known n-gram is the unknown n-gram alone (callers that need a real embedding check
+    `self.ngrams.known_ids` first). The training queries' n-grams are all known: their bags are unchanged.
+    """
+    ids, mask = self.ngrams.encode_known_batch(list(phrases), self.config.model.max_ngrams)
     return {"ids": ids, "mask": mask}
 
   def train_iterator(self, *, process_index, process_count):
