@@ -29,7 +29,13 @@ def s1_data(source: str) -> ml_collections.ConfigDict:
       query_max_n=3,            # longest n-gram
       query_max_count=0,        # > 0: keep only the most frequent
       taxonomy="flickr8k",      # class labels from the captions (data/taxonomy.py)
-      label_min_votes=3)        # captions (of 5) that must name a class
+      label_min_votes=3,        # captions (of 5) that must name a class
+      # The seed's own inputs instead (folder:PATH sources; formats and checks: README "S1 inputs"):
+      query_clicks="",          # (image, query, clicks) log replacing the mined queries (data/query_clicks.py)
+      query_pairs="",           # query-query association pairs for the text embedding (data/query_pairs.py)
+      label_set=(),             # declared class names; with labels_file or labels_field replaces the taxonomy
+      labels_file="",           # image -> label file (data/image_labels.py)
+      labels_field="")          # ... or a field of each captions.jsonl record
 
 
 def _evals(kind: str, splits: tuple[str, ...], every: int, best: str, **fields) -> ml_collections.ConfigDict:

@@ -2,7 +2,10 @@
 
 Shapes world has both built in (3-5 true queries per image, a 10-way label). Captioned real data gets them
 from its captions by documented rules: queries are the frequent n-grams of `data/query_mining.py` (vocabulary
-built on the train split only), labels the majority concept of `data/taxonomy.py` (-1 = no majority).
+built on the train split only), labels the majority concept of `data/taxonomy.py` (-1 = no majority). Or from
+the user's own inputs (the seed's data): a click log (config.data.query_clicks, data/query_clicks.py) instead of
+mined queries, and labels with a declared label set (config.data.label_set + labels_file / labels_field,
+data/image_labels.py) instead of the taxonomy.
 
 Query ids are sorted by decreasing train frequency (id 0 = most frequent), which is what the log-uniform
 sampler of the sampled softmax assumes.
@@ -16,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from xmodal_jax import errors
-from xmodal_jax.data import query_mining, shapes_world, sources, taxonomy
+from xmodal_jax.data import image_labels, query_clicks, query_mining, shapes_world, sources, taxonomy
 
 
 @dataclasses.dataclass
@@ -58,6 +61,12 @@ def query_vocabulary(data_config: ml_collections.ConfigDict, train: sources.Spli
   if _is_shapes(data_config):
     counts = collections.Counter(q for queries in train.extras.queries for q in queries)
     return sorted(shapes_world.all_queries(), key=lambda q: (-counts[q], q))
+  if data_config.get("query_clicks", ""):
+    vocab = query_clicks.load(data_config).vocabulary(train.image_ids, int(data_config.query_min_images))
+    if not vocab:
+      raise errors.DataError(f"No query of {data_config.query_clicks} is clicked for >= {data_config.query_min_images} "
+                             "train images; lower config.data.query_min_images (1 keeps every query).")
+    return vocab
   vocab = query_mining.build_query_vocab(
       train.captions, min_images=data_config.query_min_images, max_image_fraction=data_config.query_max_fraction,
       max_n=data_config.query_max_n, max_queries=data_config.query_max_count)
@@ -68,9 +77,12 @@ def query_vocabulary(data_config: ml_collections.ConfigDict, train: sources.Spli
 
 
 def label_names(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The taxonomy's class names (index = label)."""
+  """The class names (index = label): the declared label set, else the taxonomy's."""
   if _is_shapes(data_config):
+    _no_user_inputs(data_config)
     return shapes_world.LABEL_NAMES
+  if image_labels.declared(data_config):
+    return image_labels.declared(data_config)
   if data_config.taxonomy != "flickr8k":
     raise errors.ConfigError(f"config.data.taxonomy={data_config.taxonomy!r}: the only caption taxonomy is 'flickr8k' "
                      "(data/taxonomy.py); add a concept list there for another data set.")
@@ -85,9 +97,24 @@ def annotate(data_config: ml_collections.ConfigDict, split: sources.SplitData, v
     weights = [np.full(len(i), 1.0 / len(i), np.float32) for i in ids]
     return QueryAnnotations(ids, weights, split.extras.label.astype(np.int32), label_names(data_config))
   names = label_names(data_config)
-  pairs = query_mining.image_queries(split.captions, vocab, max_n=data_config.query_max_n)
-  labels = taxonomy.caption_labels(split.captions, taxonomy.FLICKR8K_CONCEPTS, min_votes=data_config.label_min_votes)
-  return QueryAnnotations([p[0] for p in pairs], [p[1] for p in pairs], labels, names)
+  if data_config.get("query_clicks", ""):
+    ids, weights = query_clicks.load(data_config).annotate(split.image_ids, vocab)
+  else:
+    pairs = query_mining.image_queries(split.captions, vocab, max_n=data_config.query_max_n)
+    ids, weights = [p[0] for p in pairs], [p[1] for p in pairs]
+  if image_labels.declared(data_config):
+    labels = image_labels.load(data_config, split.image_ids)
+  else:
+    labels = taxonomy.caption_labels(split.captions, taxonomy.FLICKR8K_CONCEPTS, min_votes=data_config.label_min_votes)
+  return QueryAnnotations(ids, weights, labels, names)
+
+
+def _no_user_inputs(data_config: ml_collections.ConfigDict) -> None:
+  fields = [f for f in ("query_clicks", "query_pairs", "labels_file", "labels_field", "label_set")
+            if data_config.get(f, "")]
+  if fields:
+    raise errors.ConfigError(f"config.data.{fields[0]} is set, but shapes world has its own queries and labels; "
+                             "these inputs need a folder:PATH source (or unset them).")
 
 
 def _is_shapes(data_config: ml_collections.ConfigDict) -> bool:

@@ -12,12 +12,14 @@ import functools
 import jax
 import numpy as np
 
+from xmodal_jax import errors
 from xmodal_jax.evaluation import evaluator as evaluator_lib
 from xmodal_jax.evaluation import tables
 
 
 def _top_ids(scores_fn, variables, k: int, **inputs):
-  return jax.lax.top_k(scores_fn(variables, **inputs), k)[1]
+  scores = scores_fn(variables, **inputs)
+  return jax.lax.top_k(scores, min(k, scores.shape[-1]))[1]  # fewer labels than k: all of them, ranked
 
 
 def ranking_metrics(top: np.ndarray, label_sets: list[np.ndarray], *, precision_at=(1, 3), recall_at=(10,),
@@ -25,7 +27,9 @@ def ranking_metrics(top: np.ndarray, label_sets: list[np.ndarray], *, precision_
   """top int [N, k] (best first), label_sets per image -> {"p_at_K", "r_at_K", "images"[, "p_at_K_any_true"]}."""
   keep = [i for i, t in enumerate(label_sets) if len(t)]
   if not keep:
-    raise ValueError("No image has a true label to rank against.")
+    raise errors.DataError("No image of the evaluated split has a true label (e.g. a query) to rank against: give "
+                           "its images labels (for S1: queries or clicks), or turn this evaluator off "
+                           "(config.evals.<name>.every=0 and at_end=False).")
   truth = [set(np.asarray(label_sets[i]).tolist()) for i in keep]
   hits = np.asarray([[int(q) in t for q in top[i]] for i, t in zip(keep, truth)], np.float32)
   sizes = np.asarray([len(t) for t in truth], np.float32)

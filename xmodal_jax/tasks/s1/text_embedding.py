@@ -1,5 +1,8 @@
 """S1 stage 2, the text embedding: a siamese bag of unigrams + bigrams trained on query-query association
-pairs (two queries of the same image), symmetric InfoNCE over in-batch negatives, 200-d output.
+pairs, symmetric InfoNCE over in-batch negatives, 200-d output. The pairs are two queries of the same image
+(drawn by the image's query weights), or, with config.data.query_pairs, the user's association pairs
+(data/query_pairs.py), independent of images, drawn in proportion to their weights; the n-gram vocabulary then
+covers the pairs' phrases too.
 
 Evaluation ("query_association" evaluators, tasks/s1/evaluators.py): for one held-out pair (a, b) per image of
 the split, is b among the k queries nearest to a (a itself excluded)? Reported as assoc_r1 / r5 / r10 (%).
@@ -16,6 +19,7 @@ import jax
 import numpy as np
 
 from xmodal_jax import errors
+from xmodal_jax.data import query_pairs
 from xmodal_jax.data.iterator import EpochBatchIterator
 from xmodal_jax.data.ngrams import NgramVocab
 from xmodal_jax.evaluation.evaluator import EvalData
@@ -40,7 +44,8 @@ class TextEmbeddingTask(S1Stage):
     if os.path.exists(path):  # resume / eval / inference: the vocabulary the run was trained with
       self.ngrams = NgramVocab.load(path)
     else:
-      self.ngrams = NgramVocab.build(self.queries)
+      extra = query_pairs.load(self.config.data).phrases if self.config.data.get("query_pairs", "") else []
+      self.ngrams = NgramVocab.build(list(self.queries) + extra)
       if jax.process_index() == 0:
         self.ngrams.save(path)
     cfg = self.config.model
@@ -58,6 +63,8 @@ class TextEmbeddingTask(S1Stage):
     return {"ids": ids, "mask": mask}
 
   def train_iterator(self, *, process_index, process_count):
+    if self.config.data.get("query_pairs", ""):
+      return self._pairs_iterator(process_index, process_count)
     notes = self.annotations("train")
     rows = self.train_rows(notes.images_with_queries(minimum=2))
     if len(rows) == 0:
@@ -72,6 +79,28 @@ class TextEmbeddingTask(S1Stage):
               "b_ids": phrase_ids[b], "b_mask": phrase_mask[b], "b_query": b}
 
     return EpochBatchIterator(len(rows), self.config.train.batch_size, load, seed=self.config.seed,
+                              process_index=process_index, process_count=process_count,
+                              num_threads=1, prefetch=self.config.data.prefetch)
+
+  def _pairs_iterator(self, process_index: int, process_count: int) -> EpochBatchIterator:
+    """Batches of the user's association pairs: example e draws pair p with probability weight_p / sum(weight)
+    from its key (an epoch = as many draws as there are pairs, at least one batch). No train image is used
+    (recorded as such)."""
+    self.train_rows(np.zeros(0, np.int64))
+    pairs = query_pairs.load(self.config.data)
+    table = self.encode_phrases(pairs.phrases)
+    phrase_ids, phrase_mask = table["ids"], table["mask"]
+    cumulative = np.cumsum(pairs.weights.astype(np.float64))
+
+    def load(indices, keys):
+      draws = np.asarray([np.random.default_rng(int(k)).random() for k in keys]) * cumulative[-1]
+      chosen = np.minimum(np.searchsorted(cumulative, draws, side="right"), len(cumulative) - 1)
+      a, b = pairs.a[chosen], pairs.b[chosen]
+      return {"a_ids": phrase_ids[a], "a_mask": phrase_mask[a], "a_query": a,
+              "b_ids": phrase_ids[b], "b_mask": phrase_mask[b], "b_query": b}
+
+    return EpochBatchIterator(max(len(pairs), self.config.train.batch_size), self.config.train.batch_size, load,
+                              seed=self.config.seed,
                               process_index=process_index, process_count=process_count,
                               num_threads=1, prefetch=self.config.data.prefetch)
 
