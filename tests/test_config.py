@@ -47,6 +47,7 @@ CONFIG_FILES = ("configs/retrieval/vsepp_shapes.py", "configs/retrieval/vsepp_sh
                 "configs/retrieval/vsepp_flickr8k.py", "configs/retrieval/vsepp_coco.py",
                 "configs/retrieval/vsepp_flickr8k_pretrained.py", "configs/retrieval/vsepp_flickr8k_pretrained.py:tiny",
                 "configs/s1/shapes.py", "configs/s1/shapes.py:tiny", "configs/s1/shapes.py:resnet101",
+                "configs/s1/shapes.py:seed_regime",
                 "configs/s1/flickr8k.py")
 
 

@@ -51,7 +51,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     for name in ("text_generator", "pixel_embedding"):
       config.stages[name].model.image.update(resnet101)
       config.stages[name].model.dtype = "bfloat16"
+    config.stages.pixel_embedding.model.update(pretrained_image="", cache=False)  # the pixel CNN is this ResNet too
+  elif arg == "seed_regime":
+    # The seed's regime: 2,000 labelled images for the pixel embedding and the fusion head, disjoint from the
+    # 28,000 image-query images the text generator and the text embedding learn from.
+    config.partition.labelled_images = 2_000
   elif arg not in (None, ""):
-    raise ValueError(f"configs/s1/shapes.py: unknown variant {arg!r}; use no variant, ':tiny' or ':resnet101' "
-                     "(alias ':full').")
+    raise ValueError(f"configs/s1/shapes.py: unknown variant {arg!r}; use no variant, ':tiny', ':seed_regime' or "
+                     "':resnet101' (alias ':full').")
   return config
