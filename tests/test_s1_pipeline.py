@@ -68,16 +68,18 @@ def test_no_fusion_training_row_has_features_from_a_model_that_trained_on_it(tin
 
 def test_seed_regime_keeps_the_labelled_set_apart_from_the_image_query_set(tmp_path):
   config = load_config("configs/s1/shapes.py:tiny", "--config.partition.labelled_images=96",
+                       "--config.partition.crossfit_stages=('pixel_embedding',)",
                        "--config.stages.text_generator.train.num_steps=2",
                        "--config.stages.pixel_embedding.train.num_steps=2")
   workdir = str(tmp_path / "run")
   pipeline.run_pipeline(config, workdir, only=("text_generator", "text_embedding", "pixel_embedding", "features"))
   with np.load(os.path.join(workdir, "features", "train.npz")) as f:
     labelled = set(f["image_ids"].tolist())
-    assert len(labelled) == 96 and not f["in_sample"].any()
+    assert len(labelled) == 96 and not f["in_sample"].any() and set(f["model_fold"].tolist()) == {0, 1}
+  generator = _trained_on(workdir, "text_generator")  # trained once: it never sees a labelled image
+  assert len(generator) == 256 - 96 and not generator & labelled
+  assert not os.path.exists(os.path.join(workdir, "text_generator_fold0"))
   for j in (0, 1):
-    generator = _trained_on(workdir, f"text_generator_fold{j}")
-    assert len(generator) == 256 - 96 and not generator & labelled  # disjoint sets: the fold leaves out nothing
     assert _trained_on(workdir, f"pixel_embedding_fold{j}") < labelled
   with pytest.raises(ValueError, match="labelled_images=999"):
     pipeline.run_pipeline(load_config("configs/s1/shapes.py:tiny", "--config.partition.labelled_images=999"),

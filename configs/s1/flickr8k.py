@@ -11,9 +11,13 @@ Run (from the repo root; the data folder is read at run time, never copied; prep
       [--config.data.source=folder:/path/to/flickr8k]
   xmodal classify --workdir=workdirs/s1_flickr8k photo.jpg
 
-Expected (2-core CPU, CNNs from scratch at 64 px, ~5 min): val accuracy (892 labelled images, 9 classes)
-pixel-only ~40%, text-only ~30%, fusion ~40%, against 26.8% for the majority class; README.md has the
-measured table and the class distribution.
+Pixel embedding: the frozen ImageNet EfficientNet-Lite0 on its own 224-px copy of the images (prepared once)
++ a 1024-d bottleneck; the generator, text embedding and pixel embedding are cross-fitted over 2 folds (the
+fusion head sees only out-of-sample features).
+
+Expected (2-core CPU, ~15 min): val accuracy (892 labelled images, 9 classes) pixel-only ~74%, text-only ~29%,
+fusion ~73% (3 seeds: fusion - pixel-only -0.9 +- 0.9), against 26.8% for the majority class; README.md has
+the tables and the class distribution.
 """
 import ml_collections
 
