@@ -5,6 +5,7 @@ import functools
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,21 +98,28 @@ def test_load_params_maps_and_checks_tensors(tmp_path):
       "vocab_size": 11, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16,
       "max_position_embeddings": 6, "type_vocab_size": 2, "layer_norm_eps": 1e-12}))
   (tmp_path / "tokenizer.json").write_text("{}")
-  shapes = jax.eval_shape(lambda: BertEncoder(cfg).init(
-      jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), jnp.int32)))["params"]
+  shapes = nn.meta.unbox(jax.eval_shape(lambda: BertEncoder(cfg).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), jnp.int32)))["params"])
   rng = np.random.default_rng(0)
   tensors = {}
   for keys, (hf, transpose) in minilm._param_map(cfg).items():  # pylint: disable=protected-access
     shape = functools.reduce(lambda node, k: node[k], keys, shapes).shape
-    tensors[hf] = rng.normal(size=shape[::-1] if transpose else shape).astype(np.float32)
+    if transpose:  # a torch Linear weight [out, in]; the attention output kernel is [heads, head_dim, hidden]
+      n_in = 2 if keys[-2] == "out" else 1
+      shape = (int(np.prod(shape[n_in:])), int(np.prod(shape[:n_in])))
+    elif keys[-1] == "bias":  # torch biases are flat; query/key/value biases are [heads, head_dim] here
+      shape = (int(np.prod(shape)),)
+    tensors[hf] = rng.normal(size=shape).astype(np.float32)
   tensors["pooler.dense.bias"] = np.zeros(8, np.float32)  # known and unused: ignored
   save_file(tensors, str(tmp_path / "model.safetensors"))
   got_cfg, params = minilm.load_params(tmp_path)
   assert got_cfg == cfg
   layer = params["params"]["layer_0"]
-  np.testing.assert_array_equal(layer["intermediate"]["kernel"], tensors["encoder.layer.0.intermediate.dense.weight"].T)
+  np.testing.assert_array_equal(layer["mlp"]["fc1"]["kernel"], tensors["encoder.layer.0.intermediate.dense.weight"].T)
   np.testing.assert_array_equal(layer["attention"]["query"]["kernel"],
-                                tensors["encoder.layer.0.attention.self.query.weight"].T)
+                                tensors["encoder.layer.0.attention.self.query.weight"].T.reshape(8, 2, 4))
+  np.testing.assert_array_equal(layer["attention"]["out"]["kernel"],
+                                tensors["encoder.layer.0.attention.output.dense.weight"].T.reshape(2, 4, 8))
   tensors["encoder.layer.1.output.dense.bias"] = tensors.pop("encoder.layer.0.output.dense.bias")
   save_file(tensors, str(tmp_path / "model.safetensors"))
   with pytest.raises(ValueError, match=r"missing tensors \['encoder.layer.0.output.dense.bias'\].*"

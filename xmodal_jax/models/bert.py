@@ -1,7 +1,8 @@
-"""BERT encoder (post-LN transformer, exact GELU) in Flax linen, for loading frozen pretrained checkpoints.
+"""BERT encoder (post-LN transformer, exact GELU) in Flax linen, for loading pretrained checkpoints (MiniLM).
 
-Mirrors Hugging Face `BertModel` without the pooler: hidden states [batch, len, hidden_size]. Parameter names follow
-the checkpoint's structure (see `xmodal_jax.models.minilm.load_params` for the mapping). float32 throughout.
+Mirrors Hugging Face `BertModel` without the pooler: hidden states [batch, len, hidden_size]. Its layers are the
+library's `TransformerBlock` (models/transformer.py) with norm="post", activation "gelu" (erf) and BERT's
+LayerNorm epsilon; `xmodal_jax.models.minilm` maps the checkpoint's tensor names onto these parameters.
 """
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
+
+from xmodal_jax.models.attention import padding_mask
+from xmodal_jax.models.transformer import TransformerBlock, layer_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,45 +41,6 @@ class BertConfig:
                layer_norm_eps=d["layer_norm_eps"])
 
 
-class BertSelfAttention(nn.Module):
-  """x [batch, len, hidden], bias [batch, 1, 1, len] (0 keep / very negative drop) -> [batch, len, hidden]."""
-  config: BertConfig
-  precision: Any = None
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
-    cfg = self.config
-    if cfg.hidden_size % cfg.num_heads:
-      raise ValueError(f"hidden_size={cfg.hidden_size} is not a multiple of num_heads={cfg.num_heads}.")
-    head_dim = cfg.hidden_size // cfg.num_heads
-
-    def heads(name):  # [batch, len, hidden] -> [batch, heads, len, head_dim]
-      y = nn.Dense(cfg.hidden_size, precision=self.precision, name=name)(x)
-      return y.reshape(*y.shape[:2], cfg.num_heads, head_dim).transpose(0, 2, 1, 3)
-
-    q, k, v = heads("query"), heads("key"), heads("value")
-    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, precision=self.precision) / jnp.sqrt(jnp.float32(head_dim))
-    probs = jax.nn.softmax(scores + bias, axis=-1)
-    ctx = jnp.einsum("bhqk,bhkd->bhqd", probs, v, precision=self.precision)
-    ctx = ctx.transpose(0, 2, 1, 3).reshape(x.shape)
-    return nn.Dense(cfg.hidden_size, precision=self.precision, name="output")(ctx)
-
-
-class BertLayer(nn.Module):
-  """One post-LN block: x = LN(x + attn(x)); x = LN(x + ffn(x)). [batch, len, hidden] -> same."""
-  config: BertConfig
-  precision: Any = None
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
-    cfg = self.config
-    x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="attention_norm")(
-        x + BertSelfAttention(cfg, self.precision, name="attention")(x, bias))
-    h = nn.Dense(cfg.intermediate_size, precision=self.precision, name="intermediate")(x)
-    h = nn.Dense(cfg.hidden_size, precision=self.precision, name="output")(nn.gelu(h, approximate=False))
-    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="output_norm")(x + h)
-
-
 class BertEncoder(nn.Module):
   """input_ids [batch, len] int32, attention_mask [batch, len] (1 token / 0 padding) -> [batch, len, hidden].
 
@@ -92,7 +56,8 @@ class BertEncoder(nn.Module):
   @nn.compact
   def __call__(self, input_ids: jnp.ndarray, attention_mask: jnp.ndarray,
                token_type_ids: jnp.ndarray | None = None, *, start_layer: int = 0,
-               stop_layer: int | None = None) -> jnp.ndarray:
+               stop_layer: int | None = None, deterministic: bool = True) -> jnp.ndarray:
+    del deterministic  # fine-tuned without dropout: the argument is the towers' common call (models/two_tower.py)
     cfg = self.config
     length = input_ids.shape[1]
     if length > cfg.max_position:
@@ -103,14 +68,14 @@ class BertEncoder(nn.Module):
       x = (nn.Embed(cfg.vocab_size, cfg.hidden_size, name="word_embeddings")(input_ids)
            + nn.Embed(cfg.max_position, cfg.hidden_size, name="position_embeddings")(jnp.arange(length)[None, :])
            + nn.Embed(cfg.type_vocab_size, cfg.hidden_size, name="token_type_embeddings")(token_type_ids))
-      x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="embeddings_norm")(x)
+      x = layer_norm(cfg.layer_norm_eps, name="embeddings_norm")(x)
     else:
       x = input_ids.astype(jnp.float32)
-    # Additive mask as in Hugging Face: 0 where attended, the most negative float32 where padding.
-    keep = attention_mask.astype(bool)[:, None, None, :]
-    bias = jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    mask = padding_mask(attention_mask)
     for i in range(start_layer, cfg.num_layers if stop_layer is None else stop_layer):
-      x = BertLayer(cfg, self.precision, name=f"layer_{i}")(x, bias)
+      x = TransformerBlock(num_heads=cfg.num_heads, mlp_dim=cfg.intermediate_size, norm="post",
+                           layer_norm_eps=cfg.layer_norm_eps, activation="gelu", precision=self.precision,
+                           name=f"layer_{i}")(x, mask)
     return x
 
 

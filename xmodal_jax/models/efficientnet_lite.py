@@ -187,7 +187,9 @@ class EfficientNetLite(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, start: int = 0, stop: int | None = None, head: bool = True,
-               pool: bool = True, logits: bool = False, train_bn: bool = False) -> jnp.ndarray:
+               pool: bool = True, logits: bool = False, train_bn: bool = False,
+               deterministic: bool = True) -> jnp.ndarray:
+    del deterministic  # no dropout in this port (the classifier's dropout is not used): the towers' common call
     specs = block_specs(self.spec)
     stop = len(specs) if stop is None else stop
     x = x.astype(self.dtype)

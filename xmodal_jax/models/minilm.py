@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,7 +69,10 @@ def sentence_settings(path: pathlib.Path) -> tuple[int, bool]:
 
 
 def _param_map(cfg: BertConfig) -> dict[tuple[str, ...], tuple[str, bool]]:
-  """Flax param path -> (checkpoint tensor name, transpose?). Torch Linear weights are [out, in]; Dense is [in, out]."""
+  """Flax param path -> (checkpoint tensor name, transpose?). Torch Linear weights are [out, in]; Dense is [in, out].
+  The attention kernels are [hidden, heads, head_dim] (query/key/value) and [heads, head_dim, hidden] (out) in the
+  library's TransformerBlock: `load_params` reshapes the transposed matrix to that shape (heads are contiguous
+  slices of the hidden dim in both)."""
   m = {("word_embeddings", "embedding"): ("embeddings.word_embeddings.weight", False),
        ("position_embeddings", "embedding"): ("embeddings.position_embeddings.weight", False),
        ("token_type_embeddings", "embedding"): ("embeddings.token_type_embeddings.weight", False),
@@ -77,12 +81,12 @@ def _param_map(cfg: BertConfig) -> dict[tuple[str, ...], tuple[str, bool]]:
   for i in range(cfg.num_layers):
     pre, hf = f"layer_{i}", f"encoder.layer.{i}"
     dense = {("attention", "query"): "attention.self.query", ("attention", "key"): "attention.self.key",
-             ("attention", "value"): "attention.self.value", ("attention", "output"): "attention.output.dense",
-             ("intermediate",): "intermediate.dense", ("output",): "output.dense"}
+             ("attention", "value"): "attention.self.value", ("attention", "out"): "attention.output.dense",
+             ("mlp", "fc1"): "intermediate.dense", ("mlp", "fc2"): "output.dense"}
     for sub, name in dense.items():
       m[(pre, *sub, "kernel")] = (f"{hf}.{name}.weight", True)
       m[(pre, *sub, "bias")] = (f"{hf}.{name}.bias", False)
-    for sub, name in {"attention_norm": "attention.output.LayerNorm", "output_norm": "output.LayerNorm"}.items():
+    for sub, name in {"attention_norm": "attention.output.LayerNorm", "mlp_norm": "output.LayerNorm"}.items():
       m[(pre, sub, "scale")] = (f"{hf}.{name}.weight", False)
       m[(pre, sub, "bias")] = (f"{hf}.{name}.bias", False)
   return m
@@ -101,8 +105,8 @@ def load_params(path: str | pathlib.Path | None = None) -> tuple[BertConfig, dic
   if missing or unexpected:
     raise ValueError(f"{folder / 'model.safetensors'} does not match BertConfig {cfg}: "
                      f"missing tensors {missing or 'none'}; unexpected tensors {unexpected or 'none'}.")
-  shapes = jax.eval_shape(lambda: BertEncoder(cfg).init(
-      jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), jnp.int32)))["params"]
+  shapes = nn.meta.unbox(jax.eval_shape(lambda: BertEncoder(cfg).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), jnp.int32)))["params"])
   params: dict = {}
   for keys, (hf, transpose) in mapping.items():
     value = np.asarray(tensors[hf], np.float32)
@@ -110,6 +114,8 @@ def load_params(path: str | pathlib.Path | None = None) -> tuple[BertConfig, dic
     expect = shapes
     for k in keys:
       expect = expect[k]
+    if value.ndim != len(expect.shape) and value.size == expect.size:
+      value = value.reshape(expect.shape)  # attention: the heads split out of (or merged into) the hidden dim
     if value.shape != expect.shape:
       raise ValueError(f"Tensor {hf} has shape {tensors[hf].shape}; {'/'.join(keys)} needs {expect.shape}"
                        f"{' (after transposing)' if transpose else ''}.")

@@ -30,6 +30,8 @@ _BASE_RULES: tuple[tuple[str, Any], ...] = (
     ("hidden", "model"),
     ("mlp", "model"),
     ("heads", "model"),
+    ("kv", None),             # per-head width (attention): kept whole
+    ("patch", None),          # a ViT patch's flattened pixels (p * p * channels)
     ("conv_out", "model"),
     ("joint", "model"),
     ("queries", "model"),     # S1's query matrix W [K, 64]: K rows split over `model`
