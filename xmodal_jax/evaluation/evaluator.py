@@ -10,8 +10,9 @@ fn(variables, **inputs)), the variables, the task's `EvalData` of its split and 
 functions sharded over the mesh; it returns flat metrics {name: float}, logged as "<prefix>/<name>".
 
 Types: "retrieval" (evaluation/retrieval_evaluator.py), "classification" (evaluation/classification.py),
-"label_ranking" (evaluation/label_ranking.py); a project may register more with `register` (S1 does, in
-tasks/s1/evaluators.py). Built-in types are imported on first use.
+"label_ranking" (evaluation/label_ranking.py), "zero_shot" (evaluation/zero_shot.py: CLIP-style classification by
+embedded class prompts); a project may register more with `register` (S1 does, in tasks/s1/evaluators.py).
+Built-in types are imported on first use.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ _BUILTIN = {
     "retrieval": "xmodal_jax.evaluation.retrieval_evaluator",
     "classification": "xmodal_jax.evaluation.classification",
     "label_ranking": "xmodal_jax.evaluation.label_ranking",
+    "zero_shot": "xmodal_jax.evaluation.zero_shot",
 }
 _REGISTRY: dict[str, type["Evaluator"]] = {}
 
