@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from absl import logging
 
 from xmodal_jax import errors
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -88,10 +89,32 @@ def logical_shardings(abstract_boxed_tree: Any, mesh: Mesh, rules) -> Any:
   """Shardings for a tree whose leaves may be `nn.LogicallyPartitioned` boxes (e.g. from eval_shape).
 
   The returned tree has the structure of `nn.meta.unbox(tree)`: one NamedSharding per array.
-  Unannotated leaves are replicated.
+  Unannotated leaves are replicated, and so is a dimension that its mesh axes do not divide (logged).
   """
   specs = nn.get_partition_spec(abstract_boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
+  shapes = nn.meta.unbox(abstract_boxed_tree)
+  return jax.tree_util.tree_map_with_path(lambda path, s, x: _divisible(s, getattr(x, "shape", ()), path), shardings,
+                                          shapes)
+
+
+def _divisible(sharding: NamedSharding, shape: tuple[int, ...], path) -> NamedSharding:
+  """`sharding` without the mesh axes that do not divide their dimension (that dimension is then replicated over
+  them, with a warning naming the parameter): e.g. 12 attention heads on a `model` axis of 8."""
+  spec, changed = list(sharding.spec), []
+  for dim, axes in enumerate(spec[:len(shape)]):
+    if axes is None:
+      continue
+    names = axes if isinstance(axes, tuple) else (axes,)
+    size = int(np.prod([sharding.mesh.shape[a] for a in names]))
+    if shape[dim] % size:
+      spec[dim] = None
+      changed.append(f"dim {dim} ({shape[dim]}) over {names} ({size})")
+  if not changed:
+    return sharding
+  logging.warning("Replicating %s instead of sharding %s: not divisible.", jax.tree_util.keystr(path),
+                  ", ".join(changed))
+  return NamedSharding(sharding.mesh, P(*spec))
 
 
 def global_batch_from_host(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
