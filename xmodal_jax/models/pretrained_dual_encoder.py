@@ -10,7 +10,8 @@ either raw inputs (start at the bottom) or activations at the cut (`start` = the
   text cut: a layer index of BERT (0 = train it all, embeddings included), num_layers + 1 ("pooled") = the whole
     tower is frozen and its mean-pooled output is the input of the projection.
 
-A learnable `logit_scale` (CLIP's log inverse temperature, started at log(1/0.07)) is there for InfoNCE.
+A learnable `logit_scale` (CLIP's log inverse temperature, started at log(1/0.07); SigLIP's log t', log 10) is there
+for InfoNCE and the sigmoid loss, and `logit_bias` (SigLIP's b, -10) when `logit_bias_init` is set.
 """
 from __future__ import annotations
 
@@ -31,13 +32,17 @@ class PretrainedDualEncoder(nn.Module):
   image_cut: int = 0
   text_cut: int = 0
   train_bn: bool = False
+  logit_scale_init: float = float(np.log(1 / 0.07))
+  logit_bias_init: float | None = None   # SigLIP's bias (-10); None: no bias parameter
 
   def setup(self):
     self.image_tower = EfficientNetLite(self.image_variant, name="image_tower")
     self.text_tower = BertEncoder(self.text_config, name="text_tower")
     self.image_proj = layers.dense(self.embed_dim, ("embed", "joint"), name="image_proj")
     self.text_proj = layers.dense(self.embed_dim, ("embed", "joint"), name="text_proj")
-    self.logit_scale = self.param("logit_scale", nn.initializers.constant(np.log(1 / 0.07)), (), jnp.float32)
+    self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init), (), jnp.float32)
+    if self.logit_bias_init is not None:
+      self.logit_bias = self.param("logit_bias", nn.initializers.constant(self.logit_bias_init), (), jnp.float32)
 
   @property
   def image_pooled_cut(self) -> int:
@@ -79,4 +84,5 @@ class PretrainedDualEncoder(nn.Module):
     return layers.l2_normalize(self.text_proj(pooled))
 
   def __call__(self, images: jnp.ndarray, tokens: jnp.ndarray, mask: jnp.ndarray):
-    return self.encode_image(images), self.encode_text(tokens, mask), self.logit_scale
+    scalars = (self.logit_scale,) if self.logit_bias_init is None else (self.logit_scale, self.logit_bias)
+    return self.encode_image(images), self.encode_text(tokens, mask), scalars

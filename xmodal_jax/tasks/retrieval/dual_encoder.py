@@ -1,6 +1,9 @@
 """Image<->text retrieval over two pretrained towers: EfficientNet-Lite (ImageNet, models/efficientnet_lite.py)
 and all-MiniLM-L6-v2 (models/minilm.py), each frozen below a cut and trained above it with a projection into a
-joint space; VSE++'s hinge loss (Faghri et al. 2018) or InfoNCE with a learnable temperature.
+joint space; VSE++'s hinge loss (Faghri et al. 2018), CLIP's InfoNCE or SigLIP's sigmoid loss with learnable
+scalars (tasks/retrieval/contrastive_objective.py; plain or chunked over the global batch). With the image tower
+locked (model.image.cut="pooled") and the text tower trained this is LiT (Zhai et al. 2022) over pretrained towers
+(configs/clip/clip_flickr8k.py, siglip_flickr8k.py).
 
 The frozen lower parts are frozen params (arguments of the step, never trained or checkpointed). With
 `config.cache.enabled` their activations are computed once per train split and stored (data/feature_cache.py,
@@ -9,8 +12,9 @@ instead of running the lower parts: a step then costs only the upper parts. Eval
 run the whole towers on raw inputs, so reported figures are what a user of the trained model gets.
 
 Config: data (tokenizer "wordpiece", max_len, image_size, prepare_size, flip), model.image (variant, cut,
-train_bn, flip_average), model.text (cut), model.embed_dim, loss (kind hinge | infonce, margin, max_violation,
-max_violation_warmup_steps, learn_temperature, temperature), cache (enabled, train_views, dtype, dir,
+train_bn, flip_average), model.text (cut), model.embed_dim, loss (contrastive_objective.loss_config: kind hinge |
+infonce | sigmoid, chunked, margin, max_violation, max_violation_warmup_steps, learn_temperature, temperature,
+max_logit_scale), cache (enabled, train_views, dtype, dir,
 batch_size), train.pairs ("image": one caption per image per epoch | "all": every (image, caption) pair).
 Assets: tokenizer.json (the MiniLM WordPiece vocabulary).
 """
@@ -29,13 +33,11 @@ from xmodal_jax.data import feature_cache, sources
 from xmodal_jax.data.iterator import EpochBatchIterator
 from xmodal_jax.models import efficientnet_lite, efficientnet_weights, layers, minilm
 from xmodal_jax.models.pretrained_dual_encoder import PretrainedDualEncoder
-from xmodal_jax.objectives.contrastive_softmax import symmetric_infonce
+from xmodal_jax.tasks.retrieval import contrastive_objective
 from xmodal_jax.tasks.retrieval.retrieval_task import RetrievalTask
 from xmodal_jax.train.task import with_frozen
 
-LOSSES = ("hinge", "infonce")
 PAIRS = ("image", "all")
-MAX_LOGIT_SCALE = float(np.log(100.0))  # CLIP's clamp of the learnable inverse temperature
 
 
 def image_cut(variant: str, cut: Any) -> int:
@@ -66,8 +68,6 @@ class DualEncoderTask(RetrievalTask):
 
   def __init__(self, config, workdir):
     super().__init__(config, workdir)
-    if config.loss.kind not in LOSSES:
-      raise errors.ConfigError(f"config.loss.kind={config.loss.kind!r}; use one of {LOSSES}.")
     if config.train.pairs not in PAIRS:
       raise errors.ConfigError(f"config.train.pairs={config.train.pairs!r}; use one of {PAIRS}.")
     if config.data.tokenizer != "wordpiece":
@@ -88,7 +88,8 @@ class DualEncoderTask(RetrievalTask):
     self.model = PretrainedDualEncoder(
         image_variant=cfg.model.image.variant, text_config=text_config, embed_dim=cfg.model.embed_dim,
         image_cut=image_cut(cfg.model.image.variant, cfg.model.image.cut),
-        text_cut=text_cut(text_config.num_layers, cfg.model.text.cut), train_bn=bool(cfg.model.image.train_bn))
+        text_cut=text_cut(text_config.num_layers, cfg.model.text.cut), train_bn=bool(cfg.model.image.train_bn),
+        **contrastive_objective.initial_scalars(contrastive_objective.kind_of(cfg.loss)))
     image = efficientnet_weights.load(cfg.model.image.variant)
     self._weights = {"params": {"image_tower": {k: v for k, v in image["params"].items() if k != "classifier"},
                                 "text_tower": text_params["params"]},
@@ -226,7 +227,7 @@ class DualEncoderTask(RetrievalTask):
   # ---- objective
   def loss_fn(self, params, batch, rng, ctx):
     variables = with_frozen(params, ctx.frozen, ctx.model_state)
-    model, cfg = self.model, self.config.loss
+    model = self.model
     if "image_feats" in batch:
       image_emb = model.apply(variables, batch["image_feats"], from_cut=True, method=model.encode_image)
       text_emb = model.apply(variables, batch["text_feats"], batch["mask"], from_cut=True, method=model.encode_text)
@@ -234,13 +235,8 @@ class DualEncoderTask(RetrievalTask):
       images = efficientnet_lite.normalize_images(batch["images"])
       image_emb = model.apply(variables, images, method=model.encode_image)
       text_emb = model.apply(variables, batch["tokens"], batch["mask"], method=model.encode_text)
-    if cfg.kind == "hinge":
-      return self.hinge_loss(image_emb, text_emb, batch["image_ids"], ctx.step)
-    scale = jnp.minimum(params["logit_scale"], MAX_LOGIT_SCALE) if cfg.learn_temperature else jnp.log(
-        1.0 / cfg.temperature)
-    loss, aux = symmetric_infonce(image_emb, text_emb, 1.0 / jnp.exp(scale), a_ids=batch["image_ids"],
-                                  b_ids=batch["image_ids"])
-    return loss, dict(aux, temperature=1.0 / jnp.exp(scale))
+    scalars = {k: params[k] for k in ("logit_scale", "logit_bias") if k in params}
+    return self.objective(image_emb, text_emb, batch["image_ids"], ctx, scalars)
 
   # ---- predict functions and evaluation data
   def embed_image(self, variables, images):

@@ -1,21 +1,23 @@
 """What the image<->text retrieval tasks share (VSE++ from scratch, the dual encoder over pretrained towers):
-the tokenizer asset, tokenised caption tables per split, the `embed_image` / `embed_text` predict functions
-and the retrieval evaluators' data."""
+the tokenizer asset, tokenised caption tables per split, the `embed_image` / `embed_text` predict functions,
+the retrieval evaluators' data (and, for a zero_shot evaluator, the split's classes and tokenised prompts), the
+training batches of one caption per image, and the contrastive objective of config.loss."""
 from __future__ import annotations
 
 import os
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from xmodal_jax.data import tokenizers
 from xmodal_jax.data.captions import TokenizedCaptions, tokenize_captions
 from xmodal_jax.evaluation.evaluator import EvalData
-from xmodal_jax.objectives.contrastive_hinge import contrastive_hinge_loss
+from xmodal_jax.data.iterator import EpochBatchIterator
+from xmodal_jax.data.zero_shot_classes import zero_shot_classes
 from xmodal_jax.tasks.base import ImageTextTask
+from xmodal_jax.tasks.retrieval import contrastive_objective
 
 
 class RetrievalTask(ImageTextTask):
@@ -24,6 +26,8 @@ class RetrievalTask(ImageTextTask):
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     super().__init__(config, workdir)
+    if "loss" in config:
+      contrastive_objective.check(config.loss)
     self._tokens: dict[str, TokenizedCaptions] = {}
     self.tokenizer = None
     self.model = None
@@ -65,14 +69,29 @@ class RetrievalTask(ImageTextTask):
 
   def make_eval_data(self, split: str) -> EvalData:
     toks = self.tokens(split)
-    return EvalData(image_inputs={"images": self.eval_images(split)},
+    data = EvalData(image_inputs={"images": self.eval_images(split)},
                     text_inputs={"tokens": toks.tokens, "mask": toks.mask}, text_to_image=toks.text_to_image)
+    if any(spec.type == "zero_shot" and spec.split == split for spec in self.config.evals.values()):
+      classes = zero_shot_classes(self.data_config(), self.split(split))  # labels + prompts, tokenised as captions
+      data.labels, data.label_names = classes.labels, classes.names
+      data.extras.update(class_text_inputs=self.encode_texts([p for prompts in classes.prompts for p in prompts]),
+                         class_of_text=np.repeat(np.arange(len(classes.names)), [len(p) for p in classes.prompts]))
+    return data
 
-  def hinge_loss(self, image_emb, text_emb, image_ids, step):
-    """VSE++'s loss (config.loss: margin, max_violation from step max_violation_warmup_steps on) -> (loss,
-    metrics)."""
-    cfg = self.config.loss
-    max_violation = jnp.logical_and(bool(cfg.max_violation), step >= cfg.max_violation_warmup_steps)
-    loss, aux = contrastive_hinge_loss(image_emb, text_emb, margin=cfg.margin, max_violation=max_violation,
-                                       image_ids=image_ids)
-    return loss, dict(aux, max_violation=max_violation.astype(jnp.float32))
+  def objective(self, image_emb, text_emb, image_ids, ctx, scalars=None):
+    """config.loss's objective (hinge | infonce | sigmoid, plain or chunked; contrastive_objective.py) of unit
+    embeddings [B, D] over the global batch -> (loss, metrics). scalars: the model's logit_scale / logit_bias."""
+    return contrastive_objective.contrastive_loss(self.config.loss, image_emb, text_emb, image_ids, scalars or {},
+                                                  ctx.step, ctx.mesh)
+
+  def caption_iterator(self, *, process_index: int, process_count: int) -> EpochBatchIterator:
+    """Training batches of every train image once per epoch with one of its captions, drawn from the image's key:
+    images (random crops, + flips), tokens, mask, image_ids."""
+    data, toks = self.split("train"), self.tokens("train")
+
+    def targets(indices: np.ndarray, keys: np.ndarray) -> dict[str, np.ndarray]:
+      rows = toks.sample_one_per_image(indices, keys)
+      return {"tokens": toks.tokens[rows], "mask": toks.mask[rows], "image_ids": data.image_ids[indices]}
+
+    return self.image_iterator(np.arange(len(data)), targets, process_index=process_index,
+                               process_count=process_count)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from xmodal_jax.data.iterator import EpochBatchIterator
 from xmodal_jax.data.preprocess import normalize_images
@@ -34,14 +33,7 @@ class VSEPPTask(RetrievalTask):
         embed_dim=config.model.embed_dim)
 
   def train_iterator(self, *, process_index: int, process_count: int) -> EpochBatchIterator:
-    data, toks = self.split("train"), self.tokens("train")
-
-    def targets(indices: np.ndarray, keys: np.ndarray) -> dict[str, np.ndarray]:
-      rows = toks.sample_one_per_image(indices, keys)  # one caption per image, drawn from its key
-      return {"tokens": toks.tokens[rows], "mask": toks.mask[rows], "image_ids": data.image_ids[indices]}
-
-    return self.image_iterator(np.arange(len(data)), targets, process_index=process_index,
-                               process_count=process_count)
+    return self.caption_iterator(process_index=process_index, process_count=process_count)
 
   # ---- model and objective
   def init_variables(self, rng: jax.Array):
@@ -53,7 +45,7 @@ class VSEPPTask(RetrievalTask):
   def loss_fn(self, params, batch, rng, ctx):
     image_emb, text_emb = self.model.apply({"params": params}, normalize_images(batch["images"]),
                                            batch["tokens"], batch["mask"])
-    return self.hinge_loss(image_emb, text_emb, batch["image_ids"], ctx.step)
+    return self.objective(image_emb, text_emb, batch["image_ids"], ctx)
 
   # ---- predict functions and evaluation data
   def embed_image(self, variables, images):
