@@ -548,6 +548,23 @@ def _queries(objects: Sequence[_Object], choices: _Choices) -> list[str]:
   return [choices.choice(options) for options in choices.shuffled(kinds)[:3 + choices.index(3)]]
 
 
+def label_prompts() -> list[list[str]]:
+  """Zero-shot prompts per class of LABEL_NAMES (dominant shape x crowdedness), in the captions' own words: the
+  count of shapes (one or two: sparse; three or four: crowded) and a large shape of the class (the dominant
+  shape covers the most area, so it is usually a large one). 4 prompts per class."""
+  out = []
+  for shape in SHAPES:
+    for crowd in CROWDEDNESS:
+      counts = _COUNT_WORDS[:2] if crowd == "sparse" else _COUNT_WORDS[2:]
+      prompts = []
+      for count in counts:
+        noun = "shape" if count == "one" else "shapes"
+        verb = "is" if count == "one" else "are"
+        prompts += [f"there {verb} {count} {noun} : a large {shape}", f"{count} {noun} , namely a large {shape}"]
+      out.append(prompts)
+  return out
+
+
 def all_queries() -> list[str]:
   """The whole finite query vocabulary, sorted."""
   return sorted(_query_grammar())

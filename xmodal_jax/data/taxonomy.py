@@ -46,6 +46,21 @@ FLICKR8K_CONCEPTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+# Zero-shot classification: a phrase per concept (what a caption of such a photo says) and the templates it fills.
+FLICKR8K_PHRASES: dict[str, str] = {
+    "dog": "a dog", "snow": "people in the snow", "water": "a person in the water", "bike": "a person riding a bike",
+    "skateboard": "a skateboarder on a skateboard", "ball sport": "people playing soccer", "child": "a child",
+    "woman": "a woman", "man": "a man"}
+PROMPT_TEMPLATES = ("{}", "a photo of {} .", "a picture of {} .")
+
+
+def class_prompts(names: Sequence[str] = (), templates: Sequence[str] = PROMPT_TEMPLATES) -> list[list[str]]:
+  """Zero-shot prompts per class of FLICKR8K_CONCEPTS (or of `names`, each used as its own phrase when it has no
+  entry in FLICKR8K_PHRASES): every template filled with the class's phrase."""
+  names = tuple(names) or class_names()
+  return [[t.format(FLICKR8K_PHRASES.get(n, n)) for t in templates] for n in names]
+
+
 def class_names(concepts: Sequence[tuple[str, Sequence[str]]] = FLICKR8K_CONCEPTS) -> tuple[str, ...]:
   """The class names, in label order (label i is `class_names()[i]`)."""
   return tuple(name for name, _ in concepts)
