@@ -124,3 +124,19 @@ def test_config_errors_name_the_field(tmp_path, override, message):
   config = load_config(_TINY, override)
   with pytest.raises((errors.UserError, ValueError), match=message.replace("(", r"\(").replace(")", r"\)")):
     trainer.build(tasks.create(config, str(tmp_path)))
+
+
+def test_lit_siglip_over_the_pretrained_towers(tmp_path):
+  """configs/clip/siglip_flickr8k.py:tiny (dual_encoder task, EfficientNet-Lite0 locked from its feature cache,
+  MiniLM's last layer trained, SigLIP's loss): trains, learns a bias, reports R@K and zero-shot accuracy."""
+  from xmodal_jax.models import minilm  # pylint: disable=import-outside-toplevel
+  ok, why = minilm.available()
+  if not ok:
+    pytest.skip(f"MiniLM weights unavailable: {why}")
+  config = load_config("configs/clip/siglip_flickr8k.py:tiny")
+  assert config.model.image.cut == "pooled" and config.loss.kind == "sigmoid"
+  results = trainer.train_and_evaluate(tasks.create(config, str(tmp_path)))
+  params = results["state"].params
+  assert set(params.get("image_tower", {})) == set()                      # locked: nothing of it trains
+  assert float(params["logit_bias"]) != -10.0 and "text_tower" in params  # SigLIP's bias moved from its init
+  assert np.isfinite(results["metrics"]["val/rsum"]) and "zero_shot_val/accuracy" in results["metrics"]

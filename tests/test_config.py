@@ -48,7 +48,10 @@ CONFIG_FILES = ("configs/retrieval/vsepp_shapes.py", "configs/retrieval/vsepp_sh
                 "configs/retrieval/vsepp_flickr8k_pretrained.py", "configs/retrieval/vsepp_flickr8k_pretrained.py:tiny",
                 "configs/s1/shapes.py", "configs/s1/shapes.py:tiny", "configs/s1/shapes.py:resnet101",
                 "configs/s1/shapes.py:seed_regime",
-                "configs/s1/flickr8k.py")
+                "configs/s1/flickr8k.py",
+                "configs/clip/clip_shapes.py", "configs/clip/clip_shapes.py:tiny", "configs/clip/clip_flickr8k.py",
+                "configs/clip/clip_flickr8k.py:tiny", "configs/clip/siglip_flickr8k.py", "configs/clip/clip_vitb16.py",
+                "configs/clip/clip_vitb16.py:tiny")
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES)
