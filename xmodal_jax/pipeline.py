@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from typing import Any
 
@@ -22,7 +21,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from xmodal_jax import errors
+from xmodal_jax import errors, fileio
 from xmodal_jax import tasks
 from xmodal_jax.train import stages, trainer
 from xmodal_jax.train import workdir as workdir_lib
@@ -52,15 +51,15 @@ def _stage_finished(path: str, fingerprint: str) -> bool:
   """True if the stage finished with this config; a stage that finished with another config (its own or an
   earlier stage's changed) is moved aside to <path>.old so that it re-runs from scratch."""
   done = os.path.join(path, DONE_FILE)
-  if not os.path.exists(done):
+  if not fileio.exists(done):
     return False  # new, or interrupted: the trainer resumes from its checkpoint
-  with open(done) as f:
+  with fileio.open(done) as f:
     if json.load(f).get("config") == fingerprint:
       return True
   if jax.process_index() == 0:
     old = path.rstrip("/") + ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(path, old)
+    fileio.rmtree(old)
+    fileio.rename_dir(path, old)
     logging.warning("Stage %s finished with a different config (its own or an earlier stage's); moved it to %s "
                     "and re-running it.", path, old)
   return False
@@ -84,9 +83,9 @@ def _run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, stop_at_st
   for name in only:
     if name not in config.pipeline:
       raise errors.ConfigError(f"Unknown stage {name!r}; the pipeline has {tuple(config.pipeline)}.")
-  os.makedirs(workdir, exist_ok=True)
+  fileio.makedirs(workdir)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    with fileio.open(os.path.join(workdir, "config.json"), "w") as f:
       json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
   results: dict[str, Any] = {}
   reports = []
@@ -118,7 +117,7 @@ def _run_stage(config: ml_collections.ConfigDict, workdir: str, name: str, fold:
   cfg, path = stages.stage_config(config, name, fold), stages.stage_dir(workdir, name, fold)
   if _stage_finished(path, fingerprint):
     logging.info("Stage %s: finished earlier (%s); skipping.", label, path)
-    with open(os.path.join(path, DONE_FILE)) as f:
+    with fileio.open(os.path.join(path, DONE_FILE)) as f:
       return dict(json.load(f)["results"], skipped=True)
   logging.info("Stage %s -> %s", label, path)
   start = time.time()
@@ -132,7 +131,7 @@ def _run_stage(config: ml_collections.ConfigDict, workdir: str, name: str, fold:
       return out
   out["seconds"] = time.time() - start
   if jax.process_index() == 0:
-    with open(os.path.join(path, DONE_FILE), "w") as f:
+    with fileio.open(os.path.join(path, DONE_FILE), "w") as f:
       json.dump({"config": fingerprint, "results": out}, f, indent=2, sort_keys=True, default=float)
   return out
 

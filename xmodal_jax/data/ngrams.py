@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from xmodal_jax import fileio
 from xmodal_jax.data.text import normalize_caption, pad_token_ids
 
 PAD_ID, UNK_ID = 0, 1
@@ -57,12 +58,12 @@ class NgramVocab:
     return pad_token_ids([self.known_ids(p) or [UNK_ID] for p in phrases], max_len)
 
   def save(self, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    fileio.makedirs(os.path.dirname(fileio.absolute(path)))
+    with fileio.open(path, "w") as f:
       json.dump({"kind": "ngrams", "max_n": self.max_n, "grams": self.grams}, f)
 
   @classmethod
   def load(cls, path: str) -> "NgramVocab":
-    with open(path) as f:
+    with fileio.open(path) as f:
       data = json.load(f)
     return cls(data["grams"], data["max_n"])

@@ -248,6 +248,11 @@ def ensure_prepared(spec: str, out_dir: str, options: PrepareOptions, *, rebuild
   """A fresh prepared set of `spec` at `out_dir`: built when absent; when its source changed (records file,
   image files, options, builder), rebuilt if `rebuild_stale`, else a DataError saying what changed and the fix.
   Concurrent callers on one machine wait for each other (a lock file beside `out_dir`)."""
+  if "://" in out_dir:  # a lock file beside it, the source fingerprint check, the build and the swap are local
+    raise errors.ConfigError(
+        f"The prepared data set directory {out_dir} is a URL; prepared sets are read and built on local paths "
+        "only. Copy it to a local disk (`gsutil -m cp -r`) or mount the bucket (gcsfuse, e.g. /gcs/BUCKET/...) "
+        "and point config.data.prepared_dir / --out there.")
   if (out_dir, options) in _CHECKED:
     return read_summary(out_dir)
   os.makedirs(os.path.dirname(os.path.abspath(out_dir)) or ".", exist_ok=True)

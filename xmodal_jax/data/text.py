@@ -13,6 +13,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import tokenizers
 
+from xmodal_jax import fileio
+
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)
 _PUNCT = re.compile(r"[^\w\s']+|_")
@@ -100,14 +102,14 @@ class WordVocab(TokenizerBase):
     return " ".join(self.words[i] for i in ids if i >= len(SPECIALS))
 
   def save(self, path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
+    fileio.makedirs(os.path.dirname(path) or ".")
+    with fileio.open(path, "w") as f:
       json.dump({"kind": "word_vocab", "words": self.words}, f)
 
   @classmethod
   def load(cls, path: str) -> "WordVocab":
-    if not os.path.exists(path):
+    if not fileio.exists(path):
       raise FileNotFoundError(f"Vocabulary file {path} not found; train in this workdir first "
                               "(training writes it) or point --workdir at the run that made it.")
-    with open(path) as f:
+    with fileio.open(path) as f:
       return cls(json.load(f)["words"])

@@ -19,7 +19,7 @@ import numpy as np
 import sentencepiece as spm
 import tokenizers
 
-from xmodal_jax import errors
+from xmodal_jax import errors, fileio
 from xmodal_jax.data.text import SPECIALS, TokenizerBase, WordVocab, normalize_caption, pad_token_ids
 
 _SP_KIND = "sentencepiece"
@@ -181,10 +181,10 @@ _STORED_KINDS = {"word_vocab": WordVocab, _SP_KIND: SentencePieceTokenizer, _WP_
 
 
 def _read_json(path: str) -> dict:
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     raise errors.MissingError(f"Tokenizer file {path} not found; the run's workdir holds it once training has "
                             "built it: train in this workdir first or point --workdir at the run that made it.")
-  with open(path) as f:
+  with fileio.open(path) as f:
     try:
       payload = json.load(f)
     except json.JSONDecodeError as e:
@@ -203,8 +203,8 @@ def _read_kind(path: str, kind: str) -> dict:
 
 
 def _write_json(path: str, payload: dict) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with open(path, "w") as f:
+  fileio.makedirs(os.path.dirname(path) or ".")
+  with fileio.open(path, "w") as f:
     json.dump(payload, f)
 
 

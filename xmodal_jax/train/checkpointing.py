@@ -21,7 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
-from xmodal_jax import errors
+from xmodal_jax import errors, fileio
 from xmodal_jax.train.state import TrainState
 
 CHECKPOINTS = "checkpoints"
@@ -60,8 +60,10 @@ class Checkpointer:
     if best_mode not in ("max", "min"):
       raise errors.ConfigError(f"best_mode={best_mode!r}; use 'max' or 'min'.")
     self.best_metric = best_metric or None
-    directory = os.path.abspath(os.path.join(workdir, CHECKPOINTS))
-    if not create and not os.path.isdir(directory):
+    # orbax takes a gs:// URL itself (its GCS path: commit files, no renames); only a local path is made absolute
+    directory = fileio.absolute(os.path.join(workdir, CHECKPOINTS))
+    self.directory = directory
+    if not create and not fileio.isdir(directory):
       raise errors.MissingError(f"No checkpoints in {workdir} (expected {directory}); train first with "
                               "`xmodal train --workdir=...` or point --workdir at a trained run.")
     keep = [policies.LatestN(n=max_to_keep)]

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from xmodal_jax import errors
+from xmodal_jax import errors, fileio
 from xmodal_jax.evaluation import evaluator as evaluator_lib
 from xmodal_jax.train import checkpointing, sharding
 from xmodal_jax.train.runtime import Runtime
@@ -74,9 +74,9 @@ def load_model(task: Task, *, which: str = "latest", step: int | None = None,
 def read_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run in `workdir` was trained with (its config.json; JSON lists back to tuples)."""
   path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     raise errors.MissingError(f"{path} not found: --workdir must be a directory made by `xmodal train`.")
-  with open(path) as f:
+  with fileio.open(path) as f:
     return ml_collections.ConfigDict(_tuples(json.load(f)))
 
 

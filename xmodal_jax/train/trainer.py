@@ -27,7 +27,7 @@ from absl import logging
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
-from xmodal_jax import errors
+from xmodal_jax import errors, fileio
 from xmodal_jax.evaluation import evaluator as evaluator_lib
 from xmodal_jax.train import checkpointing
 from xmodal_jax.train import inference
@@ -184,15 +184,15 @@ def _check_frozen(setup: Setup, workdir: str, resuming: bool) -> None:
   if current is None:
     return
   path = os.path.join(workdir, FROZEN_FILE)
-  if resuming and os.path.exists(path):
-    with open(path) as f:
+  if resuming and fileio.exists(path):
+    with fileio.open(path) as f:
       recorded = json.load(f)
     if recorded["sha256"] != current["sha256"]:
       raise errors.WorkdirError(f"The frozen params of this run changed since it started ({path} records sha256 "
                        f"{recorded['sha256'][:12]}..., they now hash to {current['sha256'][:12]}...): restore the "
                        "original source of the frozen params, or start a new --workdir.")
   elif jax.process_index() == 0:
-    with open(path, "w") as f:
+    with fileio.open(path, "w") as f:
       json.dump(current, f, indent=2)
 
 
@@ -322,7 +322,7 @@ def _train_and_evaluate(task: Task, *, stop_at_step: int | None, devices: list[j
 
   config, workdir = task.config, task.workdir
   cfg = config.train
-  os.makedirs(workdir, exist_ok=True)
+  fileio.makedirs(workdir)
   current_config = json.loads(config.to_json_best_effort())
   evaluators = evaluator_lib.create_all(config.evals)
   metric_name, metric_mode = evaluator_lib.best_metric(config.evals)
@@ -437,7 +437,7 @@ def _train_and_evaluate(task: Task, *, stop_at_step: int | None, devices: list[j
                                    title=f"step {reported['step']}" + (", best checkpoint" if reported["which"] == "best"
                                                                       else "")))
       if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
+        with fileio.open(os.path.join(workdir, "results.json"), "w") as f:
           json.dump(results, f, indent=2, sort_keys=True)
     return dict(results, state=state)
   finally:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import fcntl
-import glob
 import json
 import os
 import socket
@@ -24,7 +23,7 @@ from typing import Any
 
 from absl import logging
 
-from xmodal_jax import errors
+from xmodal_jax import errors, fileio
 
 LOCK_FILE = ".xmodal.lock"
 CONFIG_FILE = "config.json"
@@ -34,8 +33,7 @@ RUN_DEFINING = ("task", "seed", "model", "data", "train.batch_size", "optimizer.
                 "features", "loss.query_update")
 
 
-def is_local(path: str) -> bool:
-  return "://" not in path
+is_local = fileio.is_local
 
 
 class WorkdirLock:
@@ -110,9 +108,9 @@ def check_resume_config(workdir: str, current: dict, *, allow_change: bool) -> N
   """Refuse (WorkdirError) to resume a run whose config.json differs in a run-defining field, unless
   `allow_change`; log the other differences."""
   path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     return
-  with open(path) as f:
+  with fileio.open(path) as f:
     previous = json.load(f)
   diffs = config_differences(previous, current)
   if not diffs:
@@ -129,19 +127,15 @@ def check_resume_config(workdir: str, current: dict, *, allow_change: bool) -> N
 
 
 def write_config(workdir: str, current: dict) -> None:
-  """Write config.json atomically (a crash never leaves half a file)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(current, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  """Write config.json atomically (a crash never leaves half a file; for a URL see fileio.write_atomic)."""
+  fileio.write_atomic(os.path.join(workdir, CONFIG_FILE), lambda f: json.dump(current, f, indent=2, sort_keys=True))
 
 
 def last_logged_step(workdir: str) -> int:
   """The largest step in the workdir's TensorBoard event files (0 if none)."""
   from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=import-outside-toplevel
   last = 0
-  for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+  for path in fileio.glob(os.path.join(workdir, "events.out.tfevents.*")):  # the loader reads gs:// (tf.io.gfile)
     try:
       for event in event_file_loader.EventFileLoader(path).Load():
         last = max(last, int(event.step))

@@ -4,13 +4,13 @@ the retrieval evaluators' data (and, for a zero_shot evaluator, the split's clas
 training batches of one caption per image, and the contrastive objective of config.loss."""
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
+from xmodal_jax import fileio
 from xmodal_jax.data import tokenizers
 from xmodal_jax.data.captions import TokenizedCaptions, tokenize_captions
 from xmodal_jax.evaluation.evaluator import EvalData
@@ -43,7 +43,7 @@ class RetrievalTask(ImageTextTask):
     """The run's tokenizer lives in the workdir: built once on the first training run (from the train captions;
     a pretrained WordPiece vocabulary is copied as it is), reused on resume, eval and inference."""
     path = tokenizers.tokenizer_path(self.workdir)
-    if os.path.exists(path) or not training:
+    if fileio.exists(path) or not training:
       return tokenizers.load_tokenizer(path)
     cfg = self.config.data
     options = {"word": {"min_count": cfg.vocab_min_count},

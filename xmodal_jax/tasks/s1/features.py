@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xmodal_jax import errors
+from xmodal_jax import errors, fileio
 from xmodal_jax.data import taxonomy
 from xmodal_jax.tasks.s1 import partition as partition_lib
 from xmodal_jax.tasks.s1.classifier import MultimodalClassifier
@@ -46,10 +46,10 @@ def trained_on(config: ml_collections.ConfigDict, workdir: str, spec: ml_collect
   for name in names:
     variant = fold if stages.stage_folds(config, name) != [-1] else -1
     path = os.path.join(stages.stage_dir(workdir, name, variant), TRAIN_IMAGES_FILE)
-    if not os.path.exists(path):
+    if not fileio.exists(path):
       raise errors.MissingError(f"{path} not found: stage {name!r} has no record of the images it trained on "
                                 "(trained by an older version?); re-run the pipeline from scratch.")
-    with np.load(path) as record:
+    with fileio.load_npz(path) as record:
       out[os.path.basename(os.path.dirname(path))] = set(record["image_ids"].tolist())
   return out
 
@@ -57,7 +57,7 @@ def trained_on(config: ml_collections.ConfigDict, workdir: str, spec: ml_collect
 def extract_features(config: ml_collections.ConfigDict, workdir: str, stage: str) -> dict:
   spec = config.stages[stage]
   out_dir = stages.stage_dir(workdir, stage)
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
   folds = stages.num_folds(config)
   variants = list(range(folds)) if folds else [-1]
   models = {v: MultimodalClassifier(config, workdir, features_stage=stage, fusion_stage=None,
@@ -103,7 +103,7 @@ def extract_features(config: ml_collections.ConfigDict, workdir: str, stage: str
     feats.update(labels=notes.labels[rows].astype(np.int32), image_ids=ids, model_fold=row_fold,
                  in_sample=in_sample)
     if jax.process_index() == 0:
-      np.savez(features_path(out_dir, split), **feats)
+      fileio.save_npz(features_path(out_dir, split), **feats)
     counts[split] = len(rows)
     lines.append(f"{split}: {len(rows)} images ({int(np.sum(feats['labels'] >= 0))} labelled; "
                  f"{int(in_sample.sum())} with in-sample features"

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from xmodal_jax import errors
+from xmodal_jax import errors, fileio
 from xmodal_jax.data import query_annotations
 from xmodal_jax.data.iterator import EpochBatchIterator
 from xmodal_jax.evaluation.evaluator import EvalData
@@ -38,8 +38,8 @@ class FusionTask(Task):
     if not self.inputs or any(k not in FEATURE_KINDS for k in self.inputs):
       raise errors.ConfigError(f"config.model.inputs={self.inputs}: choose a non-empty subset of {FEATURE_KINDS}.")
     stage = config.features.stage
-    self.features_dir = stage if os.path.isabs(stage) else os.path.join(os.path.dirname(os.path.abspath(workdir)),
-                                                                         stage)
+    self.features_dir = (stage if os.path.isabs(stage) or not fileio.is_local(stage)
+                         else os.path.join(os.path.dirname(fileio.absolute(workdir.rstrip("/"))), stage))
     self.label_names = query_annotations.label_names(config.data)
     self._features: dict[str, dict[str, np.ndarray]] = {}
     self._eval_data: dict[str, EvalData] = {}
@@ -55,8 +55,8 @@ class FusionTask(Task):
       return
     path = os.path.join(self.workdir, INPUT_DIM_FILE)
     trained = None
-    if os.path.exists(path):
-      with open(path) as f:
+    if fileio.exists(path):
+      with fileio.open(path) as f:
         trained = json.load(f)["input_dim"]
     elif not training:
       raise errors.MissingError(f"{path} not found: train this fusion stage first.")
@@ -70,8 +70,8 @@ class FusionTask(Task):
                          "another config). Re-run the pipeline (`xmodal train` re-runs the stages whose inputs "
                          "changed).")
       if trained is None and jax.process_index() == 0:
-        os.makedirs(self.workdir, exist_ok=True)
-        with open(path, "w") as f:
+        fileio.makedirs(self.workdir)
+        with fileio.open(path, "w") as f:
           json.dump({"input_dim": self._dim, "inputs": list(self.inputs)}, f)
     else:
       self._dim = trained
@@ -85,10 +85,10 @@ class FusionTask(Task):
   def features(self, split: str) -> dict[str, np.ndarray]:
     if split not in self._features:
       path = features_path(self.features_dir, split)
-      if not os.path.exists(path):
+      if not fileio.exists(path):
         raise errors.MissingError(f"{path} not found: run the features stage first (config.features.stage="
                                 f"{self.config.features.stage!r}; `xmodal train` of the pipeline does it).")
-      with np.load(path) as data:
+      with fileio.load_npz(path) as data:
         self._features[split] = {k: data[k] for k in data.files}
     return self._features[split]
 

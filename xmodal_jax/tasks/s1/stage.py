@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from xmodal_jax import errors
+from xmodal_jax import errors, fileio
 from xmodal_jax.data import query_annotations
 from xmodal_jax.models.resnet import ResNetEncoder
 from xmodal_jax.tasks.base import ImageTextTask
@@ -24,16 +24,16 @@ TRAIN_IMAGES_FILE = "train_images.npz"  # the record of which train images a sta
 def load_or_build_queries(task: ImageTextTask, training: bool) -> list[str]:
   """The query phrases (id order) of the run in `task.workdir`."""
   path = os.path.join(task.workdir, QUERIES_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
+  if fileio.exists(path):
+    with fileio.open(path) as f:
       return list(json.load(f)["queries"])
   if not training:
     raise errors.MissingError(f"{path} not found: the run in {task.workdir} did not finish setting up; train it "
                             "(`xmodal train` writes its query vocabulary there).")
   queries = query_annotations.query_vocabulary(task.config.data, task.split("train"))
   if jax.process_index() == 0:
-    os.makedirs(task.workdir, exist_ok=True)
-    with open(path, "w") as f:
+    fileio.makedirs(task.workdir)
+    with fileio.open(path, "w") as f:
       json.dump({"queries": queries, "source": str(task.config.data.source)}, f)
   return queries
 
@@ -75,8 +75,8 @@ class S1Stage(ImageTextTask):
     ids in WORKDIR/train_images.npz, which the features stage checks against."""
     rows = np.intersect1d(candidates, self.train_partition().rows(self.ROLE, int(self.config.get("fold", -1))))
     if jax.process_index() == 0:
-      os.makedirs(self.workdir, exist_ok=True)
-      np.savez(os.path.join(self.workdir, TRAIN_IMAGES_FILE), image_ids=self.split("train").image_ids[rows],
+      fileio.makedirs(self.workdir)
+      fileio.save_npz(os.path.join(self.workdir, TRAIN_IMAGES_FILE), image_ids=self.split("train").image_ids[rows],
                role=self.ROLE, fold=int(self.config.get("fold", -1)))
     return rows
 

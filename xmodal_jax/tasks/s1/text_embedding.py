@@ -18,7 +18,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from xmodal_jax import errors
+from xmodal_jax import errors, fileio
 from xmodal_jax.data import query_pairs
 from xmodal_jax.data.iterator import EpochBatchIterator
 from xmodal_jax.data.ngrams import NgramVocab
@@ -41,7 +41,7 @@ class TextEmbeddingTask(S1Stage):
 
   def build_model(self):
     path = os.path.join(self.workdir, NGRAMS_FILE)
-    if os.path.exists(path):  # resume / eval / inference: the vocabulary the run was trained with
+    if fileio.exists(path):  # resume / eval / inference: the vocabulary the run was trained with
       self.ngrams = NgramVocab.load(path)
     else:
       extra = query_pairs.load(self.config.data).phrases if self.config.data.get("query_pairs", "") else []
