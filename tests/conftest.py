@@ -45,3 +45,16 @@ def s1_tiny_run(tmp_path_factory):
   assert stopped["stopped_early"] and stopped["stage"] == "text_generator (fold 1/2)"
   results = pipeline.run_pipeline(config, workdir)
   return config, workdir, results
+
+
+@pytest.fixture(scope="session")
+def clip_tiny_run(tmp_path_factory):
+  """configs/clip/clip_shapes.py:tiny trained once per session on a 2x4 mesh (4 steps): (config, workdir, results).
+  Shared by tests/test_clip.py, tests/test_export.py and tests/test_serving_end_to_end.py; read-only."""
+  from tests.helpers import load_config
+  from xmodal_jax import tasks
+  from xmodal_jax.train import trainer
+  workdir = str(tmp_path_factory.mktemp("clip") / "run")
+  config = load_config("configs/clip/clip_shapes.py:tiny", "--config.mesh.shape=(2,4)")
+  results = trainer.train_and_evaluate(tasks.create(config, workdir))
+  return config, workdir, results

@@ -19,12 +19,10 @@ _TINY = "configs/clip/clip_shapes.py:tiny"
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-  """configs/clip/clip_shapes.py:tiny trained on a 2x4 mesh (4 steps): (config, workdir, results)."""
-  workdir = str(tmp_path_factory.mktemp("clip") / "run")
-  config = load_config(_TINY, "--config.mesh.shape=(2,4)")
-  results = trainer.train_and_evaluate(tasks.create(config, workdir))
-  return config, workdir, results
+def tiny_run(clip_tiny_run):
+  """configs/clip/clip_shapes.py:tiny trained on a 2x4 mesh (4 steps; tests/conftest.py): (config, workdir,
+  results)."""
+  return clip_tiny_run
 
 
 def test_tiny_clip_trains_and_reports_retrieval_and_zero_shot(tiny_run):

