@@ -14,8 +14,9 @@ setup(
     long_description=(_HERE / "README.md").read_text() if (_HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["xmodal_jax", "xmodal_jax.*"]),
+    package_data={"xmodal_jax.serving": ["web/*.html", "web/*.js", "web/*.css"]},  # the search page
     python_requires=">=3.11",
     install_requires=_REQUIREMENTS,
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "httpx==0.28.1", "selenium==4.50.0"]},  # httpx: FastAPI's TestClient
     entry_points={"console_scripts": ["xmodal=xmodal_jax.main:run"]},
 )

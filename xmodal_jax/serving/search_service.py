@@ -1,0 +1,691 @@
+"""The search service: an HTTP API and a web page over an embedding index (`xmodal serve`).
+
+`serve(INDEX_DIR)` loads the index (`serving/ann_index.py`), the exported encoders of the export it was built
+from (`serving/exported_encoder.py`) and, where there is one, a caption database, and serves on
+http://127.0.0.1:8000/ (loopback only unless `allow_remote=True`). `create_app(index, encoders)` builds the
+FastAPI app alone (tests pass fakes). Every answer is JSON; every error is `{"error": "...", "detail": ...}` with
+the status below. No pickle is read or written anywhere.
+
+  GET  /                       the search page (web/index.html: a query box, drag-and-drop image search)
+  GET  /api/health             model step, dim, counts, encoder sizes, whether caption search is on, queue depth
+  POST /api/search/text        {"query": str, "k": int = 10} -> the images nearest to the text
+  POST /api/search/image       multipart field `image` (JPEG, PNG or WebP), ?k=10&target=images|captions
+  POST /api/search/captions    {"query": str, "k": int = 10} -> images by word match on their captions (TF-IDF)
+  GET  /images/<name>          an exported image (only files inside EXPORT/images/)
+  GET  /api/openapi.json       the OpenAPI description of the above
+
+  curl -s localhost:8000/api/health
+  curl -s localhost:8000/api/search/text -H 'Content-Type: application/json' -d '{"query": "a red circle", "k": 5}'
+    -> {"query": "a red circle", "results": [{"image_id": 7, "score": 0.83, "image_url": "/images/7.jpg",
+        "captions": ["a red circle above a blue square", ...]}, ...], "took_ms": 3.1}
+  curl -s 'localhost:8000/api/search/image?k=5&target=captions' -F image=@photo.jpg
+    -> {"target": "captions", "results": [{"text_id": 31, "text": "...", "image_id": 6, "score": 0.71,
+        "image_url": "/images/6.jpg"}, ...], "took_ms": 12.0}     (target=images: results as for text search)
+  curl -s localhost:8000/api/search/captions -H 'Content-Type: application/json' -d '{"query": "red circle"}'
+    -> results as for text search, each with the best-matching caption as "text"
+
+Errors: 400 malformed JSON, a missing or ill-typed field, an empty or too long query (`max_query_chars`), k
+outside [1, max_k], a corrupt image; 404 an unknown path or image, or a kind this index lacks; 405 wrong
+method; 413 a body over `max_upload_bytes` (Content-Length checked first, then counted while reading) or an image
+over `max_image_pixels`; 415 a request that is not JSON / multipart, or an upload that is not JPEG, PNG or WebP
+by its content (the declared type is ignored); 501 caption search without a caption database; 503 the query
+queue (`max_pending`) or the upload slots (`max_pending_uploads`) are full: retry later.
+
+Text queries are batched: each request queues its query, and one worker encodes up to `encoders.max_batch`
+pending queries (waiting at most `batch_wait_ms` for more) in one `encode_texts` call in a worker thread, so
+concurrent requests share one jitted encoder call. All encoder calls (text batches, images) go through one lock.
+
+Caption search: a `captions` object with `.search(query, k) -> [{"image_id", "score", "text"?, "text_id"?}]`.
+`load_caption_search(export_dir)` gives a TF-IDF one over texts.jsonl when scikit-learn is installed
+(`TfidfCaptionSearch`); S5's captions of generated text plug in the same way.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import importlib.util
+import io
+import ipaddress
+import json
+import os
+import socket
+import threading
+import time
+import urllib.parse
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+import pydantic
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from PIL import Image, ImageOps, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from xmodal_jax import errors
+from xmodal_jax.data import records as records_lib
+from xmodal_jax.serving import embedding_export
+
+WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
+_STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
+UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP")  # what Pillow may sniff an upload as
+_MULTIPART_SLACK = 64 * 1024  # multipart boundaries and headers around the uploaded file
+_PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
+                "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+_NO_CAPTIONS = "no caption database in this index (S5 adds one)"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceLimits:
+  """What one request may ask for, and how much the service queues.
+
+  Attributes:
+    max_k: the most results one query may ask for (k in [1, max_k]); default_k when a request names none.
+    max_query_chars: the longest text query, in characters.
+    max_json_bytes: the largest JSON body.
+    max_upload_bytes: the largest uploaded image file (the request may add `_MULTIPART_SLACK` of multipart).
+    max_image_pixels: the largest uploaded image, width x height, checked before it is decoded.
+    max_pending: text queries waiting for the encoder; one more is answered 503 at once.
+    max_pending_uploads: image searches in progress; one more is answered 503 at once.
+    batch_wait_ms: how long the batcher waits for more queries before encoding a batch that is not full.
+  """
+  max_k: int = 100
+  default_k: int = 10
+  max_query_chars: int = 1000
+  max_json_bytes: int = 64 * 1024
+  max_upload_bytes: int = 10 * 1024 * 1024
+  max_image_pixels: int = 40_000_000
+  max_pending: int = 256
+  max_pending_uploads: int = 16
+  batch_wait_ms: float = 2.0
+
+  def __post_init__(self):
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if not value > 0 and not (field.name == "batch_wait_ms" and value == 0):
+        raise errors.ConfigError(f"ServiceLimits.{field.name}={value!r} must be > 0.")
+    if self.default_k > self.max_k:
+      raise errors.ConfigError(f"ServiceLimits.default_k={self.default_k} must be <= max_k={self.max_k}.")
+
+
+class ApiError(Exception):
+  """An answer other than 200: `status` and the JSON body {"error": message, "detail": detail}."""
+
+  def __init__(self, status: int, message: str, detail: Any = None):
+    super().__init__(message)
+    self.status, self.message, self.detail = status, message, detail
+
+
+def _error_response(status: int, message: str, detail: Any = None, headers: dict | None = None) -> JSONResponse:
+  return JSONResponse({"error": message, "detail": jsonable_encoder(detail)}, status_code=status, headers=headers)
+
+
+# ---------------------------------------------------------------------------------------------- micro-batcher
+
+
+class MicroBatcher:
+  """Collects single items from concurrent requests into batches for one call of `fn` in a worker thread.
+
+  `await submit(item)` queues the item and returns `fn(batch)[i]` for it. One worker per event loop takes up to
+  `max_batch` queued items (after waiting at most `max_wait_s` for the batch to fill), calls `fn` once in a
+  thread, and resolves every item's future (or sets `fn`'s exception on all of them). At most `max_pending` items
+  wait; `submit` beyond that raises ApiError 503 at once. Items whose request went away are dropped unencoded.
+  """
+
+  def __init__(self, fn: Callable[[list], Sequence], *, max_batch: int, max_wait_s: float, max_pending: int):
+    self._fn, self.max_batch, self.max_wait_s, self.max_pending = fn, int(max_batch), float(max_wait_s), max_pending
+    if self.max_batch < 1:
+      raise errors.ConfigError(f"max_batch={max_batch} must be >= 1.")
+    self._loop = None
+    self._items: collections.deque = collections.deque()
+    self._wake: asyncio.Event | None = None
+    self._task: asyncio.Task | None = None
+    self.batches = 0   # calls of fn so far
+    self.items = 0     # items encoded so far
+
+  @property
+  def pending(self) -> int:
+    return len(self._items)
+
+  def _ensure_worker(self) -> None:
+    loop = asyncio.get_running_loop()
+    if loop is not self._loop:  # first use, or a new event loop (the old one's worker died with it)
+      self._loop, self._items, self._wake = loop, collections.deque(), asyncio.Event()
+      self._task = None
+    if self._task is None or self._task.done():
+      self._task = loop.create_task(self._work(), name="xmodal-micro-batcher")
+
+  async def submit(self, item: Any) -> Any:
+    self._ensure_worker()
+    if len(self._items) >= self.max_pending:
+      raise ApiError(503, f"the query queue is full ({self.max_pending} waiting); retry shortly.",
+                     {"pending": len(self._items), "max_pending": self.max_pending})
+    future = self._loop.create_future()
+    self._items.append((item, future))
+    self._wake.set()
+    return await future
+
+  async def _next_batch(self) -> list:
+    while not self._items:
+      self._wake.clear()
+      await self._wake.wait()
+    deadline = self._loop.time() + self.max_wait_s
+    while len(self._items) < self.max_batch:
+      remaining = deadline - self._loop.time()
+      if remaining <= 0:
+        break
+      self._wake.clear()
+      try:
+        await asyncio.wait_for(self._wake.wait(), remaining)
+      except TimeoutError:
+        break
+    batch = [self._items.popleft() for _ in range(min(self.max_batch, len(self._items)))]
+    return [(item, future) for item, future in batch if not future.done()]  # done: cancelled by a gone client
+
+  async def _work(self) -> None:
+    while True:
+      batch = await self._next_batch()
+      if not batch:
+        continue
+      try:
+        results = await asyncio.to_thread(self._fn, [item for item, _ in batch])
+        if len(results) != len(batch):
+          raise RuntimeError(f"the batch function returned {len(results)} results for {len(batch)} items.")
+      except Exception as e:  # pylint: disable=broad-except  (each waiting request gets the failure)
+        for _, future in batch:
+          if not future.done():
+            future.set_exception(e)
+        continue
+      self.batches += 1
+      self.items += len(batch)
+      for (_, future), result in zip(batch, results):
+        if not future.done():
+          future.set_result(result)
+
+  async def close(self) -> None:
+    """Stops the worker; requests still queued get a 503."""
+    if self._task is not None and not self._task.done():
+      self._task.cancel()
+      try:
+        await self._task
+      except (asyncio.CancelledError, Exception):  # pylint: disable=broad-except
+        pass
+    while self._items:
+      _, future = self._items.popleft()
+      if not future.done():
+        future.set_exception(ApiError(503, "the service is shutting down."))
+    self._task = None
+
+
+# ------------------------------------------------------------------------------------------------- uploads
+
+
+def decode_upload(data: bytes, size: int, max_pixels: int) -> np.ndarray:
+  """An uploaded image file -> uint8 [size, size, 3]: upright (EXIF), RGB (alpha over white, 16-bit scaled, as in
+  training data), the central square resized to `size`.
+
+  The format is sniffed from the content by Pillow and must be JPEG, PNG or WebP (else ApiError 415); the
+  dimensions are checked against `max_pixels` from the header, before decoding (413); the file is verified,
+  then decoded from scratch; any decoder failure is a 400.
+  """
+  kind = "uploaded"
+  try:
+    with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as img:
+      kind = img.format
+      width, height = img.size
+      if width * height > max_pixels:
+        raise ApiError(413, f"the image is {width}x{height} pixels, more than the limit of {max_pixels}.",
+                       {"width": width, "height": height, "max_pixels": max_pixels})
+      img.verify()
+  except ApiError:
+    raise
+  except UnidentifiedImageError:
+    raise ApiError(415, "the upload is not a JPEG, PNG or WebP image (judged by its content).") from None
+  except Image.DecompressionBombError as e:
+    raise ApiError(413, f"the image is too large to decode ({e}).") from None
+  except Exception as e:  # pylint: disable=broad-except  (a corrupt file: the client's problem)
+    raise ApiError(400, f"the {kind} image is corrupt or truncated ({type(e).__name__}: {e}).") from None
+  try:
+    with Image.open(io.BytesIO(data), formats=[kind]) as img:
+      img.draft("RGB", (2 * size, 2 * size))  # JPEG: decode at a reduced scale that is still >= 2x the output
+      img.load()
+      if img.getexif().get(0x0112, 1) != 1:
+        img = ImageOps.exif_transpose(img)
+      rgb = records_lib._to_rgb8(img, "the uploaded image")  # pylint: disable=protected-access  (training's rules)
+  except errors.UserError as e:
+    raise ApiError(400, str(e)) from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise ApiError(400, f"the {kind} image could not be decoded ({type(e).__name__}: {e}).") from None
+  square = ImageOps.fit(Image.fromarray(rgb), (size, size), method=Image.BICUBIC, centering=(0.5, 0.5))
+  return np.asarray(square, dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------------------- caption search
+
+
+class TfidfCaptionSearch:
+  """Word search over captions: scikit-learn's TfidfVectorizer (unigrams and bigrams, sublinear tf) over
+  texts.jsonl; an image scores as its best caption (cosine of the TF-IDF vectors).
+
+  Args:
+    texts: the export's texts.jsonl items, {"id", "image_id", "text"}.
+  """
+
+  def __init__(self, texts: Sequence[dict]):
+    from sklearn.feature_extraction.text import TfidfVectorizer  # pylint: disable=import-outside-toplevel
+    if not texts:
+      raise errors.DataError("TfidfCaptionSearch needs at least one caption.")
+    self._text_ids = np.asarray([int(t["id"]) for t in texts], np.int64)
+    self._texts = [str(t["text"]) for t in texts]
+    images = np.asarray([int(t["image_id"]) for t in texts], np.int64)
+    self._image_ids, self._image_of_text = np.unique(images, return_inverse=True)
+    self._vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, dtype=np.float32)
+    self._matrix = self._vectorizer.fit_transform(self._texts).tocsr()  # [captions, terms], rows L2-normalised
+
+  def search(self, query: str, k: int) -> list[dict[str, Any]]:
+    q = self._vectorizer.transform([query])  # [1, terms]
+    scores = np.asarray((self._matrix @ q.T).todense()).ravel()
+    hits = np.flatnonzero(scores > 0)
+    if not len(hits):
+      return []
+    best = np.full(len(self._image_ids), -1.0)
+    best_text = np.full(len(self._image_ids), -1, np.int64)
+    order = hits[np.argsort(scores[hits], kind="stable")]  # ascending: the last write per image is its best
+    best[self._image_of_text[order]] = scores[order]
+    best_text[self._image_of_text[order]] = order
+    top = np.argsort(-best, kind="stable")[:k]
+    return [{"image_id": int(self._image_ids[i]), "score": float(best[i]), "text_id": int(self._text_ids[best_text[i]]),
+             "text": self._texts[best_text[i]]} for i in top if best[i] > 0]
+
+
+def load_caption_search(export_dir: str):
+  """The caption database of an export: TF-IDF over texts.jsonl when it exists and scikit-learn is installed,
+  else None (the captions endpoint then answers 501)."""
+  if not os.path.exists(os.path.join(export_dir, "texts.jsonl")):
+    return None
+  if importlib.util.find_spec("sklearn") is None:
+    return None
+  texts = embedding_export.read_items(export_dir, "texts")
+  return TfidfCaptionSearch(texts) if texts else None
+
+
+# --------------------------------------------------------------------------------------------------- the app
+
+
+class TextQuery(pydantic.BaseModel):
+  """The body of POST /api/search/text and /api/search/captions."""
+  model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+  query: str
+  k: int | None = None
+
+
+def _image_url(item: dict) -> str:
+  return "/images/" + urllib.parse.quote(os.path.basename(str(item["file"])))
+
+
+def _content_type(request: Request) -> str:
+  return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _check_k(k: int | None, limits: ServiceLimits) -> int:
+  k = limits.default_k if k is None else k
+  if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= limits.max_k:
+    raise ApiError(400, f"k={k!r} is out of range: ask for 1 to {limits.max_k} results.",
+                   {"k": k, "max_k": limits.max_k})
+  return k
+
+
+def _check_query(query: str, limits: ServiceLimits) -> str:
+  if len(query) > limits.max_query_chars:
+    raise ApiError(400, f"the query is {len(query)} characters long; the limit is {limits.max_query_chars}.",
+                   {"length": len(query), "max_query_chars": limits.max_query_chars})
+  if not query.strip():
+    raise ApiError(400, "the query is empty.")
+  return query
+
+
+async def _text_query(request: Request, limits: ServiceLimits) -> tuple[str, int]:
+  """A JSON body -> (query, k), or the ApiError for a wrong content type (415), bad JSON or fields (400)."""
+  kind = _content_type(request)
+  if kind != "application/json" and not kind.endswith("+json"):
+    raise ApiError(415, f"send the query as JSON (Content-Type: application/json), not {kind or 'no type'!r}.")
+  body = await request.body()
+  try:
+    value = json.loads(body)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ApiError(400, f"malformed JSON body ({e}).") from None
+  try:
+    parsed = TextQuery.model_validate(value)
+  except pydantic.ValidationError as e:
+    raise ApiError(400, 'the body must be {"query": str, "k": int}: ' + "; ".join(
+        f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()),
+                   e.errors(include_url=False, include_context=False)) from None
+  return _check_query(parsed.query, limits), _check_k(parsed.k, limits)
+
+
+class _Guard:
+  """Pure ASGI middleware: body size limits (Content-Length before reading, then counted while the app reads)
+  and headers on every answer (nosniff; the page's content security policy)."""
+
+  def __init__(self, app, *, limit_for: Callable[[str], int]):
+    self.app, self.limit_for = app, limit_for
+
+  async def __call__(self, scope, receive, send):
+    if scope["type"] != "http":
+      await self.app(scope, receive, send)
+      return
+    limit = self.limit_for(scope["path"])
+
+    async def send_with_headers(message):
+      if message["type"] == "http.response.start":
+        headers = list(message.get("headers", []))
+        headers.append((b"x-content-type-options", b"nosniff"))
+        headers.append((b"content-security-policy", _PAGE_POLICY.encode()))
+        headers.append((b"referrer-policy", b"no-referrer"))
+        message = {**message, "headers": headers}
+      await send(message)
+
+    declared = dict(scope.get("headers", [])).get(b"content-length")
+    if declared is not None:
+      try:
+        too_big = int(declared) > limit
+      except ValueError:
+        await _error_response(400, f"bad Content-Length header {declared!r}.")(scope, receive, send_with_headers)
+        return
+      if too_big:
+        await _error_response(413, f"the request body is {int(declared)} bytes; the limit here is {limit}.",
+                              {"bytes": int(declared), "limit": limit})(scope, receive, send_with_headers)
+        return
+    seen = 0
+
+    async def counted_receive():
+      nonlocal seen
+      message = await receive()
+      if message["type"] == "http.request":
+        seen += len(message.get("body", b""))
+        if seen > limit:
+          raise ApiError(413, f"the request body is over the limit of {limit} bytes here.", {"limit": limit})
+      return message
+
+    await self.app(scope, counted_receive, send_with_headers)
+
+
+def create_app(index, encoders, *, limits: ServiceLimits = ServiceLimits(), captions=None) -> FastAPI:
+  """The service's FastAPI app over a loaded index and encoders (module docstring: endpoints and errors).
+
+  Args:
+    index: a SearchIndex (`serving/ann_index.py`): `.search(kind, queries float32 [n, D], k) -> (scores [n, k],
+      ids int64 [n, k])` for kind in `.kinds`, `.export_dir`, `.manifest`.
+    encoders: `.encode_texts(list[str])`, `.encode_images(uint8 [n, S, S, 3])` -> unit vectors float32 [n, D],
+      `.image_size` (S), `.max_len`, `.max_batch` (`serving/exported_encoder.py`).
+    limits: request limits and queue sizes.
+    captions: an optional caption database, `.search(query, k) -> [{"image_id", "score", ...}]`.
+
+  Raises:
+    errors.MissingError / DataError: the export lacks images.jsonl (or texts.jsonl for an index with texts), or
+      its item counts differ from the manifest's.
+  """
+  export_dir = str(index.export_dir)
+  manifest = dict(index.manifest)
+  kinds = tuple(index.kinds)
+  images_dir = os.path.realpath(os.path.join(export_dir, "images"))
+  image_items = {int(item["id"]): item for item in embedding_export.read_items(export_dir, "images")}
+  text_items = ({int(item["id"]): item for item in embedding_export.read_items(export_dir, "texts")}
+                if "texts" in kinds else {})
+  counts = {"images": len(image_items), "texts": len(text_items)}
+  for kind in kinds:
+    expected = manifest.get("kinds", {}).get(kind, {}).get("count")
+    if expected is not None and int(expected) != counts[kind]:
+      raise errors.DataError(f"{export_dir}/{kind}.jsonl has {counts[kind]} items but the manifest says "
+                             f"{expected}: the export is inconsistent; rerun `xmodal export`.")
+  encoder_lock = threading.Lock()
+  image_size = int(encoders.image_size)
+
+  def encode_texts(texts: list[str]) -> list[np.ndarray | ApiError]:
+    """One encoder call for the batch; a text the tokenizer refuses (errors.DataError, e.g. no words at all) gets
+    its own 400 and the batch is encoded again without it, so one bad query never fails its neighbours."""
+    try:
+      with encoder_lock:
+        vectors = np.asarray(encoders.encode_texts(texts), np.float32)
+    except errors.DataError as e:
+      if len(texts) == 1:
+        return [ApiError(400, f"the query cannot be encoded: {e}")]
+      return [out for text in texts for out in encode_texts([text])]
+    if vectors.ndim != 2 or len(vectors) != len(texts):
+      raise RuntimeError(f"encode_texts returned shape {vectors.shape} for {len(texts)} texts.")
+    return list(vectors)
+
+  def encode_image(image: np.ndarray) -> np.ndarray:
+    with encoder_lock:
+      return np.asarray(encoders.encode_images(image[None]), np.float32)[0]
+
+  batcher = MicroBatcher(encode_texts, max_batch=int(encoders.max_batch), max_wait_s=limits.batch_wait_ms / 1000,
+                         max_pending=limits.max_pending)
+  uploads_in_progress = 0
+
+  def limit_for(path: str) -> int:
+    return limits.max_upload_bytes + _MULTIPART_SLACK if path == "/api/search/image" else limits.max_json_bytes
+
+  async def lifespan(_):
+    yield
+    await batcher.close()
+
+  app = FastAPI(title="xmodal search", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                openapi_url="/api/openapi.json")  # no docs pages: they load scripts from a CDN
+  app.add_middleware(_Guard, limit_for=limit_for)
+  app.state.batcher, app.state.limits, app.state.captions = batcher, limits, captions
+
+  @app.exception_handler(ApiError)
+  async def _api_error(_, exc: ApiError):
+    return _error_response(exc.status, exc.message, exc.detail)
+
+  @app.exception_handler(RequestValidationError)
+  async def _invalid(_, exc: RequestValidationError):
+    problems = exc.errors()
+    message = "; ".join(f"{'.'.join(map(str, p.get('loc', ()))) or 'request'}: {p.get('msg')}" for p in problems)
+    return _error_response(400, f"invalid request: {message}",
+                           [{k: p[k] for k in ("loc", "msg", "type") if k in p} for p in problems])
+
+  @app.exception_handler(StarletteHTTPException)
+  async def _http_error(_, exc: StarletteHTTPException):
+    return _error_response(exc.status_code, str(exc.detail), None, getattr(exc, "headers", None))
+
+  @app.exception_handler(Exception)
+  async def _bug(_, exc: Exception):
+    return _error_response(500, f"internal error ({type(exc).__name__}); see the server's log.")
+
+  def need_kind(kind: str) -> None:
+    if kind not in kinds:
+      raise ApiError(404, f"this index has no {kind} vectors (it has {list(kinds)}); build it with {kind}.")
+
+  def image_result(image_id: int, score: float) -> dict[str, Any]:
+    item = image_items.get(int(image_id))
+    return {"image_id": int(image_id), "score": float(score), "image_url": _image_url(item) if item else None,
+            "captions": list(item.get("captions", [])) if item else []}
+
+  def caption_result(text_id: int, score: float) -> dict[str, Any]:
+    item = text_items.get(int(text_id), {})
+    image = image_items.get(int(item["image_id"])) if "image_id" in item else None
+    return {"text_id": int(text_id), "text": item.get("text"), "image_id": item.get("image_id"),
+            "score": float(score), "image_url": _image_url(image) if image else None}
+
+  async def nearest(kind: str, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+    k = min(k, counts[kind])
+    if k == 0:
+      return []
+    scores, ids = await run_in_threadpool(index.search, kind, np.asarray(vector, np.float32)[None], k)
+    return [(int(i), float(s)) for i, s in zip(np.asarray(ids)[0], np.asarray(scores)[0]) if i >= 0]
+
+  @app.get("/", include_in_schema=False)
+  async def page():
+    return FileResponse(os.path.join(WEB_DIR, "index.html"), media_type="text/html; charset=utf-8")
+
+  @app.get("/static/{name}", include_in_schema=False)
+  async def static(name: str):
+    if name not in _STATIC:
+      raise ApiError(404, f"no static file {name!r}.")
+    return FileResponse(os.path.join(WEB_DIR, name), media_type=_STATIC[name])
+
+  @app.get("/api/health")
+  async def health():
+    return {"status": "ok", "model_step": manifest.get("step", getattr(encoders, "step", None)),
+            "dim": manifest.get("dim", getattr(encoders, "dim", None)), "kinds": list(kinds), "counts": counts,
+            "image_size": image_size, "max_len": int(encoders.max_len), "max_batch": batcher.max_batch,
+            "caption_search": captions is not None, "pending_queries": batcher.pending,
+            "text_batches": batcher.batches, "text_queries": batcher.items,
+            "limits": dataclasses.asdict(limits)}
+
+  body_schema = {"requestBody": {"required": True,
+                                 "content": {"application/json": {"schema": TextQuery.model_json_schema()}}}}
+
+  @app.post("/api/search/text", openapi_extra=body_schema)
+  async def search_text(request: Request):
+    """Text -> the nearest images."""
+    start = time.perf_counter()
+    query, k = await _text_query(request, limits)
+    need_kind("images")
+    vector = await batcher.submit(query)
+    if isinstance(vector, ApiError):
+      raise vector
+    results = [image_result(i, s) for i, s in await nearest("images", vector, k)]
+    return {"query": query, "results": results, "took_ms": round(1000 * (time.perf_counter() - start), 3)}
+
+  @app.post("/api/search/captions", openapi_extra=body_schema)
+  async def search_captions(request: Request):
+    """Text -> images by word match on their captions (TF-IDF), when the index has a caption database."""
+    start = time.perf_counter()
+    query, k = await _text_query(request, limits)
+    if captions is None:
+      raise ApiError(501, _NO_CAPTIONS)
+    hits = await run_in_threadpool(captions.search, query, k)
+    results = []
+    for hit in hits[:k]:
+      result = image_result(hit["image_id"], hit["score"])
+      result.update({key: hit[key] for key in ("text", "text_id") if key in hit})
+      results.append(result)
+    return {"query": query, "results": results, "took_ms": round(1000 * (time.perf_counter() - start), 3)}
+
+  @app.post("/api/search/image")
+  async def search_image(request: Request, k: int | None = None, target: Literal["images", "captions"] = "images"):
+    """An uploaded image (multipart field `image`) -> similar images, or the captions nearest to it."""
+    nonlocal uploads_in_progress
+    start = time.perf_counter()
+    k = _check_k(k, limits)
+    need_kind("images" if target == "images" else "texts")
+    if _content_type(request) != "multipart/form-data":
+      raise ApiError(415, "upload the image as multipart/form-data with the file in the field 'image' "
+                     f"(curl -F image=@photo.jpg), not {_content_type(request) or 'no type'!r}.")
+    if uploads_in_progress >= limits.max_pending_uploads:
+      raise ApiError(503, f"{uploads_in_progress} image searches are in progress; retry shortly.")
+    uploads_in_progress += 1
+    try:
+      async with request.form(max_files=1, max_fields=4) as form:
+        upload = form.get("image")
+        if not isinstance(upload, UploadFile):
+          raise ApiError(400, "the multipart body has no file in the field 'image' (curl -F image=@photo.jpg).",
+                         {"fields": list(form.keys())})
+        data = await upload.read(limits.max_upload_bytes + 1)
+      if len(data) > limits.max_upload_bytes:
+        raise ApiError(413, f"the image file is over the limit of {limits.max_upload_bytes} bytes.",
+                       {"limit": limits.max_upload_bytes})
+      if not data:
+        raise ApiError(400, "the uploaded image file is empty.")
+      image = await run_in_threadpool(decode_upload, data, image_size, limits.max_image_pixels)
+      vector = await run_in_threadpool(encode_image, image)
+    finally:
+      uploads_in_progress -= 1
+    if target == "images":
+      results = [image_result(i, s) for i, s in await nearest("images", vector, k)]
+    else:
+      results = [caption_result(i, s) for i, s in await nearest("texts", vector, k)]
+    return {"target": target, "results": results, "took_ms": round(1000 * (time.perf_counter() - start), 3)}
+
+  @app.get("/images/{name:path}")
+  async def image_file(name: str):
+    """An exported image: a plain name (no folders, no dot files) of an image file that resolves inside
+    EXPORT/images/ (a symlink pointing elsewhere is refused)."""
+    not_found = ApiError(404, f"no image {name!r}.")
+    if (not name or "/" in name or "\\" in name or "\0" in name or name.startswith(".")
+        or os.path.splitext(name)[1].lower() not in IMAGE_TYPES):
+      raise not_found
+    path = os.path.realpath(os.path.join(images_dir, name))
+    if os.path.dirname(path) != images_dir or not os.path.isfile(path):
+      raise not_found
+    return FileResponse(path, media_type=IMAGE_TYPES[os.path.splitext(name)[1].lower()],
+                        headers={"cache-control": "public, max-age=3600"})
+
+  return app
+
+
+# ------------------------------------------------------------------------------------------------- serving
+
+
+def check_host(host: str, allow_remote: bool = False) -> None:
+  """Refuses (errors.ConfigError) to bind anything but a loopback address unless allow_remote."""
+  if allow_remote or host == "localhost":
+    return
+  try:
+    loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+  except ValueError:
+    loopback = False
+  if not loopback:
+    raise errors.ConfigError(
+        f"refusing to serve on {host!r}: it is not a loopback address, so anyone who can reach this machine could "
+        "query the index and read its images. Serve on 127.0.0.1 (the default) and reach it through an SSH "
+        "tunnel or a reverse proxy, or pass allow_remote=True (`--allow_remote`) to bind it anyway.")
+
+
+def open_socket(host: str = "127.0.0.1", port: int = 8000, *, allow_remote: bool = False) -> socket.socket:
+  """A bound TCP socket for uvicorn (port 0: a free one); refuses non-loopback hosts unless allow_remote."""
+  check_host(host, allow_remote)
+  family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+  sock = socket.socket(family, kind, proto)
+  sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+  try:
+    sock.bind(address)
+  except OSError as e:
+    sock.close()
+    raise errors.ConfigError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port.") from None
+  sock.set_inheritable(True)
+  return sock
+
+
+def socket_url(sock: socket.socket) -> str:
+  host, port = sock.getsockname()[:2]
+  return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def uvicorn_server(app: FastAPI, *, log_level: str = "info", access_log: bool = True):
+  """A uvicorn.Server for `app`: run it with `.run(sockets=[open_socket(...)])`, stop it with `.should_exit`."""
+  import uvicorn  # pylint: disable=import-outside-toplevel
+  return uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on",
+                                       timeout_graceful_shutdown=5, server_header=False))
+
+
+def serve(index_dir: str, host: str = "127.0.0.1", port: int = 8000, *, allow_remote: bool = False,
+          limits: ServiceLimits = ServiceLimits(), max_batch: int | None = None, log_level: str = "info") -> None:
+  """Serves the index in `index_dir` until interrupted (Ctrl-C); prints the URL first.
+
+  Args:
+    index_dir: a directory written by the index builder (`serving/ann_index.py`); its export's encoders are
+      loaded from `index.export_dir`.
+    host, port: where to listen; a host that is not loopback is refused unless `allow_remote`.
+    max_batch: the text encoder's largest batch (default: the encoders' own).
+  """
+  check_host(host, allow_remote)  # before loading anything
+  from xmodal_jax.serving import ann_index, exported_encoder  # pylint: disable=import-outside-toplevel
+  index = ann_index.load_search_index(index_dir)
+  encoders = exported_encoder.load_encoders(index.export_dir, **({"max_batch": max_batch} if max_batch else {}))
+  captions = load_caption_search(index.export_dir)
+  app = create_app(index, encoders, limits=limits, captions=captions)
+  sock = open_socket(host, port, allow_remote=allow_remote)
+  counts = ", ".join(f"{n} {kind}" for kind, n in
+                     ((kind, index.manifest.get("kinds", {}).get(kind, {}).get("count", "?")) for kind in index.kinds))
+  print(f"xmodal serve: {socket_url(sock)} ({counts}, model step {index.manifest.get('step')}; caption search "
+        f"{'on' if captions is not None else 'off'}). Ctrl-C stops.", flush=True)
+  uvicorn_server(app, log_level=log_level).run(sockets=[sock])
