@@ -18,4 +18,4 @@ if [ ! -f "$_xm_test_stamp" ]; then
   rm -f "$VIRTUAL_ENV"/.xmodal-testdeps-* && touch "$_xm_test_stamp"
   echo "[test] reference installed in $(( $(date +%s) - _xm_t0 ))s." >&2
 fi
-exec python -m pytest tests -q -p no:cacheprovider "$@"
+exec python -m pytest tests -q -p no:cacheprovider --durations=15 "$@"
