@@ -44,7 +44,8 @@ def _full_variables(task):
   return with_frozen(traverse_util.unflatten_dict(flat, sep="/"), task.frozen_params())
 
 
-@pytest.mark.parametrize("image_cut,text_cut", [("stage6", "layer_5"), ("pooled", "pooled"), ("head", "layer_1")])
+@pytest.mark.parametrize("image_cut,text_cut", [pytest.param("stage6", "layer_5", marks=pytest.mark.slow),
+                                                ("pooled", "pooled"), ("head", "layer_1")])
 def test_cached_activations_compose_to_the_raw_towers(tmp_path, image_cut, text_cut):
   task = _task(tmp_path, f"--config.model.image.cut={image_cut}", f"--config.model.text.cut={text_cut}")
   model, variables = task.model, _full_variables(task)
@@ -72,6 +73,7 @@ def test_frozen_and_trained_parts_split_at_the_cuts(tmp_path):
   assert any(k.startswith("text_tower/embeddings") for k in frozen) and any("stem_" in k for k in frozen)
 
 
+@pytest.mark.slow  # `bash launch/test.sh -m slow` (README "Development")
 def test_training_from_the_cache_reuses_and_rekeys_it(tmp_path):
   cache_root = os.environ["XMODAL_CACHE"]
   task = make_task(load_config(CONFIG), tmp_path / "run")
