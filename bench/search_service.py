@@ -80,7 +80,7 @@ def main() -> None:
   parser.add_argument("--k", type=int, default=10)
   args = parser.parse_args()
   sys.path.insert(0, REPO)
-  from xmodal_jax.serving import embedding_export  # pylint: disable=import-outside-toplevel
+  from xmodal_jax.serving import embedding_export, search_service  # pylint: disable=import-outside-toplevel
   out = args.out or f"/tmp/xmodal-bench-export-{os.path.basename(os.path.normpath(args.workdir))}-{args.split}"
   t0 = time.time()
   print(_xmodal("export", f"--workdir={args.workdir}", f"--out={out}", f"--split={args.split}").splitlines()[-1])
@@ -97,16 +97,8 @@ def main() -> None:
                              f"--port={port}"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   url = f"http://127.0.0.1:{port}"
   try:
-    deadline = time.time() + 180
-    while True:
-      try:
-        if httpx.get(f"{url}/api/health", timeout=5).status_code == 200:
-          break
-      except httpx.HTTPError:
-        pass
-      if server.poll() is not None or time.time() > deadline:
-        sys.exit("xmodal serve did not start")
-      time.sleep(0.5)
+    if not search_service.wait_until_serving(url, server):
+      sys.exit("xmodal serve did not start")
     latencies, failures, hits, seconds, calls = asyncio.run(
         _load(url, texts, args.requests, args.concurrency, args.k))
   finally:

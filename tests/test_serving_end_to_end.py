@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 from tests.helpers import REPO
 from xmodal_jax import tasks
 from xmodal_jax.serving import embedding_export as fmt
+from xmodal_jax.serving import search_service
 
 
 def _xmodal(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -45,17 +45,9 @@ def server(clip_tiny_run, tmp_path_factory):
                            f"--port={port}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env={**os.environ, "XLA_FLAGS": ""})
   url = f"http://127.0.0.1:{port}"
-  deadline = time.time() + 180
-  while True:
-    try:
-      if httpx.get(f"{url}/api/health", timeout=5).status_code == 200:
-        break
-    except httpx.HTTPError:
-      pass
-    if proc.poll() is not None or time.time() > deadline:
-      proc.kill()
-      pytest.fail(f"xmodal serve did not come up: {proc.stdout.read()[-3000:]}")
-    time.sleep(0.5)
+  if not search_service.wait_until_serving(url, proc):
+    proc.kill()
+    pytest.fail(f"xmodal serve did not come up: {proc.stdout.read()[-3000:]}")
   yield url, out, workdir
   proc.terminate()
   proc.wait(timeout=30)

@@ -667,6 +667,23 @@ def uvicorn_server(app: FastAPI, *, log_level: str = "info", access_log: bool = 
                                        timeout_graceful_shutdown=5, server_header=False))
 
 
+def wait_until_serving(url: str, process=None, timeout_s: float = 180.0) -> bool:
+  """Polls `url`/api/health until it answers 200 (True), `process` (a Popen running `xmodal serve`) exits, or
+  `timeout_s` passes (False). For scripts and tests that start the service as its own process."""
+  import urllib.error  # pylint: disable=import-outside-toplevel
+  import urllib.request  # pylint: disable=import-outside-toplevel
+  deadline = time.time() + timeout_s
+  while time.time() < deadline and (process is None or process.poll() is None):
+    try:
+      with urllib.request.urlopen(f"{url.rstrip('/')}/api/health", timeout=5) as answer:
+        if answer.status == 200:
+          return True
+    except (urllib.error.URLError, OSError):
+      pass
+    time.sleep(0.5)
+  return False
+
+
 def serve(index_dir: str, host: str = "127.0.0.1", port: int = 8000, *, allow_remote: bool = False,
           limits: ServiceLimits = ServiceLimits(), max_batch: int | None = None, log_level: str = "info") -> None:
   """Serves the index in `index_dir` until interrupted (Ctrl-C); prints the URL first.
