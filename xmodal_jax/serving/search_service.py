@@ -10,7 +10,8 @@ the status below. No pickle is read or written anywhere.
   GET  /api/health             model step, dim, counts, encoder sizes, whether caption search is on, queue depth
   POST /api/search/text        {"query": str, "k": int = 10} -> the images nearest to the text
   POST /api/search/image       multipart field `image` (JPEG, PNG or WebP), ?k=10&target=images|captions
-  POST /api/search/captions    {"query": str, "k": int = 10} -> images by word match on their captions (TF-IDF)
+  POST /api/search/captions    {"query": str, "k": int = 10, "attribute": str?} ?scoring=sum|cosine -> images by
+                               word match on their captions (TF-IDF); attribute / scoring: caption databases only
   GET  /images/<name>          an exported image (only files inside EXPORT/images/)
   GET  /api/openapi.json       the OpenAPI description of the above
 
@@ -37,7 +38,12 @@ concurrent requests share one jitted encoder call. All encoder calls (text batch
 
 Caption search: a `captions` object with `.search(query, k) -> [{"image_id", "score", "text"?, "text_id"?}]`.
 `load_caption_search(export_dir)` gives a TF-IDF one over texts.jsonl when scikit-learn is installed
-(`TfidfCaptionSearch`); S5's captions of generated text plug in the same way.
+(`TfidfCaptionSearch`, built on `caption_search.TfidfCaptionIndex`, scoring="cosine"). `serve(..., caption_db=DIR)`
+(`xmodal serve --caption_db=DIR`) uses S5's database of generated captions instead (`CaptionDatabaseSearch` over a
+`caption_search.CaptionDatabase` written by `xmodal caption --all`): the seed's "sum" TF-IDF scoring by default,
+`?scoring=cosine` on request, an optional `"attribute"` word in the body (only images with a caption that has it);
+its results add the image's other generated captions as "generated_captions". A captions object that takes these
+options says so with `.scorings` (the scorings it offers, the first the default); one without answers 400 to them.
 """
 from __future__ import annotations
 
@@ -68,7 +74,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xmodal_jax import errors
 from xmodal_jax.data import records as records_lib
-from xmodal_jax.serving import embedding_export
+from xmodal_jax.serving import caption_search, embedding_export
 
 WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
 _STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
@@ -77,7 +83,8 @@ UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP")  # what Pillow may sniff an upload as
 _MULTIPART_SLACK = 64 * 1024  # multipart boundaries and headers around the uploaded file
 _PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
                 "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-_NO_CAPTIONS = "no caption database in this index (S5 adds one)"
+_NO_CAPTIONS = ("no caption database in this index (S5: xmodal serve --caption_db=DIR, DIR written by `xmodal "
+                "caption --workdir=RUN --all`)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,38 +276,49 @@ def decode_upload(data: bytes, size: int, max_pixels: int) -> np.ndarray:
 
 
 class TfidfCaptionSearch:
-  """Word search over captions: scikit-learn's TfidfVectorizer (unigrams and bigrams, sublinear tf) over
-  texts.jsonl; an image scores as its best caption (cosine of the TF-IDF vectors).
+  """Word search over captions: `caption_search.TfidfCaptionIndex` with scoring="cosine" (scikit-learn's
+  TfidfVectorizer, unigrams and bigrams, sublinear tf) over texts.jsonl; an image scores as its best caption,
+  ties by ascending image id.
 
   Args:
     texts: the export's texts.jsonl items, {"id", "image_id", "text"}.
   """
 
   def __init__(self, texts: Sequence[dict]):
-    from sklearn.feature_extraction.text import TfidfVectorizer  # pylint: disable=import-outside-toplevel
     if not texts:
       raise errors.DataError("TfidfCaptionSearch needs at least one caption.")
     self._text_ids = np.asarray([int(t["id"]) for t in texts], np.int64)
-    self._texts = [str(t["text"]) for t in texts]
     images = np.asarray([int(t["image_id"]) for t in texts], np.int64)
-    self._image_ids, self._image_of_text = np.unique(images, return_inverse=True)
-    self._vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, dtype=np.float32)
-    self._matrix = self._vectorizer.fit_transform(self._texts).tocsr()  # [captions, terms], rows L2-normalised
+    image_ids, owner = np.unique(images, return_inverse=True)
+    self._index = caption_search.TfidfCaptionIndex([str(t["text"]) for t in texts], owner, "cosine",
+                                                   image_ids=image_ids)
 
   def search(self, query: str, k: int) -> list[dict[str, Any]]:
-    q = self._vectorizer.transform([query])  # [1, terms]
-    scores = np.asarray((self._matrix @ q.T).todense()).ravel()
-    hits = np.flatnonzero(scores > 0)
-    if not len(hits):
-      return []
-    best = np.full(len(self._image_ids), -1.0)
-    best_text = np.full(len(self._image_ids), -1, np.int64)
-    order = hits[np.argsort(scores[hits], kind="stable")]  # ascending: the last write per image is its best
-    best[self._image_of_text[order]] = scores[order]
-    best_text[self._image_of_text[order]] = order
-    top = np.argsort(-best, kind="stable")[:k]
-    return [{"image_id": int(self._image_ids[i]), "score": float(best[i]), "text_id": int(self._text_ids[best_text[i]]),
-             "text": self._texts[best_text[i]]} for i in top if best[i] > 0]
+    """The k best images: [{"image_id", "score", "text_id", "text"}], "text" the best-matching caption."""
+    return [{"image_id": hit["image_id"], "score": hit["score"], "text_id": int(self._text_ids[hit["caption_row"]]),
+             "text": hit["caption"]} for hit in self._index.search(query, k)]
+
+
+class CaptionDatabaseSearch:
+  """The service's caption search over S5's generated captions: a `caption_search.CaptionDatabase`.
+
+  `.search(query, k, attribute=None, scoring=None)` -> [{"image_id", "score", "text": the best-matching generated
+  caption, "text_id": its row in the database, "generated_captions": the image's other generated captions}].
+  """
+  scorings = caption_search.SCORINGS  # ("sum", "cosine"): "sum" the default
+
+  def __init__(self, db: caption_search.CaptionDatabase):
+    self.db = db
+
+  def search(self, query: str, k: int, attribute: str | None = None, scoring: str | None = None) -> list[dict]:
+    hits = self.db.search(query, k, attribute, scoring or self.scorings[0])
+    return [{"image_id": hit["image_id"], "score": hit["score"], "text": hit["caption"], "text_id": hit["caption_row"],
+             "generated_captions": hit["captions"]} for hit in hits]
+
+
+def load_caption_db_search(directory: str) -> CaptionDatabaseSearch:
+  """`CaptionDatabaseSearch` over the caption database in `directory` (errors name the file and the fix)."""
+  return CaptionDatabaseSearch(caption_search.CaptionDatabase.load(directory))
 
 
 def load_caption_search(export_dir: str):
@@ -318,10 +336,16 @@ def load_caption_search(export_dir: str):
 
 
 class TextQuery(pydantic.BaseModel):
-  """The body of POST /api/search/text and /api/search/captions."""
+  """The body of POST /api/search/text."""
   model_config = pydantic.ConfigDict(extra="forbid", strict=True)
   query: str
   k: int | None = None
+
+
+class CaptionQuery(TextQuery):
+  """The body of POST /api/search/captions: a text query, and optionally an attribute word the image's generated
+  captions must have (caption databases only)."""
+  attribute: str | None = None
 
 
 def _image_url(item: dict) -> str:
@@ -349,8 +373,9 @@ def _check_query(query: str, limits: ServiceLimits) -> str:
   return query
 
 
-async def _text_query(request: Request, limits: ServiceLimits) -> tuple[str, int]:
-  """A JSON body -> (query, k), or the ApiError for a wrong content type (415), bad JSON or fields (400)."""
+async def _text_query(request: Request, limits: ServiceLimits, model: type[TextQuery] = TextQuery):
+  """A JSON body -> (query, k) (and the parsed body with `model` other than TextQuery), or the ApiError for a wrong
+  content type (415), bad JSON or fields (400)."""
   kind = _content_type(request)
   if kind != "application/json" and not kind.endswith("+json"):
     raise ApiError(415, f"send the query as JSON (Content-Type: application/json), not {kind or 'no type'!r}.")
@@ -360,12 +385,14 @@ async def _text_query(request: Request, limits: ServiceLimits) -> tuple[str, int
   except (ValueError, UnicodeDecodeError) as e:
     raise ApiError(400, f"malformed JSON body ({e}).") from None
   try:
-    parsed = TextQuery.model_validate(value)
+    parsed = model.model_validate(value)
   except pydantic.ValidationError as e:
-    raise ApiError(400, 'the body must be {"query": str, "k": int}: ' + "; ".join(
+    shape = '{"query": str, "k": int, "attribute": str}' if model is CaptionQuery else '{"query": str, "k": int}'
+    raise ApiError(400, f"the body must be {shape}: " + "; ".join(
         f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()),
                    e.errors(include_url=False, include_context=False)) from None
-  return _check_query(parsed.query, limits), _check_k(parsed.k, limits)
+  query, k = _check_query(parsed.query, limits), _check_k(parsed.k, limits)
+  return (query, k) if model is TextQuery else (query, k, parsed)
 
 
 class _Guard:
@@ -555,20 +582,39 @@ def create_app(index, encoders, *, limits: ServiceLimits = ServiceLimits(), capt
     results = [image_result(i, s) for i, s in await nearest("images", vector, k)]
     return {"query": query, "results": results, "took_ms": round(1000 * (time.perf_counter() - start), 3)}
 
-  @app.post("/api/search/captions", openapi_extra=body_schema)
-  async def search_captions(request: Request):
-    """Text -> images by word match on their captions (TF-IDF), when the index has a caption database."""
+  caption_schema = {"requestBody": {"required": True,
+                                    "content": {"application/json": {"schema": CaptionQuery.model_json_schema()}}}}
+
+  @app.post("/api/search/captions", openapi_extra=caption_schema)
+  async def search_captions(request: Request, scoring: str | None = None):
+    """Text -> images by word match on their captions (TF-IDF), when the service has a caption database;
+    ?scoring=sum|cosine and the body's "attribute" with a database of generated captions (`--caption_db`)."""
     start = time.perf_counter()
-    query, k = await _text_query(request, limits)
+    query, k, body = await _text_query(request, limits, CaptionQuery)
     if captions is None:
       raise ApiError(501, _NO_CAPTIONS)
-    hits = await run_in_threadpool(captions.search, query, k)
+    offered = tuple(getattr(captions, "scorings", ()))
+    options = {name: value for name, value in (("attribute", body.attribute), ("scoring", scoring))
+               if value is not None}
+    if options and not offered:
+      raise ApiError(400, f"{' and '.join(options)} need a caption database of generated captions (xmodal serve "
+                     "--caption_db=DIR); this service searches the export's captions.", {"options": list(options)})
+    if scoring is not None and scoring not in offered:
+      raise ApiError(400, f"scoring={scoring!r} is not a caption scoring; use one of {list(offered)}.",
+                     {"scoring": scoring, "scorings": list(offered)})
+    try:
+      hits = await run_in_threadpool(captions.search, query, k, **options)
+    except errors.UserError as e:  # e.g. an attribute that is not one word
+      raise ApiError(400, str(e)) from None
     results = []
     for hit in hits[:k]:
       result = image_result(hit["image_id"], hit["score"])
-      result.update({key: hit[key] for key in ("text", "text_id") if key in hit})
+      result.update({key: hit[key] for key in ("text", "text_id", "generated_captions") if key in hit})
       results.append(result)
-    return {"query": query, "results": results, "took_ms": round(1000 * (time.perf_counter() - start), 3)}
+    out = {"query": query, "results": results, "took_ms": round(1000 * (time.perf_counter() - start), 3)}
+    if offered:
+      out.update(scoring=scoring or offered[0], attribute=body.attribute)
+    return out
 
   @app.post("/api/search/image")
   async def search_image(request: Request, k: int | None = None, target: Literal["images", "captions"] = "images"):
@@ -684,8 +730,17 @@ def wait_until_serving(url: str, process=None, timeout_s: float = 180.0) -> bool
   return False
 
 
+def _caption_mode(captions, caption_db: str | None) -> str:
+  if captions is None:
+    return "off"
+  if caption_db:
+    return f"on: {captions.db.num_images} images' generated captions from {caption_db}"
+  return "on"
+
+
 def serve(index_dir: str, host: str = "127.0.0.1", port: int = 8000, *, allow_remote: bool = False,
-          limits: ServiceLimits = ServiceLimits(), max_batch: int | None = None, log_level: str = "info") -> None:
+          limits: ServiceLimits = ServiceLimits(), max_batch: int | None = None, log_level: str = "info",
+          caption_db: str | None = None) -> None:
   """Serves the index in `index_dir` until interrupted (Ctrl-C); prints the URL first.
 
   Args:
@@ -693,16 +748,19 @@ def serve(index_dir: str, host: str = "127.0.0.1", port: int = 8000, *, allow_re
       loaded from `index.export_dir`.
     host, port: where to listen; a host that is not loopback is refused unless `allow_remote`.
     max_batch: the text encoder's largest batch (default: the encoders' own).
+    caption_db: a caption database directory (`xmodal caption --all`) for /api/search/captions, instead of the
+      export's texts.
   """
   check_host(host, allow_remote)  # before loading anything
   from xmodal_jax.serving import ann_index, exported_encoder  # pylint: disable=import-outside-toplevel
+  db_search = load_caption_db_search(caption_db) if caption_db else None  # a bad directory fails before the rest
   index = ann_index.load_search_index(index_dir)
   encoders = exported_encoder.load_encoders(index.export_dir, **({"max_batch": max_batch} if max_batch else {}))
-  captions = load_caption_search(index.export_dir)
+  captions = db_search if db_search is not None else load_caption_search(index.export_dir)
   app = create_app(index, encoders, limits=limits, captions=captions)
   sock = open_socket(host, port, allow_remote=allow_remote)
   counts = ", ".join(f"{n} {kind}" for kind, n in
                      ((kind, index.manifest.get("kinds", {}).get(kind, {}).get("count", "?")) for kind in index.kinds))
   print(f"xmodal serve: {socket_url(sock)} ({counts}, model step {index.manifest.get('step')}; caption search "
-        f"{'on' if captions is not None else 'off'}). Ctrl-C stops.", flush=True)
+        f"{_caption_mode(captions, caption_db)}). Ctrl-C stops.", flush=True)
   uvicorn_server(app, log_level=log_level).run(sockets=[sock])
