@@ -84,7 +84,8 @@ class ResNetEncoder(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, images: jnp.ndarray, *, deterministic: bool = True) -> jnp.ndarray:
+    del deterministic  # no dropout: the image encoders' common call (models/captioner.py)
     if self.block not in BLOCKS:
       raise ValueError(f"ResNetEncoder: block={self.block!r}; use one of {sorted(BLOCKS)}.")
     if len(self.stage_widths) != len(self.blocks_per_stage):

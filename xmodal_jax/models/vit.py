@@ -7,8 +7,10 @@ class token -> + position embeddings (learned, or fixed 2-D sin-cos as in big_vi
   "cls":  the class token's output (ViT, CLIP);
   "gap":  the mean over patch tokens;
   "map":  multihead attention pooling with a learned probe (big_vision's MAPHead, Lee et al. 2019's PMA):
-          y = MHA(probe, tokens); y = y + MLP(LN(y)).
-Output: [batch, width]. Projection into a joint space is the caller's (models/two_tower.py).
+          y = MHA(probe, tokens); y = y + MLP(LN(y));
+  "none": no pooling: every patch token [batch, num_patches, width] (a captioner's cross-attention context).
+Output: [batch, width] (pooled) or [batch, num_patches, width] ("none"). Projection into a joint space is the
+caller's (models/two_tower.py).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from xmodal_jax.models.attention import MultiHeadAttention
 from xmodal_jax.models.transformer import MlpBlock, Transformer, layer_norm
 
 Dtype = Any
-POOLS = ("cls", "gap", "map")
+POOLS = ("cls", "gap", "map", "none")
 POSEMBS = ("learn", "sincos2d")
 _partitioned = nn.with_logical_partitioning
 
@@ -130,4 +132,6 @@ class ViT(nn.Module):
       return x[:, 0]
     if self.pool == "gap":
       return jnp.mean(x, axis=1)
+    if self.pool == "none":
+      return x
     return MAPHead(self.num_heads, mlp_dim, self.layer_norm_eps, self.activation, name="map_head", **common)(x)
