@@ -58,3 +58,29 @@ def clip_tiny_run(tmp_path_factory):
   config = load_config("configs/clip/clip_shapes.py:tiny", "--config.mesh.shape=(2,4)")
   results = trainer.train_and_evaluate(tasks.create(config, workdir))
   return config, workdir, results
+
+
+@pytest.fixture(scope="session")
+def s5_tiny_runs(clip_tiny_run, tmp_path_factory):
+  """S5 end to end at tiny size on a 2x4 mesh: the tiny clip run as reward and scorers, an MLE captioner, a reward
+  model with a grammar head and attribute negatives, and an SCST fine-tune under it: {name: (config, workdir,
+  results)}. Shared by tests/test_captioning.py and tests/test_caption_cli.py; read-only."""
+  from tests.helpers import load_config
+  from xmodal_jax import tasks
+  from xmodal_jax.train import trainer
+  _, clip_dir, _ = clip_tiny_run
+  root = tmp_path_factory.mktemp("s5")
+  scorers = [f"--config.scorers.{name}={clip_dir}" for name in ("judge", "clip")]
+  runs = {}
+
+  def train(name, config_path, *overrides):
+    workdir = str(root / name)
+    config = load_config(config_path, "--config.mesh.shape=(2,4)", *overrides)
+    runs[name] = (config, workdir, trainer.train_and_evaluate(tasks.create(config, workdir)))
+
+  train("mle", "configs/captioning/captioner_shapes.py:tiny", f"--config.reward.workdir={clip_dir}", *scorers)
+  train("reward", "configs/captioning/reward_shapes.py:tiny", f"--config.init_from={clip_dir}")
+  train("scst", "configs/captioning/captioner_shapes.py:tiny_scst", f"--config.init_from={root / 'mle'}",
+        f"--config.reward.workdir={root / 'reward'}", *scorers, f"--config.scorers.grammar={root / 'reward'}",
+        "--config.scst.samples=2", "--config.scst.baseline=leave_one_out")
+  return runs

@@ -11,7 +11,7 @@ functions sharded over the mesh; it returns flat metrics {name: float}, logged a
 
 Types: "retrieval" (evaluation/retrieval_evaluator.py), "classification" (evaluation/classification.py),
 "label_ranking" (evaluation/label_ranking.py), "zero_shot" (evaluation/zero_shot.py: CLIP-style classification by
-embedded class prompts); a project may register more with `register` (S1 does, in tasks/s1/evaluators.py).
+embedded class prompts), "captioning" (evaluation/captioning.py: caption metrics, CLIP-S under scorer models); a project may register more with `register` (S1 does, in tasks/s1/evaluators.py).
 Built-in types are imported on first use.
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ _BUILTIN = {
     "classification": "xmodal_jax.evaluation.classification",
     "label_ranking": "xmodal_jax.evaluation.label_ranking",
     "zero_shot": "xmodal_jax.evaluation.zero_shot",
+    "captioning": "xmodal_jax.evaluation.captioning",
 }
 _REGISTRY: dict[str, type["Evaluator"]] = {}
 

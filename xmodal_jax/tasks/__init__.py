@@ -1,4 +1,4 @@
-"""The systems, one folder per project (retrieval/, clip/, s1/, ...): config.task (a name) -> Task class, and the
+"""The systems, one folder per project (retrieval/, clip/, s1/, captioning/, ...): config.task (a name) -> Task class, and the
 pipeline jobs (stages that do not train). Imports are lazy so one system's dependencies do not load others.
 
 Nothing under `xmodal_jax/train`, `models`, `objectives`, `data` or `evaluation` imports this package: the
@@ -17,6 +17,8 @@ _TASKS = {
     "vsepp": "xmodal_jax.tasks.retrieval.vsepp:VSEPPTask",
     "dual_encoder": "xmodal_jax.tasks.retrieval.dual_encoder:DualEncoderTask",
     "clip": "xmodal_jax.tasks.clip.clip:ClipTask",
+    "captioning": "xmodal_jax.tasks.captioning.captioner:CaptioningTask",
+    "s5_reward_model": "xmodal_jax.tasks.captioning.reward_model:RewardModelTask",
     "s1_text_generator": "xmodal_jax.tasks.s1.text_generator:TextGeneratorTask",
     "s1_text_embedding": "xmodal_jax.tasks.s1.text_embedding:TextEmbeddingTask",
     "s1_pixel_embedding": "xmodal_jax.tasks.s1.pixel_embedding:PixelEmbeddingTask",

@@ -1,0 +1,40 @@
+r"""The two-tower models of S5 on the shapes world: the SCST reward model and an independent judge.
+
+  xmodal train --config=configs/captioning/clip_shapes.py:reward --workdir=workdirs/s5_shapes_clip
+  xmodal train --config=configs/captioning/clip_shapes.py:judge --workdir=workdirs/s5_shapes_judge
+
+"reward": configs/clip/clip_shapes.py (CLIP, InfoNCE, ViT width 128 depth 3, text width 128 depth 2), 1,000 steps.
+"judge": another seed, another loss (SigLIP's sigmoid) and other towers (ViT patch 16 width 96 depth 4, a
+bidirectional text tower of width 96, mean-pooled), so the captioner's CLIP-S under it is not the score it was
+trained on. Both share the captioner's data (the default shapes world).
+Expected: README "S5 captioning" lists their retrieval figures.
+"""
+import ml_collections
+
+from xmodal_jax.config_files import load_beside
+
+clip_common = load_beside(__file__, "../clip/common.py")
+clip_shapes = load_beside(__file__, "../clip/clip_shapes.py")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  if arg in ("reward", "tiny"):
+    config = clip_shapes.get_config("tiny" if arg == "tiny" else None)
+    if arg == "reward":
+      config.train.num_steps = 1_000
+    return config
+  if arg in ("judge", "tiny_judge"):
+    config = clip_shapes.get_config("tiny" if arg == "tiny_judge" else None)
+    config.seed = 1
+    config.loss = clip_common.loss_config("sigmoid")
+    config.model.update(embed_dim=96)
+    config.model.image.update(patch_size=16, width=96, depth=4, num_heads=4)
+    config.model.text.update(width=96, depth=2, num_heads=4, causal=False, pool="mean")
+    if arg == "judge":
+      config.train.num_steps = 1_000
+    else:
+      config.model.update(embed_dim=16)
+      config.model.image.update(width=16, depth=1, num_heads=2)
+      config.model.text.update(width=16, depth=1, num_heads=2)
+    return config
+  raise ValueError(f"configs/captioning/clip_shapes.py: variant {arg!r}; use reward, judge, tiny or tiny_judge.")

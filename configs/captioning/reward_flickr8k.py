@@ -1,0 +1,25 @@
+r"""S5's reward model on Flickr8k: the CLIP reward run's text side fine-tuned with a grammar head and / or colour and
+background negatives (tasks/captioning/reward_model.py).
+
+  xmodal train --config=configs/captioning/reward_flickr8k.py:grammar --workdir=workdirs/s5_flickr8k_reward_grammar
+  xmodal train --config=configs/captioning/reward_flickr8k.py:grammar_attribute \
+      --workdir=workdirs/s5_flickr8k_reward_grammar_attribute
+(after configs/captioning/clip_flickr8k.py:reward into workdirs/s5_flickr8k_clip).
+"""
+import ml_collections
+
+from xmodal_jax.config_files import load_beside
+
+common = load_beside(__file__, "common.py")
+clip_flickr8k = load_beside(__file__, "clip_flickr8k.py")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = clip_flickr8k.get_config("reward")
+  config.task = "s5_reward_model"
+  config.init_from = "workdirs/s5_flickr8k_clip"
+  config.reward_training = common.reward_training(arg)
+  config.train.update(num_steps=400, checkpoint_every=200)
+  config.optimizer.update(learning_rate=2e-4, warmup_steps=50)
+  config.evals = clip_flickr8k.clip_common.evals(("val",), every=200, zero_shot=False)
+  return config

@@ -1,0 +1,29 @@
+r"""S5's reward model on the shapes world: the CLIP reward run's text side fine-tuned with a grammar head and / or
+attribute-specific negatives (tasks/captioning/reward_model.py).
+
+  xmodal train --config=configs/captioning/reward_shapes.py:grammar --workdir=workdirs/s5_shapes_reward_grammar
+  xmodal train --config=configs/captioning/reward_shapes.py:grammar_attribute \
+      --workdir=workdirs/s5_shapes_reward_grammar_attribute
+(after configs/captioning/clip_shapes.py:reward into workdirs/s5_shapes_clip; --config.init_from names another run).
+Variants: grammar | attribute | grammar_attribute, and tiny (tests: from the tiny clip run in config.init_from).
+Expected: README "S5 captioning" (grammar accuracy on held-out corruptions, retrieval kept).
+"""
+import ml_collections
+
+from xmodal_jax.config_files import load_beside
+
+common = load_beside(__file__, "common.py")
+clip_shapes = load_beside(__file__, "clip_shapes.py")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  tiny = arg == "tiny"
+  config = clip_shapes.get_config("tiny" if tiny else "reward")
+  config.task = "s5_reward_model"
+  config.init_from = "workdirs/s5_shapes_clip"
+  config.reward_training = common.reward_training("grammar_attribute" if tiny else arg)
+  config.train.update(num_steps=4 if tiny else 400, checkpoint_every=2 if tiny else 200)
+  config.optimizer.update(learning_rate=2e-4, warmup_steps=1 if tiny else 50)
+  config.evals = clip_shapes.clip_common.evals(("val",), every=2 if tiny else 200, zero_shot=False,
+                                               batch_size=32 if tiny else 500)
+  return config

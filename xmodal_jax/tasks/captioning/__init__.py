@@ -1,0 +1,2 @@
+"""S5: image captioning by MLE then self-critical RL under a contrastive reward (captioner.py), the reward model's
+grammar head and attribute negatives (reward_model.py), and the two-tower scorers both use (scorers.py)."""
