@@ -12,6 +12,12 @@ r"""The `xmodal` command line.
                                                         embeddings of a split + the encoders (StableHLO) for serving
   xmodal index --export=DIR [--out=DIR/index] [--method=auto|exact|ivf|hnsw]   nearest-neighbour index (faiss)
   xmodal serve --index=DIR [--host=127.0.0.1] [--port=8000]   HTTP JSON search API and a web page
+          [--caption_db=DIR]                            /api/search/captions over an S5 caption database
+  xmodal caption --workdir=RUN IMAGE [IMAGE ...]        (a captioning run) "path<TAB>caption" per image (--json)
+          [--decode=greedy|beam|sample] [--beam_size=N] [--captions_per_image=N]   (default: the run's config.decode)
+  xmodal caption --workdir=RUN --all [--split=val]      caption a split of the run's data -> RUN/caption_db
+  xmodal search --workdir=RUN "QUERY" [--by=caption|embedding] [--k=10] [--attribute=WORD] [--scoring=sum|cosine]
+          [--image=PATH instead of QUERY] [--json]      images of RUN/caption_db by their generated captions
 
 Multi-stage configs (S1: `pipeline` + `stages`) run their stages in order in WORKDIR/<stage>; finished stages
 are skipped, so the same command resumes; `--stages=a,b` runs only those.
@@ -39,7 +45,9 @@ from ml_collections import config_flags
 
 from xmodal_jax import errors
 
-COMMANDS = ("train", "eval", "prepare", "classify", "convert-weights", "export", "index", "serve")
+COMMANDS = ("train", "eval", "prepare", "classify", "convert-weights", "export", "index", "serve", "caption", "search")
+_POSITIONAL = ("classify", "convert-weights", "caption", "search")  # the commands that take arguments besides flags
+SEARCH_BY = ("caption", "embedding")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).", lock_config=True)
@@ -61,7 +69,8 @@ flags.DEFINE_bool("skip_bad", False, "prepare: skip (and count) bad records inst
 flags.DEFINE_float("max_bad_fraction", 0.01, "prepare with --skip_bad: fail if more than this fraction is bad.")
 flags.DEFINE_bool("allow_outside_paths", False, "prepare: allow image paths outside the dataset folder.")
 flags.DEFINE_list("stages", None, "train/eval of a pipeline config: only these stages.")
-flags.DEFINE_bool("json", False, "classify: print one JSON object per image instead of text.")
+flags.DEFINE_bool("json", False, "classify / caption: print one JSON object per image instead of text; search: one "
+                  "JSON object with the results.")
 flags.DEFINE_integer("top_queries", 5, "classify: p(q | x) (normalised over all K queries) of the N most probable "
                      "queries per image (0: none).", lower_bound=0)
 flags.DEFINE_bool("all_queries", False, "classify: p(q | x) of every query (K per image, most probable first).")
@@ -76,13 +85,33 @@ flags.DEFINE_integer("shard_size", 1000, "export: rows per embedding shard (the 
 flags.DEFINE_enum("export_dtype", "float32", ["float32", "float16"], "export: dtype of the stored vectors.")
 flags.DEFINE_bool("export_encoders", True, "export: also write the encoders as StableHLO (DIR/encoder/).")
 flags.DEFINE_bool("overwrite", False, "export: replace an export of other inputs in --out.")
-flags.DEFINE_integer("batch_size", 256, "export: encoding batch size.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 256, "export / caption: encoding (captioning) batch size.", lower_bound=1)
 flags.DEFINE_string("export", None, "index: an export directory written by `xmodal export`.")
 flags.DEFINE_enum("method", "auto", ["auto", "exact", "ivf", "hnsw"], "index: the nearest-neighbour method.")
 flags.DEFINE_string("index", None, "serve: an index directory written by `xmodal index`.")
 flags.DEFINE_string("host", "127.0.0.1", "serve: address to bind (loopback unless --allow_remote).")
 flags.DEFINE_integer("port", 8000, "serve: TCP port.", lower_bound=0, upper_bound=65535)
 flags.DEFINE_bool("allow_remote", False, "serve: allow binding a non-loopback --host.")
+flags.DEFINE_string("caption_db", None, "serve: answer /api/search/captions from this caption database (written by "
+                    "`xmodal caption --all`) instead of the export's texts; caption --all / search: the database "
+                    "directory (default WORKDIR/caption_db).")
+flags.DEFINE_bool("all", False, "caption: every image of --split (default val) of the run's data source, written to "
+                  "WORKDIR/caption_db (CaptionDatabase) for `xmodal search` and `xmodal serve --caption_db`.")
+flags.DEFINE_integer("captions_per_image", 1, "caption: captions per image; N > 1: the first by the decode method, "
+                     "the other N-1 sampled at temperature 1 (beam search keeps only its best beam).", lower_bound=1)
+flags.DEFINE_enum("decode", None, ["greedy", "beam", "sample"], "caption / search --image: the decoding method "
+                  "(default: the run's config.decode.method).")
+flags.DEFINE_integer("beam_size", None, "caption / search --image: the beam width of --decode=beam (default: the "
+                     "run's config.decode.beam_size).", lower_bound=1)
+flags.DEFINE_enum("by", "caption", list(SEARCH_BY), "search: rank images by their generated captions (caption: "
+                  "TF-IDF word match) or by the reward model's image embeddings (embedding: the query embedded by its "
+                  "text tower).")
+flags.DEFINE_integer("k", 10, "search: the number of images to show.", lower_bound=1)
+flags.DEFINE_string("attribute", None, "search: only images with a generated caption that has this word.")
+flags.DEFINE_enum("scoring", "sum", ["sum", "cosine"], "search --by=caption: summed TF-IDF weights of the query's "
+                  "words (sum, the seed's) or the cosine of TF-IDF vectors (cosine).")
+flags.DEFINE_string("image", None, "search: query by this image file instead of a text: it is captioned by the run, "
+                    "then its caption is the query.")
 flags.DEFINE_bool("verbose_checkpointing", False, "Show orbax's INFO logs (hidden by default: very chatty).")
 flags.DEFINE_bool("verbose", False, "Print the Python traceback of errors that are yours to fix, too.")
 flags.DEFINE_bool("allow_config_change", False, "train: resume although fields that change shapes or data "
@@ -142,7 +171,7 @@ def main(argv: list[str]) -> None:
 
 
 def _run_command(argv: list[str]) -> int:
-  if len(argv) < 2 or argv[1] not in COMMANDS or (len(argv) > 2 and argv[1] not in ("classify", "convert-weights")):
+  if len(argv) < 2 or argv[1] not in COMMANDS or (len(argv) > 2 and argv[1] not in _POSITIONAL):
     raise app.UsageError(f"usage: xmodal {{{'|'.join(COMMANDS)}}} --config=configs/X.py --workdir=DIR "
                          f"(got {' '.join(argv[1:]) or 'no command'})", exitcode=errors.EXIT_USAGE)
   if not FLAGS.verbose_checkpointing:
@@ -151,6 +180,10 @@ def _run_command(argv: list[str]) -> int:
     return _classify(argv[2:])
   if argv[1] == "convert-weights":
     return _convert_weights(argv[2:])
+  if argv[1] == "caption":
+    return _caption(argv[2:])
+  if argv[1] == "search":
+    return _search(argv[2:])
   if argv[1] in ("export", "index", "serve"):
     return _serving_command(argv[1])
   if argv[1] == "prepare":
@@ -315,6 +348,135 @@ def _print_pairwise(names: list[str], similarity) -> None:
     print(f"[{i}] " + " ".join(f"{float(v):.4f}" for v in row) + f"  {name}")
 
 
+def _caption_db_dir() -> str:
+  return FLAGS.caption_db or os.path.join(FLAGS.workdir, "caption_db")
+
+
+def _read_image_files(paths: list[str], data_config) -> tuple[list[str], list, int]:
+  """(readable paths, their uint8 images, how many could not be read); each unreadable one reported on stderr."""
+  from xmodal_jax.tasks.captioning import image_captioner  # pylint: disable=import-outside-toplevel
+  names, images, failed = [], [], 0
+  for path in paths:
+    try:
+      images.append(image_captioner.load_image_file(path, data_config))
+      names.append(path)
+    except errors.UserError as e:
+      failed += 1
+      print(f"xmodal: error: {e}", file=sys.stderr)
+  return names, images, failed
+
+
+def _caption(paths: list[str]) -> int:
+  """`xmodal caption`: image files -> one line (or JSON object) per image; `--all`: a split -> the caption database."""
+  if not FLAGS.workdir or bool(paths) == bool(FLAGS.all):
+    raise app.UsageError("usage: xmodal caption --workdir=RUN IMAGE [IMAGE ...]  or  xmodal caption --workdir=RUN "
+                         "--all [--split=val]  (RUN: a captioning run)", exitcode=errors.EXIT_USAGE)
+  if FLAGS.split and len(FLAGS.split) != 1:
+    raise app.UsageError(f"caption --all takes one --split (got {','.join(FLAGS.split)}).", exitcode=errors.EXIT_USAGE)
+  from xmodal_jax.tasks.captioning import image_captioner  # pylint: disable=import-outside-toplevel
+  config = image_captioner.read_captioning_config(FLAGS.workdir, "caption")  # before loading anything
+  names, images, failed = _read_image_files(paths, config.data) if paths else ([], [], 0)
+  if paths and not names:
+    print(f"xmodal: none of the {len(paths)} image(s) could be read (see above).", file=sys.stderr)
+    return errors.EXIT_ERROR
+  captioner = image_captioner.ImageCaptioner.from_workdir(FLAGS.workdir, which=FLAGS.checkpoint)
+  options = captioner.decode_options(FLAGS.decode, FLAGS.beam_size)
+  if FLAGS.all:
+    split = (FLAGS.split or ["val"])[0]
+    db = captioner.build_database(split, options, captions_per_image=FLAGS.captions_per_image,
+                                  batch_size=FLAGS.batch_size)
+    out = _caption_db_dir()
+    db.save(out)
+    embeddings = (f"image embeddings {list(db.image_embeddings.shape)} and caption embeddings "
+                  f"{list(db.caption_embeddings.shape)} from {db.meta['embed_workdir']}"
+                  if db.image_embeddings is not None else "no embeddings (the run's config.reward.workdir is empty)")
+    print(f"Captioned {db.num_images} images of {split} ({db.num_captions} captions, {options.method} decoding, step "
+          f"{captioner.step}) -> {out}; {embeddings}. Next: xmodal search --workdir={FLAGS.workdir} \"a query\"")
+    return errors.EXIT_OK
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  captions = captioner.caption(np.stack(images), options, captions_per_image=FLAGS.captions_per_image,
+                               batch_size=FLAGS.batch_size)
+  for path, caps in zip(names, captions):
+    if FLAGS.json:
+      print(json.dumps({"image": path, "caption": caps[0], "captions": caps, "step": captioner.step,
+                        "decode": options.method}))
+    else:
+      print("\t".join([path, *caps]))
+  if failed:
+    print(f"xmodal: {failed} of {len(paths)} image(s) could not be read (see above).", file=sys.stderr)
+    return errors.EXIT_ERROR
+  return errors.EXIT_OK
+
+
+def _search(words: list[str]) -> int:
+  """`xmodal search`: the images of a caption database ranked for a text query, or for an image's caption."""
+  query = " ".join(words).strip()
+  if not (FLAGS.workdir or FLAGS.caption_db) or bool(query) == bool(FLAGS.image):
+    raise app.UsageError('usage: xmodal search --workdir=RUN "QUERY" [--by=caption|embedding] [--k=10] '
+                         "[--attribute=WORD] [--scoring=sum|cosine]  (or --image=PATH instead of QUERY)",
+                         exitcode=errors.EXIT_USAGE)
+  if FLAGS.image and not FLAGS.workdir:
+    raise app.UsageError("search --image needs --workdir=RUN: the run captions the image.", exitcode=errors.EXIT_USAGE)
+  from xmodal_jax.serving import caption_search  # pylint: disable=import-outside-toplevel
+  from xmodal_jax.tasks.captioning import image_captioner  # pylint: disable=import-outside-toplevel
+  config = image_captioner.read_captioning_config(FLAGS.workdir, "search") if FLAGS.workdir else None
+  image = None
+  if FLAGS.image:  # read before loading anything
+    names, images, _ = _read_image_files([FLAGS.image], config.data)
+    if not names:
+      return errors.EXIT_ERROR
+    image = images[0]
+  directory = _caption_db_dir()
+  if not os.path.exists(os.path.join(directory, caption_search.META_FILE)):
+    run = FLAGS.workdir or "RUN"
+    raise errors.MissingError(f"{directory} holds no caption database: run `xmodal caption --workdir={run} --all` "
+                              "first (it captions the run's val split and writes it).")
+  db = caption_search.CaptionDatabase.load(directory)
+  embed_workdir = db.meta.get("embed_workdir")
+  if FLAGS.by == "embedding" and (db.image_embeddings is None or not embed_workdir):
+    raise errors.MissingError(f"{directory} has no image embeddings (config.reward.workdir of "
+                              f"{db.meta.get('workdir', 'the run')} was empty when it was built): search with "
+                              "--by=caption, or set config.reward.workdir and rerun `xmodal caption --all`.")
+  generated = None
+  if image is not None:
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    captioner = image_captioner.ImageCaptioner.from_workdir(FLAGS.workdir, which=FLAGS.checkpoint)
+    generated = captioner.caption(np.stack([image]), captioner.decode_options(FLAGS.decode, FLAGS.beam_size))[0][0]
+    query = generated
+    if not FLAGS.json:
+      print(f"{FLAGS.image}: generated caption {generated!r}")
+  if FLAGS.by == "caption":
+    hits = db.search(query, FLAGS.k, FLAGS.attribute, FLAGS.scoring) if query.strip() else []
+  else:
+    vector = image_captioner.embed_query(embed_workdir, query)
+    hits = db.search_by_embedding(vector, FLAGS.k, FLAGS.attribute)
+  _print_search(db, query, hits, generated)
+  return errors.EXIT_OK
+
+
+def _print_search(db, query: str, hits: list[dict], generated: str | None) -> None:
+  if FLAGS.json:
+    out = {"query": query, "by": FLAGS.by, "scoring": FLAGS.scoring if FLAGS.by == "caption" else "cosine",
+           "attribute": FLAGS.attribute, "results": hits}
+    if FLAGS.image:
+      out.update(image=FLAGS.image, generated_caption=generated)
+    print(json.dumps(out))
+    return
+  if not hits:
+    why = ""
+    if FLAGS.by == "caption" and query.strip():
+      unknown = db.index(FLAGS.scoring).unknown_words(query)
+      why = f"; words no generated caption has: {', '.join(unknown)}" if unknown else ""
+    where = f" with the attribute {FLAGS.attribute!r}" if FLAGS.attribute else ""
+    print(f"No image matches {query!r}{where}{why}.")
+    return
+  for rank, hit in enumerate(hits, 1):
+    name = f" ({hit['image']})" if hit["image"] else ""
+    print(f"{rank:>3}. {hit['score']:.4f}  image {hit['image_id']}{name}: {hit['caption']}")
+    if hit["captions"]:
+      print("       also: " + " | ".join(hit["captions"]))
+
+
 def _serving_command(command: str) -> int:
   if command == "export":
     if not FLAGS.workdir or not FLAGS.out:
@@ -348,7 +510,8 @@ def _serving_command(command: str) -> int:
     raise app.UsageError("usage: xmodal serve --index=DIR [--host=127.0.0.1] [--port=8000]",
                          exitcode=errors.EXIT_USAGE)
   from xmodal_jax.serving import search_service
-  search_service.serve(FLAGS.index, host=FLAGS.host, port=FLAGS.port, allow_remote=FLAGS.allow_remote)
+  search_service.serve(FLAGS.index, host=FLAGS.host, port=FLAGS.port, allow_remote=FLAGS.allow_remote,
+                       caption_db=FLAGS.caption_db)
   return errors.EXIT_OK
 
 

@@ -23,7 +23,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.init_from = "workdirs/s5_shapes_clip"
   config.reward_training = common.reward_training("grammar_attribute" if tiny else arg)
   config.train.update(num_steps=4 if tiny else 400, checkpoint_every=2 if tiny else 200)
-  config.optimizer.update(learning_rate=2e-4, warmup_steps=1 if tiny else 50)
+  # The new grammar head learns 10x faster than the fine-tuned text side.
+  config.optimizer.update(learning_rate=2e-4, groups=(("grammar_head/.*", 10.0),), warmup_steps=1 if tiny else 50)
   config.evals = clip_shapes.clip_common.evals(("val",), every=2 if tiny else 200, zero_shot=False,
                                                batch_size=32 if tiny else 500)
   return config

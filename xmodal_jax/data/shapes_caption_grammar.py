@@ -27,6 +27,12 @@ _SHAPES, _SIZES = frozenset(sw.SHAPES), frozenset(sw.SIZES)
 _COLORS = frozenset(_COLOR_NAMES)
 
 
+# "," and ":" are optional: the library's tokenizers drop punctuation (data/text.normalize_caption), so a captioner
+# trained on these captions writes them without it ("three shapes a small green cross a ...").
+_COMMA = "(?: ,)? "
+_COLON = "(?: :)?"
+
+
 def _words(caption: str) -> list[str]:
   """Word tokens: lower-cased, split on whitespace ("," and ":" are tokens of their own, as the generator writes
   them: "a red circle , a blue square")."""
@@ -54,7 +60,7 @@ def _noun_phrase(with_size: bool, strict_articles: bool) -> str:
 
 def _join(part: str, k: int) -> str:
   """k parts as `shapes_world._join` writes them: "P", "P and P", "P , P and P", ..."""
-  return part if k == 1 else " , ".join([part] * (k - 1)) + f" and {part}"
+  return part if k == 1 else _COMMA.join([part] * (k - 1)) + f" and {part}"
 
 
 @functools.lru_cache(maxsize=2)
@@ -88,7 +94,8 @@ def _counted(k: int, noun_phrase: str, position: str) -> str:
   """ "three shapes : a small green cross , ..."; a lone object also gets its position."""
   count, plural = sw._COUNT_WORDS[k - 1], "s" if k > 1 else ""
   noun = f"(?:shape|object){plural}"
-  head = f"(?:{count} {noun} :|there {'is' if k == 1 else 'are'} {count} {noun} :|{count} {noun} , namely)"
+  head = (f"(?:{count} {noun}{_COLON}|there {'is' if k == 1 else 'are'} {count} {noun}{_COLON}|"
+          f"{count} {noun}{_COMMA}namely)")
   return f"{head} {_join(noun_phrase + (f' {position}' if k == 1 else ''), k)}"
 
 
@@ -96,7 +103,7 @@ def _related(k: int, noun_phrase: str, relation: str) -> str:
   """ "a red circle is left of a blue square , which is above a green cross" (k >= 2 objects)."""
   first = (f"(?:{noun_phrase} is {relation} {noun_phrase}|there is {noun_phrase} {relation} {noun_phrase}|"
            f"{noun_phrase} {relation} {noun_phrase})")
-  return first + f" , which is {relation} {noun_phrase}" * (k - 2)
+  return first + f"{_COMMA}which is {relation} {noun_phrase}" * (k - 2)
 
 
 def _one_object(noun_phrase: str, position: str, suffix: str) -> list[str]:
@@ -111,8 +118,8 @@ def _one_object(noun_phrase: str, position: str, suffix: str) -> list[str]:
 def parses(caption: str, *, strict_articles: bool = True) -> bool:
   """Whether `caption` is a sentence of the shapes world caption grammar (see the module docstring).
 
-  Words are compared lower-cased and whitespace is collapsed; "," and ":" must be separate tokens, as the
-  generator writes them, and there is no final full stop.
+  Words are compared lower-cased and whitespace is collapsed; "," and ":" are optional, but where present must be
+  separate tokens, as the generator writes them; there is no final full stop.
 
   Args:
     caption: the caption.

@@ -36,7 +36,6 @@ from absl import logging
 
 from xmodal_jax import errors, tasks
 from xmodal_jax.data import prepared, preprocess, records
-from xmodal_jax.data.text import normalize_caption
 from xmodal_jax.serving import caption_search
 from xmodal_jax.tasks.captioning import scorers
 from xmodal_jax.tasks.captioning.captioner import DECODE_METHODS, DecodeOptions
@@ -208,27 +207,12 @@ class ImageCaptioner:
 
 def embed_texts(scorer: scorers.Scorer, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
   """float32 [n, D] text embeddings under `scorer`; a text without a word (an empty caption) gets a zero row."""
-  texts = list(texts)
-  has_words = np.asarray([_has_words(t) for t in texts], bool)
-  kept = [t for t, ok in zip(texts, has_words) if ok] or ["a"]  # none has a word: one probe text for the width
-  embedded = scorer.embed_captions(kept, batch_size)
-  out = np.zeros((len(texts), embedded.shape[1]), np.float32)
-  if has_words.any():
-    out[has_words] = embedded
-  return out
-
-
-def _has_words(text: str) -> bool:
-  """Whether the tokenizers' normalisation leaves anything of `text` (they refuse an empty text)."""
-  try:
-    return bool(normalize_caption(text))
-  except ValueError:
-    return False
+  return scorer.embed_captions(list(texts), batch_size)
 
 
 def embed_query(workdir: str, query: str, mesh_shape: Sequence[int] = (-1, 1)) -> np.ndarray:
   """A text query -> float32 [D] under the two-tower run in `workdir` (the caption database's embed model)."""
-  if not _has_words(query):
+  if not scorers.has_words(query):
     raise errors.DataError(f"the query {query!r} has no words to embed; give a text such as 'a red circle'.")
   scorer = scorers.load_scorer(workdir, "the caption database's embed model (meta.embed_workdir)",
                                mesh_shape=tuple(mesh_shape))

@@ -32,7 +32,7 @@ from xmodal_jax.data import caption_corruption, tokenizers
 from xmodal_jax.data.iterator import EpochBatchIterator
 from xmodal_jax.models.grammar_head import GrammarHead
 from xmodal_jax.tasks.clip.clip import ClipTask, build_model
-from xmodal_jax.tasks.captioning.scorers import same_tokenizer
+from xmodal_jax.tasks.captioning.scorers import has_words, same_tokenizer
 
 _FROZEN = ("image_tower", "image_proj")
 
@@ -119,13 +119,15 @@ class RewardModelTask(ClipTask):
         negatives, _ = caption_corruption.corrupt_batch([flat[r] for r in rows], seed=int(keys[0]),
                                                         forbidden=forbidden)
         valid = np.asarray([n is not None for n in negatives])
-        tokens, mask = self.tokenizer.encode_batch([n or "" for n in negatives], max_len)
+        # No corruption (rare: e.g. a one-word caption): the caption itself as a placeholder, masked out.
+        tokens, mask = self.tokenizer.encode_batch([n or flat[r] for n, r in zip(negatives, rows)], max_len)
         batch.update(negative_tokens=tokens, negative_mask=mask, negative_valid=valid & mask.any(axis=1))
       if rt.attribute:
-        texts = [stripped.get(int(r), "") for r in rows]
-        tokens, mask = self.tokenizer.encode_batch(texts, max_len)
-        batch.update(stripped_tokens=tokens, stripped_mask=mask,
-                     stripped_valid=np.asarray([bool(t) for t in texts]) & mask.any(axis=1))
+        texts = [stripped.get(int(r)) for r in rows]
+        valid = np.asarray([t is not None and has_words(t) for t in texts])
+        tokens, mask = self.tokenizer.encode_batch([t if ok else flat[r] for t, ok, r in zip(texts, valid, rows)],
+                                                   max_len)
+        batch.update(stripped_tokens=tokens, stripped_mask=mask, stripped_valid=valid & mask.any(axis=1))
       return batch
 
     return EpochBatchIterator(len(data), cfg.train.batch_size, load, seed=cfg.seed, process_index=process_index,

@@ -18,6 +18,7 @@ import numpy as np
 
 from xmodal_jax import errors
 from xmodal_jax.data import sources
+from xmodal_jax.data.text import normalize_caption
 from xmodal_jax.train.inference import LoadedModel
 
 SCORER_TASKS = ("clip", "s5_reward_model")
@@ -79,15 +80,34 @@ class Scorer:
       out.append(np.asarray(self.loaded.predict("embed_image", {"images": images}, batch_size), np.float32))
     return np.concatenate(out)
 
+  def _encode(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens, mask [n, max_len], has_words bool [n]); a caption without a word (an empty generated caption)
+    is encoded as a placeholder (the tokenizers refuse empty text) and flagged."""
+    keep = np.asarray([has_words(c) for c in captions], bool)
+    tokens, mask = self.tokenizer.encode_batch([c if ok else "a" for c, ok in zip(captions, keep)], self.max_len)
+    return tokens, mask, keep
+
   def embed_captions(self, captions: Sequence[str], batch_size: int = 512) -> np.ndarray:
-    tokens, mask = self.tokenizer.encode_batch(list(captions), self.max_len)
-    return np.asarray(self.loaded.predict("embed_text", {"tokens": tokens, "mask": mask}, batch_size), np.float32)
+    """Caption strings -> float32 [n, D]; an empty caption gets a zero row."""
+    tokens, mask, keep = self._encode(list(captions))
+    out = np.asarray(self.loaded.predict("embed_text", {"tokens": tokens, "mask": mask}, batch_size), np.float32)
+    return np.where(keep[:, None], out, 0.0).astype(np.float32)
 
   def grammar(self, captions: Sequence[str], batch_size: int = 512) -> np.ndarray | None:
+    """g(c) in [0, 1] [n] (0 for an empty caption), or None when the model has no grammar head."""
     if not self.has_grammar:
       return None
-    tokens, mask = self.tokenizer.encode_batch(list(captions), self.max_len)
-    return np.asarray(self.loaded.predict("grammar_score", {"tokens": tokens, "mask": mask}, batch_size), np.float32)
+    tokens, mask, keep = self._encode(list(captions))
+    out = np.asarray(self.loaded.predict("grammar_score", {"tokens": tokens, "mask": mask}, batch_size), np.float32)
+    return np.where(keep, out, 0.0).astype(np.float32)
+
+
+def has_words(text: str) -> bool:
+  """Whether the tokenizers' normalisation leaves anything of `text` (they refuse an empty text)."""
+  try:
+    return bool(normalize_caption(text))
+  except ValueError:
+    return False
 
 
 @functools.lru_cache(maxsize=8)
