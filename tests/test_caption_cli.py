@@ -89,6 +89,7 @@ def captioned(runs, image_files):
 # ---------------------------------------------------------------------------------------------- caption
 
 
+@pytest.mark.slow  # uses the tiny S5 runs (tests/conftest.py)
 def test_caption_image_files_text_and_json(runs, image_files, captioned):
   _, mle = runs
   paths, corrupt = image_files
@@ -109,6 +110,7 @@ def test_caption_image_files_text_and_json(runs, image_files, captioned):
   assert len(beam) == 1 and beam[0]["decode"] == "beam" and isinstance(beam[0]["caption"], str)
 
 
+@pytest.mark.slow  # uses the tiny S5 runs (tests/conftest.py)
 def test_caption_errors(runs, image_files):
   clip, mle = runs
   paths, corrupt = image_files
@@ -118,6 +120,7 @@ def test_caption_errors(runs, image_files):
   _fails(_xmodal("caption", f"--workdir={mle}", "--decode=nucleus", paths[0]), "--decode", "greedy|beam|sample")
 
 
+@pytest.mark.slow  # uses the tiny S5 runs (tests/conftest.py)
 def test_caption_all_writes_the_caption_database(runs, caption_db, s5_tiny_runs, num_val):
   clip, mle = runs
   out, db = caption_db
@@ -145,6 +148,7 @@ def _search(mle, *args):
   return json.loads(_ok(_xmodal("search", f"--workdir={mle}", "--json", *args)))
 
 
+@pytest.mark.slow  # uses the tiny S5 runs (tests/conftest.py)
 def test_search_by_caption_finds_the_image_of_a_generated_caption(runs, caption_db, num_val):
   _, mle = runs
   _, db = caption_db
@@ -176,6 +180,7 @@ def test_search_by_caption_finds_the_image_of_a_generated_caption(runs, caption_
       _xmodal("search", f"--workdir={mle}", "zebra"))
 
 
+@pytest.mark.slow  # uses the tiny S5 runs (tests/conftest.py)
 def test_search_by_embedding(runs, caption_db):
   clip, mle = runs
   _, db = caption_db
@@ -189,6 +194,7 @@ def test_search_by_embedding(runs, caption_db):
   assert [h["caption"] for h in body["results"]] == [h["caption"] for h in expected]
 
 
+@pytest.mark.slow  # uses the tiny S5 runs (tests/conftest.py)
 def test_search_by_image(runs, caption_db, image_files, captioned):
   _, mle = runs
   _, db = caption_db
@@ -202,6 +208,7 @@ def test_search_by_image(runs, caption_db, image_files, captioned):
                     for rank, hit in enumerate(expected, 1)]
 
 
+@pytest.mark.slow  # uses the tiny S5 runs (tests/conftest.py)
 def test_search_errors(runs, caption_db, image_files, tmp_path):
   clip, mle = runs
   paths, corrupt = image_files
