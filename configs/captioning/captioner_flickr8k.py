@@ -32,14 +32,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.reward.workdir = "workdirs/s5_flickr8k_clip"    # its tokenizer is the captioner's
   config.scorers.update(judge="workdirs/s5_flickr8k_judge", clip="workdirs/s5_flickr8k_clip",
                         grammar="workdirs/s5_flickr8k_reward_grammar")
-  config.train.update(batch_size=64, num_steps=3_000, checkpoint_every=1_000)
+  config.train.update(batch_size=64, num_steps=2_000, checkpoint_every=500)
   config.optimizer.update(learning_rate=5e-4)
   config.evals = common.evals(("val",), every=1_000, best_metric="cider_d")
   config.checkpoint.final_from = "best"
   if arg in _REWARDS:
-    common.scst(config, init_from="workdirs/s5_flickr8k_mle", reward=_REWARDS[arg], num_steps=300, learning_rate=3e-5)
-    config.train.checkpoint_every = 150
-    config.evals = common.evals(("val",), every=150)
+    common.scst(config, init_from="workdirs/s5_flickr8k_mle", reward=_REWARDS[arg], num_steps=200, learning_rate=3e-5)
+    config.train.checkpoint_every = 100
+    config.evals = common.evals(("val",), every=0)  # at the end
     config.checkpoint.final_from = "latest"
   elif arg not in (None, ""):
     raise ValueError(f"configs/captioning/captioner_flickr8k.py: unknown variant {arg!r}; use '', scst, scst_grammar "

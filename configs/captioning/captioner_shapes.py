@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg in _REWARDS:
     common.scst(config, init_from="workdirs/s5_shapes_mle", reward=_REWARDS[arg], num_steps=400, learning_rate=5e-5)
     config.train.checkpoint_every = 200
-    config.evals = common.evals(("val", "test"), every=200)
+    config.evals = common.evals(("val", "test"), every=0)  # at the end
   elif arg in ("tiny", "tiny_scst"):
     config.data.update(num_train=256, num_val=64, num_test=64)  # the sizes of the tiny clip runs (scorers)
     config.model.encoder.cnn.update(stage_widths=(8, 16), blocks_per_stage=(1, 1), stem_width=8, norm_groups=4)

@@ -27,4 +27,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.update(learning_rate=2e-4, groups=(("grammar_head/.*", 10.0),), warmup_steps=1 if tiny else 50)
   config.evals = clip_shapes.clip_common.evals(("val",), every=2 if tiny else 200, zero_shot=False,
                                                batch_size=32 if tiny else 500)
+  config.evals.reward_val = common.evaluator_config("s5_reward_model", split="val", batch_size=32 if tiny else 500)
   return config

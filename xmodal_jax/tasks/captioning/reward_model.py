@@ -30,7 +30,9 @@ import optax
 from xmodal_jax import errors, fileio
 from xmodal_jax.data import caption_corruption, tokenizers
 from xmodal_jax.data.iterator import EpochBatchIterator
+from xmodal_jax.evaluation.evaluator import EvalData
 from xmodal_jax.models.grammar_head import GrammarHead
+from xmodal_jax.tasks.captioning import evaluators  # pylint: disable=unused-import  (registers "s5_reward_model")
 from xmodal_jax.tasks.clip.clip import ClipTask, build_model
 from xmodal_jax.tasks.captioning.scorers import has_words, same_tokenizer
 
@@ -169,6 +171,29 @@ class RewardModelTask(ClipTask):
       metrics.update(attribute_loss=attr, attribute_accuracy=jnp.sum((margin > 0) * valid) / jnp.maximum(
           jnp.sum(valid), 1.0), attribute_rows=jnp.mean(valid))
     return loss, metrics
+
+  # ---- evaluation data
+  def make_eval_data(self, split: str) -> EvalData:
+    """The retrieval data, plus held-out grammar pairs (each caption of the split and one corruption of it, drawn
+    with a fixed seed; never equal to a train caption) and attribute pairs (tasks/captioning/evaluators.py)."""
+    data = super().make_eval_data(split)
+    captions = [c for caps in self.split(split).captions for c in caps]
+    owner = np.repeat(np.arange(len(self.split(split))), [len(c) for c in self.split(split).captions])
+    max_len = int(self.config.data.max_len)
+    forbidden = frozenset(c for caps in self.split("train").captions for c in caps)
+    negatives, _ = caption_corruption.corrupt_batch(captions, seed=12345, forbidden=forbidden)
+    negatives = [n for n in negatives if n is not None and has_words(n)]
+    tokens, mask = self.tokenizer.encode_batch(captions + negatives, max_len)
+    data.extras.update(grammar_inputs={"tokens": tokens, "mask": mask},
+                       grammar_labels=np.r_[np.ones(len(captions), int), np.zeros(len(negatives), int)])
+    pairs = [(i, s) for i, s in caption_corruption.attribute_pairs(captions) if has_words(s)]
+    if pairs:
+      rows = np.asarray([i for i, _ in pairs])
+      pos, pos_mask = self.tokenizer.encode_batch([captions[i] for i in rows], max_len)
+      neg, neg_mask = self.tokenizer.encode_batch([s for _, s in pairs], max_len)
+      data.extras.update(attribute_pos={"tokens": pos, "mask": pos_mask},
+                         attribute_neg={"tokens": neg, "mask": neg_mask}, attribute_image=owner[rows])
+    return data
 
   # ---- predict functions
   def grammar_score(self, variables, tokens, mask):
