@@ -51,7 +51,18 @@ CONFIG_FILES = ("configs/retrieval/vsepp_shapes.py", "configs/retrieval/vsepp_sh
                 "configs/s1/flickr8k.py",
                 "configs/clip/clip_shapes.py", "configs/clip/clip_shapes.py:tiny", "configs/clip/clip_flickr8k.py",
                 "configs/clip/clip_flickr8k.py:tiny", "configs/clip/siglip_flickr8k.py", "configs/clip/clip_vitb16.py",
-                "configs/clip/clip_vitb16.py:tiny")
+                "configs/clip/clip_vitb16.py:tiny",
+                "configs/captioning/clip_shapes.py:reward", "configs/captioning/clip_shapes.py:judge",
+                "configs/captioning/clip_shapes.py:tiny", "configs/captioning/clip_flickr8k.py:reward",
+                "configs/captioning/clip_flickr8k.py:judge", "configs/captioning/reward_shapes.py:grammar",
+                "configs/captioning/reward_shapes.py:grammar_attribute", "configs/captioning/reward_shapes.py:tiny",
+                "configs/captioning/reward_flickr8k.py:grammar", "configs/captioning/reward_flickr8k.py:grammar_attribute",
+                "configs/captioning/captioner_shapes.py", "configs/captioning/captioner_shapes.py:scst",
+                "configs/captioning/captioner_shapes.py:scst_grammar", "configs/captioning/captioner_shapes.py:scst_attribute",
+                "configs/captioning/captioner_shapes.py:tiny", "configs/captioning/captioner_shapes.py:tiny_scst",
+                "configs/captioning/captioner_flickr8k.py", "configs/captioning/captioner_flickr8k.py:scst",
+                "configs/captioning/captioner_flickr8k.py:scst_grammar",
+                "configs/captioning/captioner_flickr8k.py:scst_attribute")
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES)
