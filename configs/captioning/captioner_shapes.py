@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.update(batch_size=128, num_steps=1_000, checkpoint_every=500)  # ~4 epochs: sized for a 2-core CPU
   config.evals = common.evals(("val", "test"), every=500)
   if arg in _REWARDS:
-    common.scst(config, init_from="workdirs/s5_shapes_mle", reward=_REWARDS[arg], num_steps=200, learning_rate=1e-4)
+    common.scst(config, init_from="workdirs/s5_shapes_mle", reward=_REWARDS[arg], num_steps=150, learning_rate=1e-4)
     config.train.checkpoint_every = 200
     config.evals = common.evals(("val", "test"), every=0)  # at the end
   elif arg in ("tiny", "tiny_scst"):
