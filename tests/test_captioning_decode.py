@@ -16,9 +16,11 @@ from tests.helpers import load_config
 _CONFIG = "configs/captioning/captioner_shapes.py"
 
 
-def _task(decoder: str, tmp_path) -> tuple[CaptioningTask, dict]:
+def _task(decoder: str, tmp_path, encoder: str = "cnn") -> tuple[CaptioningTask, dict]:
   config = load_config(f"{_CONFIG}:tiny")
   config.model.decoder.kind = decoder
+  config.model.encoder.kind = encoder
+  config.model.encoder.vit.update(width=16, depth=1, num_heads=2, patch_size=16)
   config.model.decoder.dropout_rate = 0.0
   config.data.max_len = 7
   task = CaptioningTask(config, str(tmp_path))
@@ -90,6 +92,15 @@ def test_decoded_rows_end_with_eos_then_padding(task_and_vars):
     if len(ends):
       assert np.all(row[ends[0] + 1:] == PAD)
     assert not np.any(row[:ends[0] if len(ends) else len(row)] == PAD)
+
+
+def test_vit_encoder_gives_patch_tokens_and_cached_greedy_equals_recomputing(tmp_path):
+  """The seed's transformer variant: ViT patch tokens (64 px / patch 16 = 16 tokens) as the decoder's context."""
+  task, variables = _task("transformer", tmp_path, encoder="vit")
+  context = _context(task, variables, n=2)
+  assert context.shape == (2, 16, task.config.model.decoder.width)
+  run = jax.jit(lambda v, c, cached: task.decode(v, c, DecodeOptions("greedy"), cached=cached), static_argnums=2)
+  np.testing.assert_array_equal(run(variables, context, True), run(variables, context, False))
 
 
 def test_sampling_and_beam_search_stop_at_eos_on_a_scripted_decoder():
