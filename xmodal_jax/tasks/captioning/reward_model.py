@@ -120,9 +120,11 @@ class RewardModelTask(ClipTask):
       if rt.grammar:
         negatives, _ = caption_corruption.corrupt_batch([flat[r] for r in rows], seed=int(keys[0]),
                                                         forbidden=forbidden)
-        valid = np.asarray([n is not None for n in negatives])
-        # No corruption (rare: e.g. a one-word caption): the caption itself as a placeholder, masked out.
-        tokens, mask = self.tokenizer.encode_batch([n or flat[r] for n, r in zip(negatives, rows)], max_len)
+        # No corruption, or one with no word left (e.g. "." of "a dog ."): the caption itself as a placeholder,
+        # masked out.
+        valid = np.asarray([n is not None and has_words(n) for n in negatives])
+        tokens, mask = self.tokenizer.encode_batch([n if ok else flat[r] for n, ok, r in zip(negatives, valid, rows)],
+                                                   max_len)
         batch.update(negative_tokens=tokens, negative_mask=mask, negative_valid=valid & mask.any(axis=1))
       if rt.attribute:
         texts = [stripped.get(int(r)) for r in rows]
