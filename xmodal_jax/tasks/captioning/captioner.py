@@ -267,12 +267,13 @@ class CaptioningTask(ImageTextTask):
   def train_iterator(self, *, process_index: int, process_count: int) -> EpochBatchIterator:
     cfg = self.config
     data, toks = self.split("train"), self.tokens("train")
-    cached = self._uses_cache()
+    # Built here, before any loader thread runs (building inside `load` would race between threads).
+    cache = self._features_cache() if self._uses_cache() else None
     reward_emb = self.reward_image_embeddings() if self.objective == "scst" else None
 
     def load(indices, keys):
-      if cached:
-        batch = {"features": self._features_cache().read("train", indices)}
+      if cache is not None:
+        batch = {"features": cache.read("train", indices)}
       else:
         batch = {"images": data.load_images(indices, int(cfg.data.image_size), keys=keys, flip=bool(cfg.data.flip))}
       if self.objective == "mle":
