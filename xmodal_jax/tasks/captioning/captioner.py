@@ -261,7 +261,7 @@ class CaptioningTask(ImageTextTask):
   def reward_image_embeddings(self) -> np.ndarray:
     """The reward model's embeddings of every train image (centre crops at its own size), computed once."""
     if self._reward_image_emb is None:
-      self._reward_image_emb = self._reward.embed_images(self.split("train"))
+      self._reward_image_emb = self._reward.embed_images(self.split("train"), self.config.data)
     return self._reward_image_emb
 
   def train_iterator(self, *, process_index: int, process_count: int) -> EpochBatchIterator:

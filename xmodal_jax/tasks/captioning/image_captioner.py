@@ -190,7 +190,7 @@ class ImageCaptioner:
     if scorer is not None:
       logging.info("caption --all: embedding %d images and %d captions with %s", n,
                    sum(len(c) for c in captions), scorer.workdir)
-      image_emb = scorer.embed_images(data, batch_size=batch_size)
+      image_emb = scorer.embed_images(data, self.config.data, batch_size=batch_size)
       caption_emb = embed_texts(scorer, [c for cs in captions for c in cs], batch_size=batch_size)
     meta = {"workdir": self.workdir, "step": self.step, "split": split, "source": str(self.config.data.source),
             "decode": dataclasses.asdict(options), "captions_per_image": int(captions_per_image),

@@ -22,6 +22,9 @@ from xmodal_jax.data.text import normalize_caption
 from xmodal_jax.train.inference import LoadedModel
 
 SCORER_TASKS = ("clip", "s5_reward_model")
+# The data-section fields that decide which images a split holds and how they are stored.
+_IMAGE_FIELDS = ("source", "seed", "num_train", "num_val", "num_test", "prepare_size", "prepared_dir", "tfds_data_dir",
+                 "skip_bad", "max_bad_fraction", "allow_outside_paths")
 
 
 @dataclasses.dataclass
@@ -65,10 +68,13 @@ class Scorer:
     return jnp.pad(tokens, pad), jnp.pad(mask, pad)
 
   # ---- host helpers
-  def embed_images(self, data: sources.SplitData, batch_size: int = 256) -> np.ndarray:
-    """Every image of split `data` -> float32 [N, D]. The images are read through this scorer's own data section
-    (its prepared size and centre crop), from the same source; rows must be the same images as `data`'s."""
-    own = sources.load_split(self.loaded.task.config.data, data.name)
+  def embed_images(self, data: sources.SplitData, data_config=None, batch_size: int = 256) -> np.ndarray:
+    """Every image of split `data` (read with `data_config`) -> float32 [N, D]. The images are read through this
+    scorer's own data section (its prepared size and centre crop), from the same source; rows must be the same
+    images as `data`'s. When both data sections read the images alike, `data` itself is used (no second load)."""
+    ours = self.loaded.task.config.data
+    same = data_config is not None and all(data_config.get(k) == ours.get(k) for k in _IMAGE_FIELDS)
+    own = data if same else sources.load_split(ours, data.name)
     if len(own) != len(data) or not np.array_equal(np.asarray(own.image_ids), np.asarray(data.image_ids)):
       raise errors.ConfigError(f"The {self.name} model ({self.workdir}) was trained on another data source: its "
                                f"{data.name} split has other images ({len(own)} vs {len(data)}). Use a {self.name} "
@@ -139,6 +145,7 @@ class SplitScorer:
   """A scorer bound to one evaluation split: its image and reference embeddings are computed once."""
   scorer: Scorer
   data: Any
+  data_config: Any = None
   _images: np.ndarray | None = None
   _references: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -148,7 +155,7 @@ class SplitScorer:
 
   def image_embeddings(self) -> np.ndarray:
     if self._images is None:
-      self._images = self.scorer.embed_images(self.data)
+      self._images = self.scorer.embed_images(self.data, self.data_config)
     return self._images
 
   def reference_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
@@ -174,5 +181,5 @@ def eval_scorers(config, data) -> list[SplitScorer]:
   for name, workdir in config.scorers.items():
     if workdir:
       scorer = load_scorer(str(workdir), f"config.scorers.{name}", name=name, mesh_shape=tuple(config.mesh.shape))
-      out.append(SplitScorer(scorer, data))
+      out.append(SplitScorer(scorer, data, config.data))
   return out
