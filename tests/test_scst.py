@@ -7,7 +7,8 @@ import numpy as np
 
 from xmodal_jax.decoding import sampling
 from xmodal_jax.objectives import scst
-from xmodal_jax.tasks.captioning.captioner import BOS, EOS, PAD, _teacher_forcing
+from xmodal_jax.data.captions import teacher_forcing
+from xmodal_jax.tasks.captioning.captioner import BOS, EOS, PAD
 
 
 def test_scst_loss_on_a_hand_made_case():
@@ -62,7 +63,7 @@ def test_caption_mask_and_words_only_stop_at_the_first_eos():
 
 
 def test_teacher_forcing_inputs_and_targets():
-  out = _teacher_forcing(np.asarray([[5, 6, 0], [7, 8, 9]], np.int32), seq_len=4)
+  out = teacher_forcing(np.asarray([[5, 6, 0], [7, 8, 9]], np.int32), seq_len=4)
   np.testing.assert_array_equal(out["targets"], [[5, 6, EOS, PAD], [7, 8, 9, EOS]])
   np.testing.assert_array_equal(out["inputs"], [[BOS, 5, 6, PAD], [BOS, 7, 8, 9]])
 

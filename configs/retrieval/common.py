@@ -41,3 +41,37 @@ def hinge_loss() -> ml_collections.ConfigDict:
       margin=0.2,
       max_violation=True,
       max_violation_warmup_steps=300))  # sum of hinges first (max violation from scratch can stall)
+
+
+def mfsr_sections(config: ml_collections.ConfigDict, *, embed_dim: int, part_dim: int, generator_size: int,
+                  gan_width: int, decoder_width: int) -> ml_collections.ConfigDict:
+  """mFSR's sections on top of a VSE++ config (task "mfsr", xmodal_jax/tasks/retrieval/mfsr.py): the feature
+  separation, the reconstruction branches, the loss weights (eq. 6, all 1) and the discriminators' optimiser."""
+  from xmodal_jax.tasks.retrieval.mfsr import gan_optimizer_config  # pylint: disable=import-outside-toplevel
+  config.task = "mfsr"
+  config.model.embed_dim = embed_dim
+  config.model.separation = ml_collections.ConfigDict(dict(
+      enabled=True,                 # False: plain VSE++ (the embedding is the semantic part)
+      modal_dim=part_dim, semantic_dim=part_dim, specific_dim=part_dim,  # not given by the paper
+      hidden_dim=2 * embed_dim, depth=2,                                 # not given by the paper
+      normalize="parts"))           # parts: each of mo / se / sp L2-normalised (the text) | concat: once (eq. 3)
+  config.model.generator = ml_collections.ConfigDict(dict(image_size=generator_size, base_width=gan_width))
+  config.model.discriminator = ml_collections.ConfigDict(dict(base_width=gan_width))
+  config.model.caption_decoder = ml_collections.ConfigDict(dict(width=decoder_width, dropout_rate=0.1))
+  config.loss_weights = ml_collections.ConfigDict(dict(modal=1.0, semantic=1.0, specific=1.0, image=1.0,
+                                                       caption=1.0))   # 0 removes a component
+  config.gan = ml_collections.ConfigDict(dict(optimizer=gan_optimizer_config()))
+  return config
+
+
+def paper_protocol(config: ml_collections.ConfigDict, num_train_images: int) -> ml_collections.ConfigDict:
+  """mFSR's training protocol (seed 003, sec. 3.5): batch 24, Adam 2e-4 for 15 epochs then 2e-5 for 15 more,
+  the best snapshot by validation rsum (one caption per image per epoch here)."""
+  epoch = -(-num_train_images // 24)
+  config.train.update(batch_size=24, num_steps=30 * epoch, checkpoint_every=epoch)
+  config.optimizer.update(name="adam", learning_rate=2e-4, schedule="step", step_boundaries=(15 * epoch,),
+                          step_factor=0.1, warmup_steps=0, weight_decay=0.0)
+  config.checkpoint.final_from = "best"
+  first = list(config.evals.keys())[0]
+  config.evals[first].every = epoch
+  return config

@@ -7,7 +7,9 @@ from typing import Sequence
 import numpy as np
 from absl import logging
 
-from xmodal_jax.data.tokenizers import Tokenizer
+from xmodal_jax.data.tokenizers import Tokenizer, TokenizerBase
+
+_BOS, _EOS, _PAD = TokenizerBase.bos_id, TokenizerBase.eos_id, TokenizerBase.pad_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,3 +43,17 @@ def tokenize_captions(captions: Sequence[Sequence[str]], vocab: Tokenizer, max_l
                     "(longest: %d).", cut, len(flat), name or "the split", max_len, int(lengths.max()))
   tokens, mask = vocab.encode_batch(flat, max_len)
   return TokenizedCaptions(tokens, mask, np.asarray(owner, np.int32), np.asarray(offsets, np.int64))
+
+
+def teacher_forcing(tokens: np.ndarray, seq_len: int) -> dict[str, np.ndarray]:
+  """Caption word ids [b, max_len] (right-padded) -> decoder inputs <bos> w_1 .. and targets w_1 .. <eos>
+  [b, seq_len]; a caption cut at max_len has no <eos> target."""
+  b, max_len = tokens.shape
+  if seq_len != max_len + 1:
+    raise ValueError(f"teacher_forcing: seq_len {seq_len} != max_len {max_len} + 1.")
+  lengths = np.sum(tokens != _PAD, axis=1)
+  targets = np.zeros((b, seq_len), np.int32)
+  targets[:, :max_len] = tokens
+  targets[np.arange(b), lengths] = _EOS
+  inputs = np.concatenate([np.full((b, 1), _BOS, np.int32), np.where(targets == _EOS, _PAD, targets)[:, :-1]], axis=1)
+  return {"inputs": inputs, "targets": targets}

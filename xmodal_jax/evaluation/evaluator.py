@@ -11,7 +11,8 @@ functions sharded over the mesh; it returns flat metrics {name: float}, logged a
 
 Types: "retrieval" (evaluation/retrieval_evaluator.py), "classification" (evaluation/classification.py),
 "label_ranking" (evaluation/label_ranking.py), "zero_shot" (evaluation/zero_shot.py: CLIP-style classification by
-embedded class prompts), "captioning" (evaluation/captioning.py: caption metrics, CLIP-S under scorer models); a project may register more with `register` (S1 does, in tasks/s1/evaluators.py).
+embedded class prompts), "captioning" (evaluation/captioning.py: caption metrics, CLIP-S under scorer models), "image_reconstruction" (evaluation/image_reconstruction.py: generated vs real
+images, and a PNG grid of them); a project may register more with `register` (S1 does, in tasks/s1/evaluators.py).
 Built-in types are imported on first use.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ _BUILTIN = {
     "label_ranking": "xmodal_jax.evaluation.label_ranking",
     "zero_shot": "xmodal_jax.evaluation.zero_shot",
     "captioning": "xmodal_jax.evaluation.captioning",
+    "image_reconstruction": "xmodal_jax.evaluation.image_reconstruction",
 }
 _REGISTRY: dict[str, type["Evaluator"]] = {}
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from xmodal_jax import errors, fileio
 from xmodal_jax.data import feature_cache, shapes_caption_grammar, sources, tokenizers
-from xmodal_jax.data.captions import TokenizedCaptions, tokenize_captions
+from xmodal_jax.data.captions import TokenizedCaptions, teacher_forcing, tokenize_captions
 from xmodal_jax.data.iterator import EpochBatchIterator
 from xmodal_jax.data.preprocess import normalize_images
 from xmodal_jax.decoding import beam_search, sampling
@@ -278,7 +278,7 @@ class CaptioningTask(ImageTextTask):
         batch = {"images": data.load_images(indices, int(cfg.data.image_size), keys=keys, flip=bool(cfg.data.flip))}
       if self.objective == "mle":
         rows = toks.sample_one_per_image(indices, keys)
-        batch.update(_teacher_forcing(toks.tokens[rows], self.seq_len))
+        batch.update(teacher_forcing(toks.tokens[rows], self.seq_len))
       else:
         batch["reward_image_emb"] = reward_emb[indices]
       return batch
@@ -439,17 +439,3 @@ class CaptioningTask(ImageTextTask):
       extras["parses"] = shapes_caption_grammar.parses
     return EvalData(image_inputs={"images": self.eval_images(split)}, extras=extras,
                     title=f"{self.config.data.source} {split}: {len(data)} images")
-
-
-def _teacher_forcing(tokens: np.ndarray, seq_len: int) -> dict[str, np.ndarray]:
-  """Caption word ids [b, max_len] (right-padded) -> decoder inputs <bos> w_1 .. and targets w_1 .. <eos>
-  [b, seq_len]; a caption cut at max_len has no <eos> target."""
-  b, max_len = tokens.shape
-  if seq_len != max_len + 1:
-    raise ValueError(f"_teacher_forcing: seq_len {seq_len} != max_len {max_len} + 1.")
-  lengths = np.sum(tokens != PAD, axis=1)
-  targets = np.zeros((b, seq_len), np.int32)
-  targets[:, :max_len] = tokens
-  targets[np.arange(b), lengths] = EOS
-  inputs = np.concatenate([np.full((b, 1), BOS, np.int32), np.where(targets == EOS, PAD, targets)[:, :-1]], axis=1)
-  return {"inputs": inputs, "targets": targets}
