@@ -238,3 +238,17 @@ def test_ablation_rows_and_table(tmp_path):
   lines = table.splitlines()
   assert "VSE++" in lines[2] and "10.0 ± 1.4" in lines[2]
   assert "full mFSR" in lines[3] and "20.0 ± 1.4" in lines[3]
+
+
+def test_image_grid_and_its_generated_cells():
+  from xmodal_jax.evaluation.image_reconstruction import generated_cells, image_grid
+  rng = np.random.default_rng(0)
+  real = rng.integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
+  fake = rng.integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
+  grid = image_grid(real, fake, columns=3)
+  np.testing.assert_array_equal(grid[2:10, 2:10], real[0])
+  np.testing.assert_array_equal(grid[2:10, 10:18], fake[0])
+  alone = generated_cells(grid, 8, columns=3)
+  np.testing.assert_array_equal(alone[2:10, 2:10], fake[0])
+  np.testing.assert_array_equal(alone[12:20, 12:20], fake[4])   # row 1, column 1
+  assert not any(np.array_equal(alone[2:10, 2 + 10 * c:10 + 10 * c], real[c]) for c in range(3))

@@ -8,6 +8,7 @@ extras["grid_path"], writes a PNG of `grid_rows` rows of (real, generated) pairs
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 from PIL import Image
@@ -61,3 +62,51 @@ class ImageReconstructionEvaluator(evaluator_lib.Evaluator):
   def format(self, metrics, title):
     return tables.markdown_table(["L1", "PSNR (dB)", "images"],
                                  [[metrics["recon_l1"], metrics["recon_psnr"], int(metrics["images"])]], title=title)
+
+
+def generated_cells(grid: np.ndarray, size: int, columns: int = 8, pad: int = 2) -> np.ndarray:
+  """The generated halves of an `image_grid` (uint8) -> a grid of them alone (e.g. to publish a figure of a data
+  set whose real images may not be copied)."""
+  rows = (grid.shape[0] - pad) // (size + pad)
+  cells = []
+  for r in range(rows):
+    for c in range(columns):
+      top, left = pad + r * (size + pad), pad + c * (2 * size + pad) + size
+      cell = grid[top:top + size, left:left + size]
+      if cell.shape[:2] == (size, size) and not np.all(cell == 255):
+        cells.append(cell)
+  n = len(cells)
+  out = np.full((-(-n // columns) * (size + pad) + pad, columns * (size + pad) + pad, 3), 255, np.uint8)
+  for i, cell in enumerate(cells):
+    r, c = divmod(i, columns)
+    out[pad + r * (size + pad):pad + r * (size + pad) + size, pad + c * (size + pad):pad + c * (size + pad) + size] = cell
+  return out
+
+
+def main(argv: list[str]) -> int:
+  """python -m xmodal_jax.evaluation.image_reconstruction GRID.png OUT.png --size=S [--rows=R] [--generated_only]:
+  the first R rows of a grid written by the evaluator, or of its generated images alone."""
+  import argparse  # pylint: disable=import-outside-toplevel
+  parser = argparse.ArgumentParser(description=main.__doc__)
+  parser.add_argument("grid")
+  parser.add_argument("out")
+  parser.add_argument("--size", type=int, required=True, help="the generator's image size")
+  parser.add_argument("--columns", type=int, default=8)
+  parser.add_argument("--rows", type=int, default=0, help="keep the first ROWS rows (0: all)")
+  parser.add_argument("--generated_only", action="store_true")
+  args = parser.parse_args(argv)
+  if not os.path.exists(args.grid):
+    print(f"image_reconstruction: {args.grid} not found (an image_reconstruction evaluator writes it into the "
+          "run's workdir).", file=sys.stderr)
+    return 2
+  grid = np.asarray(Image.open(args.grid).convert("RGB"))
+  if args.generated_only:
+    grid = generated_cells(grid, args.size, args.columns)
+  if args.rows:
+    grid = grid[:2 + args.rows * (args.size + 2)]
+  Image.fromarray(grid).save(args.out)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
