@@ -238,6 +238,7 @@ def test_ablation_rows_and_table(tmp_path):
   lines = table.splitlines()
   assert "VSE++" in lines[2] and "10.0 ± 1.4" in lines[2]
   assert "full mFSR" in lines[3] and "20.0 ± 1.4" in lines[3]
+  assert lines[2].rstrip(" |").endswith("+0.0 ± 0.0") and lines[3].rstrip(" |").endswith("+10.0 ± 0.0")
 
 
 def test_image_grid_and_its_generated_cells():

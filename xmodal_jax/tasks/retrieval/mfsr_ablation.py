@@ -1,5 +1,6 @@
 r"""The mFSR ablation (seed 003, Table 3): train every row with one budget and batch size over several seeds and
-write one markdown table of R@1/5/10 in both directions and rsum, mean +- std over the seeds.
+write one markdown table of R@1/5/10 in both directions and rsum, mean +- std over the seeds, and each row's
+rsum minus the first row's, seed by seed (paired: a seed fixes the data order and initial draws).
 
   python -m xmodal_jax.tasks.retrieval.mfsr_ablation --config=configs/retrieval/mfsr_shapes.py \
       --workdir=workdirs/mfsr_ablation_shapes [--seeds=0,1,2] [--rows=vsepp,mo,...] [--parallel=2] \
@@ -8,7 +9,8 @@ write one markdown table of R@1/5/10 in both directions and rsum, mean +- std ov
 Each (row, seed) is an ordinary `xmodal train` run in WORKDIR/<row>/seed<k> (log: WORKDIR/<row>/seed<k>.log) with
 the row's overrides, `--config.seed=k` and the flags after `--` (the same for every row: one budget). A run whose
 results.json exists is not run again, so the command resumes where it stopped. The table (WORKDIR/ablation.md) reads
-each run's results.json: the evaluator on `--split` (default: the last retrieval split of the config), at the
+each run's results.json: the evaluator `--split` (default: `test` if the config has it, else its first
+retrieval evaluator), at the
 checkpoint the config's final evaluation reports (config.checkpoint.final_from; "best" = best val rsum).
 """
 from __future__ import annotations
@@ -67,7 +69,7 @@ def _run(config: str, workdir: str, row: str, seed: int, extra: list[str], recon
 
 def ablation_table(workdir: str, rows: list[str], seeds: list[int], split: str) -> str:
   """Markdown: one line per row, mean +- std over the seeds of each metric of evaluator `split`."""
-  body = []
+  body, base = [], None
   for row in rows:
     values = []
     for seed in seeds:
@@ -76,8 +78,12 @@ def ablation_table(workdir: str, rows: list[str], seeds: list[int], split: str) 
       values.append([metrics[f"{split}/{m}"] for m in METRICS])
     values = np.asarray(values)
     mean, std = values.mean(0), values.std(0, ddof=1) if len(seeds) > 1 else np.zeros(len(METRICS))
-    body.append([ROWS[row][0]] + [f"{m:.1f} ± {s:.1f}" for m, s in zip(mean, std)])
-  headers = ["row", "i->t R@1", "i->t R@5", "i->t R@10", "t->i R@1", "t->i R@5", "t->i R@10", "rsum"]
+    base = values[:, -1] if base is None else base
+    delta = values[:, -1] - base   # rsum minus the first row's, seed by seed (same data order per seed)
+    body.append([ROWS[row][0]] + [f"{m:.1f} ± {s:.1f}" for m, s in zip(mean, std)]
+                + [f"{delta.mean():+.1f} ± {delta.std(ddof=1) if len(seeds) > 1 else 0.0:.1f}"])
+  headers = ["row", "i->t R@1", "i->t R@5", "i->t R@10", "t->i R@1", "t->i R@5", "t->i R@10", "rsum",
+             f"rsum - {ROWS[rows[0]][0]} (paired)"]
   return tables.markdown_table(headers, body)
 
 
@@ -89,8 +95,8 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--rows", default=",".join(ROWS))
   parser.add_argument("--parallel", type=int, default=1, help="runs at once")
-  parser.add_argument("--split", default="", help="the evaluator whose R@K the table shows (default: last "
-                      "retrieval evaluator of the config, e.g. test on shapes, val on Flickr8k)")
+  parser.add_argument("--split", default="", help="the evaluator whose R@K the table shows (default: the "
+                      "retrieval evaluator named test, else the first one: val on Flickr8k)")
   args, extra = parser.parse_known_args(argv)
   extra = [a for a in extra if a != "--"]
   bad = [a for a in extra if not a.startswith("--config.")]
@@ -110,7 +116,8 @@ def main(argv: list[str]) -> int:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   config = module.get_config(variant or None)
-  split = args.split or [name for name, spec in config.evals.items() if spec.type == "retrieval"][-1]
+  retrieval = [name for name, spec in config.evals.items() if spec.type == "retrieval"]
+  split = args.split or ("test" if "test" in retrieval else retrieval[0])
   recon = [name for name, spec in config.evals.items() if spec.type == "image_reconstruction"]
   os.makedirs(args.workdir, exist_ok=True)
   jobs = [(row, seed) for seed in seeds for row in rows]
