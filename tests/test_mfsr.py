@@ -148,36 +148,29 @@ def _changed(before, after):
           for k in before}
 
 
-def test_each_optimiser_moves_only_its_own_parameters(tmp_path):
+def test_each_optimiser_moves_only_its_own_parameters_with_only_its_own_loss(tmp_path):
   disc = {"disc_real", "disc_content"}
+  one = jax.devices()[:1]
   # Main optimiser off: only the discriminators move.
-  start, state, _ = _steps(load_config(SHAPES, "--config.optimizer.groups=(('.*', 0.0),)", "--config.mesh.shape=(1,1)", NO_WARMUP),
-                           tmp_path / "a", jax.devices()[:1])
-  moved = _changed(start, state.params)
+  start, main_off, _ = _steps(load_config(SHAPES, "--config.optimizer.groups=(('.*', 0.0),)",
+                                          "--config.mesh.shape=(1,1)", NO_WARMUP), tmp_path / "a", one)
+  moved = _changed(start, main_off.params)
   assert {k for k, v in moved.items() if v} == disc
   # Discriminators' optimiser off: everything but them moves (the generator with it).
-  start, state, _ = _steps(load_config(SHAPES, "--config.gan.optimizer.groups=(('.*', 0.0),)",
-                                       "--config.mesh.shape=(1,1)", NO_WARMUP),
-                           tmp_path / "b", jax.devices()[:1])
-  moved = _changed(start, state.params)
+  start, disc_off, _ = _steps(load_config(SHAPES, "--config.gan.optimizer.groups=(('.*', 0.0),)",
+                                          "--config.mesh.shape=(1,1)", NO_WARMUP), tmp_path / "b", one)
+  moved = _changed(start, disc_off.params)
   assert {k for k, v in moved.items() if v} == set(start) - disc
   assert moved["generator"] and moved["caption_decoder"] and moved["image_separation"]
-  assert set(state.model_state["batch_stats"]) == {"generator", "disc_real", "disc_content"}
-
-
-def test_discriminator_update_uses_only_the_discriminator_loss(tmp_path):
-  """The generator's loss weight changes the main update but not the discriminators' (their loss has no G term
-  to follow), and vice versa the D learning rate changes nothing of the main params after one step."""
-  runs = {}
-  for name, flags in {"w1": (), "w5": ("--config.loss_weights.image=5",)}.items():
-    start, state, _ = _steps(load_config(SHAPES, "--config.mesh.shape=(1,1)", NO_WARMUP, *flags), tmp_path / name,
-                             jax.devices()[:1])
-    runs[name] = state.params
-  for k in ("disc_real", "disc_content"):
-    for a, b in zip(jax.tree.leaves(runs["w1"][k]), jax.tree.leaves(runs["w5"][k])):
+  assert set(disc_off.model_state["batch_stats"]) == {"generator", "disc_real", "disc_content"}
+  # The D update sees only D's loss: with the main optimiser on and the generator's loss weighted 5x, the
+  # discriminators end the step bit-identical to the run whose main optimiser was off.
+  start, weighted, _ = _steps(load_config(SHAPES, "--config.loss_weights.image=5", "--config.mesh.shape=(1,1)",
+                                          NO_WARMUP), tmp_path / "c", one)
+  for k in disc:
+    for a, b in zip(jax.tree.leaves(main_off.params[k]), jax.tree.leaves(weighted.params[k])):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert any(not np.allclose(np.asarray(a), np.asarray(b))
-             for a, b in zip(jax.tree.leaves(runs["w1"]["generator"]), jax.tree.leaves(runs["w5"]["generator"])))
+  assert _changed(start, weighted.params)["generator"]
 
 
 def test_alternating_step_on_8_devices_matches_one(tmp_path):
