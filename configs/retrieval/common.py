@@ -43,11 +43,18 @@ def hinge_loss() -> ml_collections.ConfigDict:
       max_violation_warmup_steps=300))  # sum of hinges first (max violation from scratch can stall)
 
 
+def gan_optimizer_config() -> ml_collections.ConfigDict:
+  """config.gan.optimizer (every field of config.optimizer): DCGAN's Adam (lr 2e-4, b1 0.5), constant, no
+  clipping or weight decay."""
+  return ml_collections.ConfigDict(dict(
+      name="adam", learning_rate=2e-4, schedule="constant", warmup_steps=0, weight_decay=0.0, grad_clip_norm=0.0,
+      b1=0.5, b2=0.999, momentum=0.9, step_boundaries=(), step_factor=0.1, groups=()))
+
+
 def mfsr_sections(config: ml_collections.ConfigDict, *, embed_dim: int, part_dim: int, generator_size: int,
                   gan_width: int, decoder_width: int) -> ml_collections.ConfigDict:
   """mFSR's sections on top of a VSE++ config (task "mfsr", xmodal_jax/tasks/retrieval/mfsr.py): the feature
   separation, the reconstruction branches, the loss weights (eq. 6, all 1) and the discriminators' optimiser."""
-  from xmodal_jax.tasks.retrieval.mfsr import gan_optimizer_config  # pylint: disable=import-outside-toplevel
   config.task = "mfsr"
   config.model.embed_dim = embed_dim
   config.model.separation = ml_collections.ConfigDict(dict(

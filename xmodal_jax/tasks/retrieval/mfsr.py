@@ -32,11 +32,9 @@ gan.optimizer (the discriminators' optimiser, every field of config.optimizer), 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from xmodal_jax import errors
@@ -44,6 +42,7 @@ from xmodal_jax.data import feature_cache, sources
 from xmodal_jax.data.captions import teacher_forcing
 from xmodal_jax.data.iterator import EpochBatchIterator
 from xmodal_jax.data.preprocess import normalize_images
+from xmodal_jax.data.text import TokenizerBase
 from xmodal_jax.models import efficientnet_lite, efficientnet_weights
 from xmodal_jax.models.caption_decoder import GRUCaptionDecoder
 from xmodal_jax.models.dcgan import DCGANDiscriminator, DCGANGenerator, upsamplings
@@ -60,20 +59,13 @@ from xmodal_jax.train import optimizer as optimizer_lib
 from xmodal_jax.train import partitioned_optimizer
 
 WEIGHTS = ("modal", "semantic", "specific", "image", "caption")
-PAD = 0
+PAD = TokenizerBase.pad_id
 RESNET = "resnet"
 
 
 def _part_of(name: str) -> str:
   """Which optimiser owns a top-level parameter subtree."""
   return "disc" if name in DISCRIMINATORS else "main"
-
-
-def gan_optimizer_config() -> ml_collections.ConfigDict:
-  """config.gan.optimizer: DCGAN's Adam (lr 2e-4, b1 0.5), constant, no clipping or decay."""
-  return ml_collections.ConfigDict(dict(
-      name="adam", learning_rate=2e-4, schedule="constant", warmup_steps=0, weight_decay=0.0, grad_clip_norm=0.0,
-      b1=0.5, b2=0.999, momentum=0.9, step_boundaries=(), step_factor=0.1, groups=()))
 
 
 class MFSRTask(RetrievalTask):
