@@ -62,7 +62,7 @@ def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
 
 
 def l2_normalize(x: jnp.ndarray, axis: int = -1, eps: float = 1e-6) -> jnp.ndarray:
-  """x / max(||x||, eps) along `axis`, computed in float32."""
+  """x / max(||x||, eps) along `axis`, computed in float32. The max is taken before the square root, so the
+  gradient stays finite at x = 0 (padded set items are zero vectors)."""
   x32 = x.astype(jnp.float32)
-  norm = jnp.sqrt(jnp.sum(x32 * x32, axis=axis, keepdims=True))
-  return x32 / jnp.maximum(norm, eps)
+  return x32 / jnp.sqrt(jnp.maximum(jnp.sum(x32 * x32, axis=axis, keepdims=True), eps * eps))

@@ -108,13 +108,41 @@ def contrastive_hinge_loss(
         'contrastive_hinge_loss expects paired [batch, dim] embeddings of the '
         f'same shape, got image_emb {image_emb.shape} and text_emb '
         f'{text_emb.shape}.')
-  batch = image_emb.shape[0]
+  return hinge_loss_from_similarity(similarity_matrix(image_emb, text_emb), margin=margin,
+                                    max_violation=max_violation, image_ids=image_ids)
+
+
+def hinge_loss_from_similarity(
+    sim: jnp.ndarray,
+    *,
+    margin: Union[float, jnp.ndarray] = 0.2,
+    max_violation: Union[bool, jnp.ndarray] = True,
+    image_ids: Optional[jnp.ndarray] = None,
+) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+  """The hinge loss of `contrastive_hinge_loss` on a given similarity matrix.
+
+  For scores that are not inner products of two embeddings (e.g. S2's cross
+  attention over regions and words, computed for every image/caption pair of
+  the batch): `sim[i, j]` is the score of image i with text j, the diagonal
+  holds the positives. Arguments and returns as in `contrastive_hinge_loss`.
+
+  Args:
+    sim: `[B, B]` scores.
+    margin: hinge margin.
+    max_violation: hardest negative (eq. 3) or sum of hinges (eq. 2).
+    image_ids: optional `[B]` image ids (same-image pairs are not negatives).
+
+  Returns:
+    `(loss, aux)` as in `contrastive_hinge_loss`.
+  """
+  if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
+    raise ValueError(f'hinge_loss_from_similarity expects a square [B, B] matrix, got {sim.shape}.')
+  batch = sim.shape[0]
   if image_ids is not None and jnp.shape(image_ids) != (batch,):
     raise ValueError(
         f'image_ids must have shape [batch] = ({batch},), got '
         f'{jnp.shape(image_ids)}.')
-
-  sim = similarity_matrix(image_emb, text_emb)  # [B, B]
+  sim = sim.astype(jnp.promote_types(sim.dtype, jnp.float32))
   pos = jnp.diagonal(sim)  # [B]
 
   # neg_mask[i, j]: image i / text j (and text i / image j) are a negative pair.
