@@ -10,9 +10,11 @@ fn(variables, **inputs)), the variables, the task's `EvalData` of its split and 
 functions sharded over the mesh; it returns flat metrics {name: float}, logged as "<prefix>/<name>".
 
 Types: "retrieval" (evaluation/retrieval_evaluator.py), "classification" (evaluation/classification.py),
-"label_ranking" (evaluation/label_ranking.py), "zero_shot" (evaluation/zero_shot.py: CLIP-style classification by
+"label_ranking" (evaluation/label_ranking.py), "multilabel" (evaluation/multilabel.py: F1 of thresholded tag logits,
+S2's semantic tags), "zero_shot" (evaluation/zero_shot.py: CLIP-style classification by
 embedded class prompts), "captioning" (evaluation/captioning.py: caption metrics, CLIP-S under scorer models), "image_reconstruction" (evaluation/image_reconstruction.py: generated vs real
-images, and a PNG grid of them); a project may register more with `register` (S1 does, in tasks/s1/evaluators.py).
+images, and a PNG grid of them), "pair_choice" (evaluation/pair_choice.py: true caption vs a foil by
+score_pairs, e.g. compositional foils); a project may register more with `register` (S1 does, in tasks/s1/evaluators.py).
 Built-in types are imported on first use.
 """
 from __future__ import annotations
@@ -31,9 +33,11 @@ _BUILTIN = {
     "retrieval": "xmodal_jax.evaluation.retrieval_evaluator",
     "classification": "xmodal_jax.evaluation.classification",
     "label_ranking": "xmodal_jax.evaluation.label_ranking",
+    "multilabel": "xmodal_jax.evaluation.multilabel",
     "zero_shot": "xmodal_jax.evaluation.zero_shot",
     "captioning": "xmodal_jax.evaluation.captioning",
     "image_reconstruction": "xmodal_jax.evaluation.image_reconstruction",
+    "pair_choice": "xmodal_jax.evaluation.pair_choice",
 }
 _REGISTRY: dict[str, type["Evaluator"]] = {}
 

@@ -6,20 +6,19 @@ Three ways to score, one rank definition and tie rule (evaluation/retrieval.py):
     (cross-encoders: S2's cross attention, S4's matching head), run over blocks of image x caption pairs so
     memory stays bounded. Optional per-item encoders `pair_image` / `pair_text` run once per image / caption
     (e.g. region or word features) and their outputs are what `score_pairs` receives; without them it gets
-    the raw inputs;
+    the raw inputs (evaluation/pair_scoring.py);
   rerank_k > 0 (with scorer="pairwise"): each query's top-k by the dual encoder's embeddings is re-scored by
     `score_pairs` (the usual way to make cross-encoder retrieval affordable).
 `fold_size` also reports the mean over consecutive folds of that many images (COCO 1K).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import jax
 import numpy as np
 
 from xmodal_jax import errors
 from xmodal_jax.evaluation import evaluator as evaluator_lib
+from xmodal_jax.evaluation import pair_scoring
 from xmodal_jax.evaluation import retrieval
 
 
@@ -51,23 +50,6 @@ class RetrievalEvaluator(evaluator_lib.Evaluator):
                                 data.need("text_inputs", self.name), bs)
     return images, texts
 
-  def _pair_scorer(self, predict_fns, variables, data, runtime) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """fn(image rows [P], text rows [P]) -> scores [P], over per-item features computed once."""
-    bs = self.spec.batch_size
-    features = {}
-    for side, field in (("image", "pair_image"), ("text", "pair_text")):
-      inputs = data.need(f"{side}_inputs", self.name)
-      features[side] = (runtime.map_batches(self.predict_fn(predict_fns, field), variables, inputs, bs)
-                        if self.spec[field] else inputs)
-    score = self.predict_fn(predict_fns, "score_pairs")
-
-    def scorer(image_rows: np.ndarray, text_rows: np.ndarray) -> np.ndarray:
-      pairs = {"image": jax.tree.map(lambda x: np.asarray(x)[image_rows], features["image"]),
-               "text": jax.tree.map(lambda x: np.asarray(x)[text_rows], features["text"])}
-      return np.asarray(runtime.map_batches(score, variables, pairs, self.spec.pair_batch_size), np.float32)
-
-    return scorer
-
   def _ranked(self, image_emb, text_emb, scorer, text_to_image, num_images) -> dict[str, float]:
     ks = tuple(self.spec.ks)
     if scorer is None:
@@ -85,7 +67,8 @@ class RetrievalEvaluator(evaluator_lib.Evaluator):
     if self.spec.scorer == "embeddings" or self.spec.rerank_k:
       image_emb, text_emb = self._embeddings(predict_fns, variables, data, runtime)
     if self.spec.scorer == "pairwise":
-      scorer = self._pair_scorer(predict_fns, variables, data, runtime)
+      scorer = pair_scoring.pair_scorer(self, predict_fns, variables, data.need("image_inputs", self.name),
+                                        data.need("text_inputs", self.name), runtime)
     metrics = self._ranked(image_emb, text_emb, scorer, text_to_image, num_images)
     fold = int(self.spec.fold_size)
     if fold and num_images > fold and num_images % fold == 0:
