@@ -18,7 +18,7 @@ from xmodal_jax.objectives import feature_separation as fs
 from xmodal_jax.objectives import gan
 from xmodal_jax.objectives.contrastive_hinge import contrastive_hinge_loss
 from xmodal_jax.objectives.scst import teacher_forcing_loss
-from xmodal_jax.tasks.retrieval import mfsr_ablation
+from xmodal_jax.tasks.retrieval import ablation, mfsr_ablation
 from xmodal_jax.train import sharding, trainer
 
 SHAPES = "configs/retrieval/mfsr_shapes.py:tiny"
@@ -225,9 +225,11 @@ def test_ablation_rows_and_table(tmp_path):
     for seed, delta in ((0, -1.0), (1, 1.0)):
       run = tmp_path / row / f"seed{seed}"
       os.makedirs(run)
-      metrics = {f"test/{m}": base + delta for m in mfsr_ablation.METRICS}
+      metrics = {f"test/{m}": base + delta for m in ablation.METRICS}
       (run / "results.json").write_text(json.dumps({"metrics": metrics}))
-  table = mfsr_ablation.ablation_table(str(tmp_path), ["vsepp", "full"], [0, 1], "test")
+  rows = ["vsepp", "full"]
+  table = ablation.retrieval_table({r: [ablation.results(str(tmp_path), r, s) for s in (0, 1)] for r in rows},
+                                   {r: mfsr_ablation.ROWS[r].label for r in rows}, "test")
   lines = table.splitlines()
   assert "VSE++" in lines[2] and "10.0 ± 1.4" in lines[2]
   assert "full mFSR" in lines[3] and "20.0 ± 1.4" in lines[3]

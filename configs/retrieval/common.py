@@ -1,4 +1,4 @@
-"""Settings shared by the image<->text retrieval configs of this folder (VSE++ now; mFSR, CLIP, S2 later).
+"""Settings shared by the image<->text retrieval configs of this folder (VSE++, mFSR, S2).
 
 Loaded by the configs beside it: `common = config_files.load_beside(__file__, "common.py")`.
 """
@@ -82,3 +82,59 @@ def paper_protocol(config: ml_collections.ConfigDict, num_train_images: int) -> 
   first = list(config.evals.keys())[0]
   config.evals[first].every = epoch
   return config
+
+
+def region_word_sections(config: ml_collections.ConfigDict, *, embed_dim: int, word_dim: int, text_hidden: int,
+                         roi_bins: int, relation_regions: int) -> ml_collections.ConfigDict:
+  """S2's sections (task "region_word_alignment", xmodal_jax/tasks/retrieval/region_word_alignment.py) beside
+  config.data / train / optimizer: the frozen image tower, the regions, the model, the layer similarities, the
+  semantic tags and the matching loss. The data-set configs set the tower's cut and the regions."""
+  config.task = "region_word_alignment"
+  config.image_tower = ml_collections.ConfigDict(dict(
+      variant="efficientnet-lite0", input_size=224, feature_cut="head_conv",  # or the input of a stage: "stage5"
+      cache_dtype="float16", cache_batch_size=64))
+  config.regions = ml_collections.ConfigDict(dict(
+      method="data",        # data: the data's boxes (shapes world: ground truth) | grid
+      grid=(3, 3), include_full=True,  # include_full: the whole-image box first (VSE++'s global feature)
+      max_regions=4,        # boxes per image (padded); a grid needs rows x cols
+      eval_method="",       # '' = method; evaluation with other regions (robustness to poor detection)
+      eval_jitter=0.0, jitter_seed=0))  # evaluation boxes: centres moved / sides scaled by up to this fraction
+  config.model = ml_collections.ConfigDict(dict(
+      dtype="float32", embed_dim=embed_dim, word_dim=word_dim, text_hidden=text_hidden, roi_bins=roi_bins,
+      salient_attention=True, num_heads=4,
+      # False: self-attention only scores the regions (saliency weights, the global vector, the relation pairs);
+      # the entity / relation layers align the FC's region features. True: they align the self-attended ones
+      # (measured worse: README, S2).
+      contextual_regions=False,
+      global_pool="regions",  # regions: saliency-weighted (or mean) regions | image: the whole-image box
+      relation=True, relation_regions=relation_regions,  # pairs among this many most salient regions
+      relation_dim=0))      # width of relation items and phrases (0: embed_dim)
+  config.similarity = ml_collections.ConfigDict(dict(
+      directions=("t2i", "i2t"), attention_temperature=9.0, aggregation="lse", lse_temperature=6.0))
+  config.similarity.weights = ml_collections.ConfigDict({"global": 1.0, "entity": 1.0, "relation": 1.0})  # 0: off
+  config.tags = ml_collections.ConfigDict(dict(
+      enabled=True, weight=1.0, side="image",   # side: image | text | both
+      min_count=20, max_tags=0,                 # document frequency over the train captions; 0 = all
+      extra_stopwords=("image", "picture", "photo", "shows", "shown")))  # caption words that describe the caption
+  config.loss = ml_collections.ConfigDict(dict(
+      margin=0.2, max_violation=True, max_violation_warmup_steps=200,  # hinge on the combined similarity
+      consistency_weight=0.5))  # + this x the hinge of every layer on its own ("semantic consistency")
+  return config
+
+
+def region_word_evals(splits=("val", "test"), *, rerank_k: int = 20, batch_size: int = 250,
+                      tags_split: str = "", choice_split: str = "") -> ml_collections.ConfigDict:
+  """S2's evaluators, all at the end: retrieval per split by the pairwise scorer re-ranking the global
+  embeddings' top-k (rerank_k=0: every image x caption pair), the tag head's micro-F1 and the compositional
+  choice (shapes world)."""
+  evals = ml_collections.ConfigDict()
+  for split in splits:
+    evals[split] = evaluator_config("retrieval", split=split, scorer="pairwise", rerank_k=rerank_k,
+                                    pair_image="pair_image", pair_text="pair_text", pair_batch_size=1024,
+                                    batch_size=batch_size)
+  if tags_split:
+    evals.tags = evaluator_config("multilabel", split=tags_split, batch_size=batch_size)
+  if choice_split:
+    evals.composition = evaluator_config("pair_choice", split=choice_split, pair_image="pair_image",
+                                         pair_text="pair_text", pair_batch_size=1024, batch_size=batch_size)
+  return evals

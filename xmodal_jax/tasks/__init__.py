@@ -17,6 +17,7 @@ _TASKS = {
     "vsepp": "xmodal_jax.tasks.retrieval.vsepp:VSEPPTask",
     "dual_encoder": "xmodal_jax.tasks.retrieval.dual_encoder:DualEncoderTask",
     "mfsr": "xmodal_jax.tasks.retrieval.mfsr:MFSRTask",
+    "region_word_alignment": "xmodal_jax.tasks.retrieval.region_word_alignment:RegionWordAlignmentTask",
     "clip": "xmodal_jax.tasks.clip.clip:ClipTask",
     "captioning": "xmodal_jax.tasks.captioning.captioner:CaptioningTask",
     "s5_reward_model": "xmodal_jax.tasks.captioning.reward_model:RewardModelTask",

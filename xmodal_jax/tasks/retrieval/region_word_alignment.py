@@ -1,0 +1,331 @@
+r"""S2: region-word multilayer semantic alignment (seed 002, [0004], [0120]-[0124]) over a frozen pretrained image
+tower: salient regions by self-attention, entity (region <-> word) and relation (region pair <-> phrase) alignment
+by cross attention, semantic tags mined from the train captions predicted from the global image vector, and a
+hinge loss with hardest negatives on the combined similarity.
+
+Model and similarities: models/region_word_alignment.py (+ region_word_similarity.py, relation_pairs.py,
+bigru_text.py). The image tower (EfficientNet-Lite, ImageNet weights; models/efficientnet_lite.py) is frozen: its
+feature map at `image_tower.feature_cut` is computed once per split (data/feature_cache.py, float16) and every
+step / evaluation reads it, so a step costs only ROI-Align and the trained upper parts. Regions per image
+(config.regions): the data's boxes (shapes world: ground truth) or a grid, optionally with the whole-image box
+first; evaluation can swap them (eval_method) or jitter them (eval_jitter) to test robustness to poor detection.
+
+Objective (our reading of "a matching strategy based on semantic consistency"): the combined similarity
+S = (w_g S_global + w_e S_entity + w_r S_relation) / (w_g + w_e + w_r) is trained with VSE++'s hinge (hardest in-batch negatives after
+a warm-up of summed hinges; objectives/contrastive_hinge.py); "consistency" adds the same hinge on every layer
+on its own (weight loss.consistency_weight), so that the layers agree on which pairs match rather than one layer
+carrying the sum; the tag head adds sum_t BCE(tag logits, multi-hot tags of the image's captions) / T (weight
+tags.weight), the "global constraint" on the image embedding.
+
+Predict functions: embed_image / embed_text (global unit vectors: shortlists for re-ranking), pair_image /
+pair_text (per-item sets) and score_pairs (the combined similarity of aligned pairs) for the pairwise retrieval
+evaluator, tag_logits (image side) for the multilabel evaluator, and the same pair functions for the pair_choice
+(compositional) evaluator. Assets in the workdir: tokenizer.json, tags.json.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from xmodal_jax import errors, fileio
+from xmodal_jax.data import compositional_foils, feature_cache, regions, semantic_tags, sources
+from xmodal_jax.data.iterator import EpochBatchIterator
+from xmodal_jax.evaluation.evaluator import EvalData
+from xmodal_jax.models import efficientnet_lite, efficientnet_weights
+from xmodal_jax.models.region_word_alignment import LAYERS, RegionWordAlignment, alignment_similarities
+from xmodal_jax.objectives.contrastive_hinge import hinge_loss_from_similarity
+from xmodal_jax.tasks.retrieval.retrieval_task import RetrievalTask
+
+REGION_METHODS = ("data", "grid")
+FEATURE_CUTS = ("head_conv",)  # besides efficientnet_lite.stage_starts names (the input of that stage)
+
+
+def feature_stop(variant: str, cut: str) -> int | None:
+  """A feature cut name -> the block to stop at (None: the head conv's output, 1280 channels)."""
+  if cut == "head_conv":
+    return None
+  starts = efficientnet_lite.stage_starts(efficientnet_lite.variant(variant))
+  if cut in starts and cut not in ("stem", "pooled"):
+    return starts[cut]
+  raise errors.ConfigError(f"config.image_tower.feature_cut={cut!r}: use 'head_conv' or the input of a stage, one of "
+                           f"{sorted(k for k in starts if k not in ('stem', 'pooled'))}.")
+
+
+def jitter_boxes(boxes: np.ndarray, fraction: float, rng: np.random.Generator, image_size: int) -> np.ndarray:
+  """xyxy boxes [..., 4] -> each box's centre moved by up to `fraction` of its width / height and each side
+  scaled by a factor in [1 - fraction, 1 + fraction] (uniform draws), clipped to the image."""
+  boxes = np.asarray(boxes, np.float32)
+  size = boxes[..., 2:] - boxes[..., :2]
+  centre = (boxes[..., :2] + boxes[..., 2:]) / 2 + rng.uniform(-fraction, fraction, size.shape) * size
+  size = size * rng.uniform(1 - fraction, 1 + fraction, size.shape)
+  out = np.concatenate([centre - size / 2, centre + size / 2], axis=-1)
+  return np.clip(out, 0, image_size).astype(np.float32)
+
+
+class RegionWordAlignmentTask(RetrievalTask):
+  """See the module docstring."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    super().__init__(config, workdir)
+    cfg = config
+    if cfg.regions.method not in REGION_METHODS or cfg.regions.eval_method not in ("",) + REGION_METHODS:
+      raise errors.ConfigError(f"config.regions.method={cfg.regions.method!r} / eval_method="
+                               f"{cfg.regions.eval_method!r}: use one of {REGION_METHODS} ('' = method).")
+    if not 0 <= float(cfg.regions.eval_jitter) < 1:
+      raise errors.ConfigError(f"config.regions.eval_jitter={cfg.regions.eval_jitter}: a fraction in [0, 1).")
+    unknown = set(cfg.similarity.weights) - set(LAYERS)
+    if unknown or not any(float(cfg.similarity.weights[k]) for k in LAYERS):
+      raise errors.ConfigError(f"config.similarity.weights={dict(cfg.similarity.weights)}: give weights of "
+                               f"{LAYERS}, at least one > 0.")
+    if float(cfg.similarity.weights.relation) and not cfg.model.relation:
+      raise errors.ConfigError("config.similarity.weights.relation > 0 needs config.model.relation=True.")
+    feature_stop(cfg.image_tower.variant, cfg.image_tower.feature_cut)
+    self.tags: tuple[str, ...] = ()
+    self._maps: dict[str, feature_cache.FeatureCache] = {}
+    self._boxes: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = {}
+    self._predict.update(pair_image=self.pair_image, pair_text=self.pair_text, score_pairs=self.score_pairs,
+                         tag_logits=self.tag_logits)
+
+  # ---- assets and model
+  def _load_or_mine_tags(self, training: bool) -> tuple[str, ...]:
+    cfg = self.config.tags
+    if not cfg.enabled:
+      return ()
+    path = os.path.join(self.workdir, "tags.json")
+    if fileio.exists(path) or not training:
+      return semantic_tags.load_tags(path)
+    captions = (c for caps in self.split("train").captions for c in caps)
+    tags = semantic_tags.mine_tags(captions, min_count=int(cfg.min_count), max_tags=int(cfg.max_tags),
+                                   extra_stopwords=tuple(cfg.extra_stopwords))
+    if jax.process_index() == 0:
+      semantic_tags.save_tags(path, tags, {"min_count": int(cfg.min_count), "max_tags": int(cfg.max_tags),
+                                           "extra_stopwords": list(cfg.extra_stopwords)})
+    return tags
+
+  def setup(self, *, training: bool) -> None:
+    if self.model is not None:
+      return
+    self.tokenizer = self.load_or_build_tokenizer(training)
+    self.tags = self._load_or_mine_tags(training)
+    if training:
+      self.check_eval_splits()
+    m = self.config.model
+    self.model = RegionWordAlignment(
+        vocab_size=len(self.tokenizer), image_size=int(self.config.data.image_size), embed_dim=m.embed_dim,
+        word_dim=m.word_dim, text_hidden=m.text_hidden, roi_bins=m.roi_bins, salient_attention=m.salient_attention,
+        num_heads=m.num_heads, global_pool=m.global_pool, relation=m.relation, relation_regions=m.relation_regions,
+        relation_dim=m.relation_dim, contextual_regions=m.contextual_regions,
+        num_tags=len(self.tags), tag_side=self.config.tags.side if self.tags else "none",
+        dtype=jnp.dtype(m.dtype))
+
+  def _dummy_inputs(self):
+    shape = self.feature_map_shape()
+    r, length = self.max_regions(), self.config.data.max_len
+    return (jnp.zeros((1, *shape), jnp.float32), jnp.zeros((1, r, 4), jnp.float32), jnp.ones((1, r), bool),
+            jnp.zeros((1, length), jnp.int32), jnp.ones((1, length), bool))
+
+  def init_variables(self, rng):
+    return {"params": self.model.init(rng, *self._dummy_inputs())["params"]}
+
+  # ---- frozen image tower: feature maps per split
+  def feature_map_shape(self) -> tuple[int, int, int]:
+    t = self.config.image_tower
+    tower = efficientnet_lite.EfficientNetLite(t.variant)
+    stop = feature_stop(t.variant, t.feature_cut)
+    x = jnp.zeros((1, t.input_size, t.input_size, 3), jnp.float32)
+    out = jax.eval_shape(lambda im: tower.init_with_output(jax.random.PRNGKey(0), im, stop=stop, head=stop is None,
+                                                          pool=False)[0], x)
+    return tuple(out.shape[1:])
+
+  def _tower_fn(self):
+    t = self.config.image_tower
+    tower = efficientnet_lite.EfficientNetLite(t.variant)
+    weights = efficientnet_weights.load(t.variant)
+    variables = jax.device_put({"params": {k: v for k, v in weights["params"].items() if k != "classifier"},
+                                "batch_stats": weights["batch_stats"]})
+    stop, size = feature_stop(t.variant, t.feature_cut), int(t.input_size)
+
+    @jax.jit
+    def apply(v, images):
+      x = efficientnet_lite.normalize_images(images)
+      if x.shape[1] != size:
+        x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
+      return tower.apply(v, x, stop=stop, head=stop is None, pool=False)
+
+    return lambda images: np.asarray(apply(variables, images))
+
+  def feature_maps(self, split: str) -> feature_cache.FeatureCache:
+    """The split's cached feature maps [N, h, w, C] of the frozen tower (centre crops at data.image_size)."""
+    if split not in self._maps:
+      cfg, t = self.config, self.config.image_tower
+      data = self.split(split)
+      key = {"side": "image_map", "source": sources.source_fingerprint(cfg.data), "split": split,
+             "tower": t.variant, "cut": t.feature_cut, "input_size": int(t.input_size),
+             "weights": efficientnet_weights.file_sha256(str(efficientnet_weights.source_file(t.variant))),
+             "image_size": int(cfg.data.image_size), "prepare_size": int(cfg.data.prepare_size)}
+      tower = None
+
+      def encode(name, rows, view):
+        nonlocal tower
+        del name, view
+        tower = tower or self._tower_fn()
+        return tower(data.load_images(rows, cfg.data.image_size))
+
+      self._maps[split] = feature_cache.ensure(key, {split: feature_cache.SplitPlan(len(data), 1)}, encode,
+                                               directory="", dtype=t.cache_dtype, batch_size=int(t.cache_batch_size))
+    return self._maps[split]
+
+  # ---- regions
+  def max_regions(self) -> int:
+    r = self.config.regions
+    if r.method == "grid" or r.eval_method == "grid":
+      grid = int(r.grid[0]) * int(r.grid[1])
+    else:
+      grid = 0
+    return max(int(r.max_regions), grid) + int(bool(r.include_full))
+
+  def boxes(self, split: str, evaluation: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes float32 [N, R, 4] xyxy pixels of the data.image_size crop, valid bool [N, R]) of a split; for
+    evaluation with regions.eval_method / eval_jitter applied."""
+    key = (split, evaluation)
+    if key not in self._boxes:
+      r, size = self.config.regions, int(self.config.data.image_size)
+      method = (r.eval_method or r.method) if evaluation else r.method
+      data = self.split(split)
+      if method == "grid":
+        per_image = [regions.grid_boxes(size, size, int(r.grid[0]), int(r.grid[1]))] * len(data)
+      else:
+        per_image = [regions.xywh_to_xyxy(np.asarray(b, np.float32).reshape(-1, 4)) * self._box_scale(data)
+                     for b in data.boxes]
+        empty = sum(len(b) == 0 for b in per_image)
+        if empty and not r.include_full:
+          raise errors.DataError(f"config.regions.method='data': {empty} of {len(data)} {split} images of "
+                                 f"{self.config.data.source} have no boxes; use method='grid' or include_full=True.")
+      if evaluation and float(r.eval_jitter):
+        rng = np.random.default_rng([int(r.jitter_seed), 17])
+        per_image = [jitter_boxes(b, float(r.eval_jitter), rng, size) for b in per_image]
+      if r.include_full:
+        full = np.asarray([[0, 0, size, size]], np.float32)
+        per_image = [np.concatenate([full, b]) for b in per_image]
+      count = self.max_regions()
+      too_many = sum(len(b) > count for b in per_image)
+      if too_many:
+        raise errors.DataError(f"{too_many} {split} images have more than {count} regions; raise "
+                               "config.regions.max_regions.")
+      self._boxes[key] = regions.pad_boxes(per_image, count)
+    return self._boxes[key]
+
+  def _box_scale(self, data) -> float:
+    """The data's boxes are in the stored image's pixels; crops are data.image_size (shapes world: the same)."""
+    if isinstance(data, sources.InMemorySplit):
+      return self.config.data.image_size / data.images.shape[1]
+    return 1.0
+
+  # ---- training
+  def tag_targets(self, split: str, rows: np.ndarray) -> np.ndarray:
+    """float32 [n, T]: the tags of each image's captions (their union)."""
+    return semantic_tags.tag_targets([self.split(split).captions[int(i)] for i in rows], self.tags)
+
+  @functools.cached_property
+  def _train_tag_targets(self) -> np.ndarray:
+    return self.tag_targets("train", np.arange(len(self.split("train"))))
+
+  def train_iterator(self, *, process_index, process_count):
+    data, toks = self.split("train"), self.tokens("train")
+    maps = self.feature_maps("train")
+    boxes, valid = self.boxes("train", evaluation=False)
+    with_tags = bool(self.tags) and float(self.config.tags.weight) > 0
+
+    def load(indices, keys):
+      captions = toks.sample_one_per_image(indices, keys)
+      batch = {"feature_map": maps.read("train", indices), "boxes": boxes[indices], "region_mask": valid[indices],
+               "tokens": toks.tokens[captions], "mask": toks.mask[captions], "image_ids": data.image_ids[indices]}
+      if with_tags:
+        batch["tag_targets"] = self._train_tag_targets[indices]
+      return batch
+
+    cfg = self.config
+    return EpochBatchIterator(len(data), cfg.train.batch_size, load, seed=cfg.seed, process_index=process_index,
+                              process_count=process_count, num_threads=cfg.data.num_threads,
+                              prefetch=cfg.data.prefetch)
+
+  def loss_fn(self, params, batch, rng, ctx):
+    del rng
+    v = {"params": params}
+    image = self.model.apply(v, batch["feature_map"], batch["boxes"], batch["region_mask"],
+                             method=RegionWordAlignment.encode_image)
+    text = self.model.apply(v, batch["tokens"], batch["mask"], method=RegionWordAlignment.encode_text)
+    sims = alignment_similarities(image, text, self.config.similarity, all_pairs=True)
+    cfg = self.config.loss
+    max_violation = jnp.logical_and(bool(cfg.max_violation), ctx.step >= cfg.max_violation_warmup_steps)
+    hinge = functools.partial(hinge_loss_from_similarity, margin=cfg.margin, max_violation=max_violation,
+                              image_ids=batch["image_ids"])
+    loss, aux = hinge(sims["combined"])
+    metrics = dict(aux, max_violation=max_violation.astype(jnp.float32), matching_loss=loss)
+    layers_on = [name for name in LAYERS if name in sims]
+    for name in layers_on:
+      layer_loss, layer_aux = hinge(sims[name])
+      metrics[f"{name}_loss"], metrics[f"{name}_pos_sim"] = layer_loss, layer_aux["pos_sim"]
+      if float(cfg.consistency_weight) and len(layers_on) > 1:
+        loss = loss + float(cfg.consistency_weight) * layer_loss
+    if "tag_targets" in batch:
+      logits = image["tag_logits"]
+      tag_loss = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, batch["tag_targets"]))
+      predicted, true = logits > 0, batch["tag_targets"] > 0.5
+      tp = jnp.sum(predicted & true)
+      metrics.update(tag_loss=tag_loss, tag_micro_f1=2 * tp / jnp.maximum(jnp.sum(predicted) + jnp.sum(true), 1))
+      loss = loss + float(self.config.tags.weight) * tag_loss
+    return loss, metrics
+
+  # ---- predict functions
+  def pair_image(self, variables, feature_map, boxes, region_mask):
+    """-> the image's sets: regions [n, R, D], masks, saliency, global, (pairs)."""
+    out = self.model.apply({"params": variables["params"]}, feature_map, boxes, region_mask,
+                           method=RegionWordAlignment.encode_image)
+    out.pop("tag_logits", None)
+    return out
+
+  def pair_text(self, variables, tokens, mask):
+    out = self.model.apply({"params": variables["params"]}, tokens, mask, method=RegionWordAlignment.encode_text)
+    out.pop("text_tags", None)
+    return out
+
+  def score_pairs(self, variables, image, text):
+    """Aligned per-item sets of P pairs -> combined similarities [P]."""
+    del variables
+    return alignment_similarities(image, text, self.config.similarity, all_pairs=False)["combined"]
+
+  def embed_image(self, variables, feature_map, boxes, region_mask):
+    return self.pair_image(variables, feature_map, boxes, region_mask)["global"]
+
+  def embed_text(self, variables, tokens, mask):
+    return self.pair_text(variables, tokens, mask)["global"]
+
+  def tag_logits(self, variables, feature_map, boxes, region_mask):
+    return self.model.apply({"params": variables["params"]}, feature_map, boxes, region_mask,
+                            method=RegionWordAlignment.encode_image)["tag_logits"]
+
+  # ---- evaluation data
+  def make_eval_data(self, split: str) -> EvalData:
+    toks = self.tokens(split)
+    data = self.split(split)
+    boxes, valid = self.boxes(split, evaluation=True)
+    maps = self.feature_maps(split).read(split, np.arange(len(data)))
+    out = EvalData(image_inputs={"feature_map": maps, "boxes": boxes, "region_mask": valid},
+                   text_inputs={"tokens": toks.tokens, "mask": toks.mask}, text_to_image=toks.text_to_image)
+    specs = [s for s in self.config.evals.values() if s.split == split]
+    if self.tags and any(s.type == "multilabel" for s in specs):
+      out.extras.update(tag_targets_image=self.tag_targets(split, np.arange(len(data))), tag_names=self.tags)
+    if any(s.type == "pair_choice" for s in specs):
+      choices = compositional_foils.build_choices(data.captions, seed=int(self.config.seed))
+      out.extras["choice"] = {"image_rows": choices["image_rows"], "kinds": choices["kinds"],
+                              "true_text_inputs": self.encode_texts(choices["true_captions"]),
+                              "foil_text_inputs": self.encode_texts(choices["foil_captions"])}
+    return out
+
