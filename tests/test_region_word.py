@@ -207,3 +207,19 @@ def test_config_errors_name_the_field(tmp_path):
   config = load_config(TINY, "--config.model.relation=False")
   with pytest.raises(errors.ConfigError, match="model.relation"):
     make_task(config, str(tmp_path))
+
+
+def test_ablation_rows_and_claims_table(tmp_path):
+  from xmodal_jax.tasks.retrieval import ablation, region_word_ablation as rwa_ablation
+  config = load_config(TINY)
+  vsepp = rwa_ablation.ROWS["vsepp"].flags(config)
+  assert "--config.similarity.weights.entity=0.0" in vsepp and "--config.model.global_pool=image" in vsepp
+  assert "--config.evals.tags.at_end=False" in vsepp and rwa_ablation.ROWS["full"].flags(config) == []
+  runs = {"vsepp": [dict(zip(("test/i2t_r1", "test/t2i_r1", "composition/accuracy"), v)) for v in ((50, 30, 55),
+                                                                                                   (52, 32, 57))],
+          "full": [{"test/i2t_r1": 90, "test/t2i_r1": 80, "composition/accuracy": 80, "tags/micro_f1": 93},
+                   {"test/i2t_r1": 92, "test/t2i_r1": 82, "composition/accuracy": 82, "tags/micro_f1": 95}]}
+  table = rwa_ablation.claims_table(runs, {r: rwa_ablation.ROWS[r].label for r in runs}, "test").splitlines()
+  assert "VSE++ (global)" in table[2] and "41.0 ± 1.4" in table[2] and "–" in table[2]  # no tag head: no F1
+  assert "full S2" in table[3] and "86.0 ± 1.4" in table[3] and "94.0 ± 1.4" in table[3]
+  assert ablation.mean_std([1.0, 3.0], signed=True) == "+2.0 ± 1.4"
