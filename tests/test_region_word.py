@@ -223,3 +223,18 @@ def test_ablation_rows_and_claims_table(tmp_path):
   assert "VSE++ (global)" in table[2] and "41.0 ± 1.4" in table[2] and "–" in table[2]  # no tag head: no F1
   assert "full S2" in table[3] and "86.0 ± 1.4" in table[3] and "94.0 ± 1.4" in table[3]
   assert ablation.mean_std([1.0, 3.0], signed=True) == "+2.0 ± 1.4"
+
+
+def test_tag_heads_on_the_text_side_train_and_evaluate(tmp_path):
+  config = load_config(TINY, "--config.mesh.shape=(1,1)", "--config.tags.side=both")
+  metrics = _one_step(config, str(tmp_path / "a"), jax.devices()[:1])
+  assert np.isfinite(metrics["tag_loss"]) and np.isfinite(metrics["text_tag_loss"])
+  task = make_task(config, str(tmp_path / "b"))
+  task.setup(training=True)
+  variables = {"params": jax.jit(task.init_variables)(jax.random.PRNGKey(0))["params"]}
+  data = task.eval_data("test")
+  logits = task.text_tag_logits(variables, data.text_inputs["tokens"][:3], data.text_inputs["mask"][:3])
+  assert logits.shape == (3, len(task.tags)) == data.extras["tag_targets_text"][:3].shape
+  from xmodal_jax import errors
+  with pytest.raises(errors.ConfigError, match="tags.side"):
+    make_task(load_config(TINY, "--config.tags.side=caption"), str(tmp_path / "c"))

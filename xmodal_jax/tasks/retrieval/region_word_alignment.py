@@ -19,7 +19,8 @@ tags.weight), the "global constraint" on the image embedding.
 
 Predict functions: embed_image / embed_text (global unit vectors: shortlists for re-ranking), pair_image /
 pair_text (per-item sets) and score_pairs (the combined similarity of aligned pairs) for the pairwise retrieval
-evaluator, tag_logits (image side) for the multilabel evaluator, and the same pair functions for the pair_choice
+evaluator, tag_logits / text_tag_logits (tags.side image / text / both) for the multilabel evaluator
+(side="text", predict="text_tag_logits" for the caption head), and the same pair functions for the pair_choice
 (compositional) evaluator. Assets in the workdir: tokenizer.json, tags.json.
 """
 from __future__ import annotations
@@ -86,11 +87,14 @@ class RegionWordAlignmentTask(RetrievalTask):
     if float(cfg.similarity.weights.relation) and not cfg.model.relation:
       raise errors.ConfigError("config.similarity.weights.relation > 0 needs config.model.relation=True.")
     feature_stop(cfg.image_tower.variant, cfg.image_tower.feature_cut)
+    if cfg.tags.side not in ("image", "text", "both"):
+      raise errors.ConfigError(f"config.tags.side={cfg.tags.side!r}: the tag head(s) on the global 'image', 'text' or "
+                               "'both' vectors.")
     self.tags: tuple[str, ...] = ()
     self._maps: dict[str, feature_cache.FeatureCache] = {}
     self._boxes: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = {}
     self._predict.update(pair_image=self.pair_image, pair_text=self.pair_text, score_pairs=self.score_pairs,
-                         tag_logits=self.tag_logits)
+                         tag_logits=self.tag_logits, text_tag_logits=self.text_tag_logits)
 
   # ---- assets and model
   def _load_or_mine_tags(self, training: bool) -> tuple[str, ...]:
@@ -236,6 +240,15 @@ class RegionWordAlignmentTask(RetrievalTask):
   def _train_tag_targets(self) -> np.ndarray:
     return self.tag_targets("train", np.arange(len(self.split("train"))))
 
+  @functools.cached_property
+  def _train_caption_tag_targets(self) -> np.ndarray:
+    """float32 [captions, T]: the tags of each train caption (rows as in tokens("train"))."""
+    return semantic_tags.tag_targets([[c] for caps in self.split("train").captions for c in caps], self.tags)
+
+  def _tag_sides(self) -> tuple[str, ...]:
+    side = str(self.config.tags.side)
+    return ("image", "text") if side == "both" else (side,)
+
   def train_iterator(self, *, process_index, process_count):
     data, toks = self.split("train"), self.tokens("train")
     maps = self.feature_maps("train")
@@ -246,8 +259,10 @@ class RegionWordAlignmentTask(RetrievalTask):
       captions = toks.sample_one_per_image(indices, keys)
       batch = {"feature_map": maps.read("train", indices), "boxes": boxes[indices], "region_mask": valid[indices],
                "tokens": toks.tokens[captions], "mask": toks.mask[captions], "image_ids": data.image_ids[indices]}
-      if with_tags:
+      if with_tags and "image" in self._tag_sides():
         batch["tag_targets"] = self._train_tag_targets[indices]
+      if with_tags and "text" in self._tag_sides():
+        batch["text_tag_targets"] = self._train_caption_tag_targets[captions]
       return batch
 
     cfg = self.config
@@ -274,13 +289,15 @@ class RegionWordAlignmentTask(RetrievalTask):
       metrics[f"{name}_loss"], metrics[f"{name}_pos_sim"] = layer_loss, layer_aux["pos_sim"]
       if float(cfg.consistency_weight) and len(layers_on) > 1:
         loss = loss + float(cfg.consistency_weight) * layer_loss
-    if "tag_targets" in batch:
-      logits = image["tag_logits"]
-      tag_loss = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, batch["tag_targets"]))
-      predicted, true = logits > 0, batch["tag_targets"] > 0.5
-      tp = jnp.sum(predicted & true)
-      metrics.update(tag_loss=tag_loss, tag_micro_f1=2 * tp / jnp.maximum(jnp.sum(predicted) + jnp.sum(true), 1))
-      loss = loss + float(self.config.tags.weight) * tag_loss
+    for prefix, logits_key, targets_key, out in (("tag", "tag_logits", "tag_targets", image),
+                                                 ("text_tag", "text_tags", "text_tag_targets", text)):
+      if targets_key in batch:  # the image's tags from its global vector / the caption's from the caption's
+        logits, targets = out[logits_key], batch[targets_key]
+        tag_loss = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets))
+        tp = jnp.sum((logits > 0) & (targets > 0.5))
+        metrics[f"{prefix}_loss"] = tag_loss
+        metrics[f"{prefix}_micro_f1"] = 2 * tp / jnp.maximum(jnp.sum(logits > 0) + jnp.sum(targets > 0.5), 1)
+        loss = loss + float(self.config.tags.weight) * tag_loss
     return loss, metrics
 
   # ---- predict functions
@@ -311,6 +328,10 @@ class RegionWordAlignmentTask(RetrievalTask):
     return self.model.apply({"params": variables["params"]}, feature_map, boxes, region_mask,
                             method=RegionWordAlignment.encode_image)["tag_logits"]
 
+  def text_tag_logits(self, variables, tokens, mask):
+    return self.model.apply({"params": variables["params"]}, tokens, mask,
+                            method=RegionWordAlignment.encode_text)["text_tags"]
+
   # ---- evaluation data
   def make_eval_data(self, split: str) -> EvalData:
     toks = self.tokens(split)
@@ -321,7 +342,9 @@ class RegionWordAlignmentTask(RetrievalTask):
                    text_inputs={"tokens": toks.tokens, "mask": toks.mask}, text_to_image=toks.text_to_image)
     specs = [s for s in self.config.evals.values() if s.split == split]
     if self.tags and any(s.type == "multilabel" for s in specs):
-      out.extras.update(tag_targets_image=self.tag_targets(split, np.arange(len(data))), tag_names=self.tags)
+      out.extras.update(tag_targets_image=self.tag_targets(split, np.arange(len(data))), tag_names=self.tags,
+                        tag_targets_text=semantic_tags.tag_targets([[c] for caps in data.captions for c in caps],
+                                                                   self.tags))
     if any(s.type == "pair_choice" for s in specs):
       choices = compositional_foils.build_choices(data.captions, seed=int(self.config.seed))
       out.extras["choice"] = {"image_rows": choices["image_rows"], "kinds": choices["kinds"],
