@@ -7,15 +7,14 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from tests.helpers import load_config, make_task
+from xmodal_jax.data import regions
 from xmodal_jax.models import layers, relation_pairs
 from xmodal_jax.models.bigru_text import BiGRUWordEncoder
 from xmodal_jax.models.region_word_similarity import aggregate, cross_attention_similarity
-from xmodal_jax.tasks.retrieval import region_word_alignment as rwa
 from xmodal_jax.train import sharding, trainer
 
 TINY = "configs/retrieval/region_word_shapes.py:tiny"
@@ -111,7 +110,7 @@ def test_bigru_word_features_do_not_depend_on_padding():
 def test_jitter_boxes_stays_in_the_image_and_moves_boxes():
   rng = np.random.default_rng(0)
   boxes = np.array([[10, 10, 30, 30], [0, 0, 64, 64]], np.float32)
-  out = rwa.jitter_boxes(boxes, 0.2, rng, 64)
+  out = regions.jitter_boxes(boxes, 0.2, rng, 64)
   assert out.min() >= 0 and out.max() <= 64 and not np.allclose(out[0], boxes[0])
   assert np.all(np.abs(out[0] - boxes[0]) <= 0.2 * 20 * 1.5 + 1e-4)
 

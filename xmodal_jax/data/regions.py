@@ -91,6 +91,17 @@ def box_geometry(boxes: np.ndarray, image_height: int, image_width: int, *,
   return xp.concatenate([corners, size, area], axis=-1)
 
 
+def jitter_boxes(boxes: np.ndarray, fraction: float, rng: np.random.Generator, image_size: int) -> np.ndarray:
+  """xyxy boxes [..., 4] -> each box's centre moved by up to `fraction` of its width / height and each side
+  scaled by a factor in [1 - fraction, 1 + fraction] (uniform draws), clipped to the image."""
+  boxes = np.asarray(boxes, np.float32)
+  size = boxes[..., 2:] - boxes[..., :2]
+  centre = (boxes[..., :2] + boxes[..., 2:]) / 2 + rng.uniform(-fraction, fraction, size.shape) * size
+  size = size * rng.uniform(1 - fraction, 1 + fraction, size.shape)
+  out = np.concatenate([centre - size / 2, centre + size / 2], axis=-1)
+  return np.clip(out, 0, image_size).astype(np.float32)
+
+
 def _clip_to_image(boxes: np.ndarray, image_height: int, image_width: int) -> np.ndarray:
   return np.clip(boxes, 0, [image_width, image_height, image_width, image_height]).astype(np.float32)
 

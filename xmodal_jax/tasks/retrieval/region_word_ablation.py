@@ -74,17 +74,17 @@ def claims_table(per_row: dict[str, list[dict[str, float]]], labels: dict[str, s
   return tables.markdown_table(["row"] + [name for name, _ in columns], body)
 
 
-def robustness_table(args, rows: list[str], seeds: list[int], split: str, extra: list[str]) -> str:
+def robustness_table(args, config, rows: list[str], seeds: list[int], split: str, extra: list[str]) -> str:
   """Mean R@1 with the training regions and under each perturbation, and the drops (mean +- std over seeds).
   Each evaluation runs the row's own config (its overrides and the run's extra flags) plus the perturbation."""
   body = []
   for row in rows:
     base = [mean_r1(ablation.results(args.workdir, row, s), split) for s in seeds]
     line = [ROWS[row].label, ablation.mean_std(base)]
-    own = ROWS[row].flags(args.cfg) + extra
+    own = ROWS[row].flags(config) + extra
     for name, flags in PERTURBATIONS.items():
       got = [mean_r1(ablation.evaluate(args.config, args.workdir, row, s, name,
-                                       own + flags + _no_tag_evals(args.cfg), splits=(split,)), split)
+                                       own + flags + _no_tag_evals(config), splits=(split,)), split)
              for s in seeds]
       line += [ablation.mean_std(got), ablation.mean_std(np.asarray(base) - np.asarray(got))]
     body.append(line)
@@ -98,7 +98,6 @@ def main(argv: list[str]) -> int:
   if isinstance(parsed, int):
     return parsed
   args, rows, seeds, extra, config = parsed
-  args.cfg = config
   run_rows = list(dict.fromkeys(rows + (list(ROBUSTNESS_ROWS) if robustness else [])))
   code = ablation.train_all("region_word_ablation", args, ROWS, run_rows, seeds, extra, config)
   if code:
@@ -111,7 +110,7 @@ def main(argv: list[str]) -> int:
   if robustness:
     try:
       parts.append("Robustness to poor detection (mean R@1; trained with the config's regions):\n\n"
-                   + robustness_table(args, list(ROBUSTNESS_ROWS), seeds, args.split, extra))
+                   + robustness_table(args, config, list(ROBUSTNESS_ROWS), seeds, args.split, extra))
     except RuntimeError as e:
       print(f"region_word_ablation: {e}", file=sys.stderr)
       return 1

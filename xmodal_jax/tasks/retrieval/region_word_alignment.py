@@ -44,7 +44,6 @@ from xmodal_jax.objectives.contrastive_hinge import hinge_loss_from_similarity
 from xmodal_jax.tasks.retrieval.retrieval_task import RetrievalTask
 
 REGION_METHODS = ("data", "grid")
-FEATURE_CUTS = ("head_conv",)  # besides efficientnet_lite.stage_starts names (the input of that stage)
 
 
 def feature_stop(variant: str, cut: str) -> int | None:
@@ -56,17 +55,6 @@ def feature_stop(variant: str, cut: str) -> int | None:
     return starts[cut]
   raise errors.ConfigError(f"config.image_tower.feature_cut={cut!r}: use 'head_conv' or the input of a stage, one of "
                            f"{sorted(k for k in starts if k not in ('stem', 'pooled'))}.")
-
-
-def jitter_boxes(boxes: np.ndarray, fraction: float, rng: np.random.Generator, image_size: int) -> np.ndarray:
-  """xyxy boxes [..., 4] -> each box's centre moved by up to `fraction` of its width / height and each side
-  scaled by a factor in [1 - fraction, 1 + fraction] (uniform draws), clipped to the image."""
-  boxes = np.asarray(boxes, np.float32)
-  size = boxes[..., 2:] - boxes[..., :2]
-  centre = (boxes[..., :2] + boxes[..., 2:]) / 2 + rng.uniform(-fraction, fraction, size.shape) * size
-  size = size * rng.uniform(1 - fraction, 1 + fraction, size.shape)
-  out = np.concatenate([centre - size / 2, centre + size / 2], axis=-1)
-  return np.clip(out, 0, image_size).astype(np.float32)
 
 
 class RegionWordAlignmentTask(RetrievalTask):
@@ -213,7 +201,7 @@ class RegionWordAlignmentTask(RetrievalTask):
                                  f"{self.config.data.source} have no boxes; use method='grid' or include_full=True.")
       if evaluation and float(r.eval_jitter):
         rng = np.random.default_rng([int(r.jitter_seed), 17])
-        per_image = [jitter_boxes(b, float(r.eval_jitter), rng, size) for b in per_image]
+        per_image = [regions.jitter_boxes(b, float(r.eval_jitter), rng, size) for b in per_image]
       if r.include_full:
         full = np.asarray([[0, 0, size, size]], np.float32)
         per_image = [np.concatenate([full, b]) for b in per_image]
@@ -236,33 +224,27 @@ class RegionWordAlignmentTask(RetrievalTask):
     """float32 [n, T]: the tags of each image's captions (their union)."""
     return semantic_tags.tag_targets([self.split(split).captions[int(i)] for i in rows], self.tags)
 
-  @functools.cached_property
-  def _train_tag_targets(self) -> np.ndarray:
-    return self.tag_targets("train", np.arange(len(self.split("train"))))
-
-  @functools.cached_property
-  def _train_caption_tag_targets(self) -> np.ndarray:
-    """float32 [captions, T]: the tags of each train caption (rows as in tokens("train"))."""
-    return semantic_tags.tag_targets([[c] for caps in self.split("train").captions for c in caps], self.tags)
-
-  def _tag_sides(self) -> tuple[str, ...]:
-    side = str(self.config.tags.side)
-    return ("image", "text") if side == "both" else (side,)
+  def caption_tag_targets(self, split: str) -> np.ndarray:
+    """float32 [captions, T]: the tags of each caption of the split (rows as in tokens(split))."""
+    return semantic_tags.tag_targets([[c] for caps in self.split(split).captions for c in caps], self.tags)
 
   def train_iterator(self, *, process_index, process_count):
     data, toks = self.split("train"), self.tokens("train")
     maps = self.feature_maps("train")
     boxes, valid = self.boxes("train", evaluation=False)
     with_tags = bool(self.tags) and float(self.config.tags.weight) > 0
+    sides = ("image", "text") if self.config.tags.side == "both" else (self.config.tags.side,)
+    image_tags = self.tag_targets("train", np.arange(len(data))) if with_tags and "image" in sides else None
+    text_tags = self.caption_tag_targets("train") if with_tags and "text" in sides else None
 
     def load(indices, keys):
       captions = toks.sample_one_per_image(indices, keys)
       batch = {"feature_map": maps.read("train", indices), "boxes": boxes[indices], "region_mask": valid[indices],
                "tokens": toks.tokens[captions], "mask": toks.mask[captions], "image_ids": data.image_ids[indices]}
-      if with_tags and "image" in self._tag_sides():
-        batch["tag_targets"] = self._train_tag_targets[indices]
-      if with_tags and "text" in self._tag_sides():
-        batch["text_tag_targets"] = self._train_caption_tag_targets[captions]
+      if image_tags is not None:
+        batch["tag_targets"] = image_tags[indices]
+      if text_tags is not None:
+        batch["text_tag_targets"] = text_tags[captions]
       return batch
 
     cfg = self.config
@@ -343,8 +325,7 @@ class RegionWordAlignmentTask(RetrievalTask):
     specs = [s for s in self.config.evals.values() if s.split == split]
     if self.tags and any(s.type == "multilabel" for s in specs):
       out.extras.update(tag_targets_image=self.tag_targets(split, np.arange(len(data))), tag_names=self.tags,
-                        tag_targets_text=semantic_tags.tag_targets([[c] for caps in data.captions for c in caps],
-                                                                   self.tags))
+                        tag_targets_text=self.caption_tag_targets(split))
     if any(s.type == "pair_choice" for s in specs):
       choices = compositional_foils.build_choices(data.captions, seed=int(self.config.seed))
       out.extras["choice"] = {"image_rows": choices["image_rows"], "kinds": choices["kinds"],
