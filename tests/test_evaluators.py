@@ -79,6 +79,19 @@ def test_rerank_with_k_all_equals_full_pairwise_scoring():
   assert short["i2t_r1"] == full["i2t_r1"] and short["i2t_r5"] <= full["i2t_r5"]
 
 
+def test_max_images_scores_the_first_images_and_their_texts_only():
+  first = _run(scorer="pairwise", max_images=20, pair_batch_size=64)
+  whole = _run()
+  spec = evaluator_config("retrieval", split="val", batch_size=16)
+  data = _data()
+  sub = EvalData(image_inputs={"x": data.image_inputs["x"][:20]}, text_inputs={"x": data.text_inputs["x"][:60]},
+                 text_to_image=data.text_to_image[:60])
+  alone = evaluator_lib.create("val", spec).evaluate(PREDICT, _variables(), sub, _runtime())
+  for key, value in alone.items():
+    assert first[key] == pytest.approx(value, abs=1e-9), key
+  assert first["i2t_r1"] > whole["i2t_r1"]  # 20 candidates, not 60: an easier problem than the whole split
+
+
 def test_pairwise_ranks_score_in_bounded_blocks_and_keep_the_tie_rule():
   rng = np.random.default_rng(0)
   n, per = 40, 5

@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import load_config, make_task
+from tests.helpers import load_config, make_task, one_train_step
 from xmodal_jax.data import regions
 from xmodal_jax.models import layers, relation_pairs
 from xmodal_jax.models.bigru_text import BiGRUWordEncoder
 from xmodal_jax.models.region_word_similarity import aggregate, cross_attention_similarity
-from xmodal_jax.train import sharding, trainer
+from xmodal_jax.train import sharding
 
 TINY = "configs/retrieval/region_word_shapes.py:tiny"
 
@@ -161,19 +161,9 @@ def test_pairwise_scorer_equals_a_loop_reference(tmp_path):
     assert got[k] == pytest.approx(expected[k], abs=1e-6), k
 
 
-def _one_step(config, workdir, devices):
-  setup = trainer.build(make_task(config, workdir), devices)
-  step_fn = trainer.make_train_step(setup)
-  state = setup.init_state(jax.random.PRNGKey(config.seed))
-  batch = next(setup.task.train_iterator(process_index=0, process_count=1))
-  _, _, metrics = step_fn(state, setup.frozen, jnp.array(-1, jnp.int32),
-                          sharding.global_batch_from_host(batch, setup.mesh))
-  return {k: float(v) for k, v in metrics.items()}
-
-
 def test_one_step_on_one_and_eight_devices_agree(tmp_path):
-  one = _one_step(load_config(TINY, "--config.mesh.shape=(1,1)"), str(tmp_path / "a"), jax.devices()[:1])
-  eight = _one_step(load_config(TINY, "--config.mesh.shape=(8,1)"), str(tmp_path / "b"), jax.devices())
+  one = one_train_step(load_config(TINY, "--config.mesh.shape=(1,1)"), str(tmp_path / "a"), jax.devices()[:1])
+  eight = one_train_step(load_config(TINY, "--config.mesh.shape=(8,1)"), str(tmp_path / "b"), jax.devices())
   for k in ("loss", "entity_loss", "relation_loss", "global_loss", "tag_loss"):
     assert eight[k] == pytest.approx(one[k], rel=1e-4, abs=1e-5), k
 
@@ -226,7 +216,7 @@ def test_ablation_rows_and_claims_table(tmp_path):
 
 def test_tag_heads_on_the_text_side_train_and_evaluate(tmp_path):
   config = load_config(TINY, "--config.mesh.shape=(1,1)", "--config.tags.side=both")
-  metrics = _one_step(config, str(tmp_path / "a"), jax.devices()[:1])
+  metrics = one_train_step(config, str(tmp_path / "a"), jax.devices()[:1])
   assert np.isfinite(metrics["tag_loss"]) and np.isfinite(metrics["text_tag_loss"])
   task = make_task(config, str(tmp_path / "b"))
   task.setup(training=True)

@@ -53,3 +53,28 @@ def select_masked_objects(boxes: np.ndarray, valid: np.ndarray, rng: np.random.G
 def box_overlaps(boxes: np.ndarray) -> np.ndarray:
   """bool [R, R]: pairs of xyxy boxes with a positive-area intersection (IoU > 0), the diagonal included."""
   return regions.box_iou(boxes, boxes) > 0
+
+
+def referring_positions(tokens: np.ndarray, valid: np.ndarray, label_tokens: np.ndarray) -> np.ndarray:
+  """bool [L]: the caption units that name an object, for masking a text span with the object it refers to
+  (aligned joint masking, Fig. 3 of the seed).
+
+  tokens int [L], valid bool [L]; label_tokens int [Lb] (the object's label text, e.g. "small red circle"; 0 =
+  padding). Our reading of "the text the object corresponds to": every maximal run of consecutive valid units that
+  are all words of the label and contain its last word (the noun: "red circle", "circle"); every such run is marked,
+  so an object named twice is hidden twice. An object with no label text refers to nothing.
+  """
+  words = np.asarray(label_tokens)[np.asarray(label_tokens) > 0]
+  out = np.zeros(len(tokens), bool)
+  if not len(words):
+    return out
+  inside = np.isin(tokens, words) & np.asarray(valid, bool)
+  start = None
+  for i in range(len(tokens) + 1):
+    if i < len(tokens) and inside[i]:
+      start = i if start is None else start
+      continue
+    if start is not None and np.any(tokens[start:i] == words[-1]):
+      out[start:i] = True
+    start = None
+  return out

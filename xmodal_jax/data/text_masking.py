@@ -16,11 +16,12 @@ MODES = ("span", "token")
 
 
 def mask_units(tokens: np.ndarray, valid: np.ndarray, rng: np.random.Generator, *, mask_id: int,
-               mode: str = "span", ratio: float = 0.15, max_span: int = 3
+               mode: str = "span", ratio: float = 0.15, max_span: int = 3, premasked: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """tokens int [L], valid bool [L] -> (inputs int [L], targets int [L] (IGNORE where not masked), masked bool [L]).
 
-  A caption without a valid unit comes back unchanged with nothing masked.
+  premasked bool [L]: positions masked already (e.g. the words that name a masked object); they count toward the
+  ratio and the mode tops them up. A caption without a valid unit comes back unchanged with nothing masked.
   """
   if mode not in MODES:
     raise ValueError(f"mask_units: mode={mode!r}; use one of {MODES}.")
@@ -28,11 +29,13 @@ def mask_units(tokens: np.ndarray, valid: np.ndarray, rng: np.random.Generator, 
     raise ValueError(f"mask_units: ratio={ratio} must be in (0, 1] and max_span={max_span} >= 1.")
   tokens, valid = np.asarray(tokens), np.asarray(valid, bool)
   positions = np.flatnonzero(valid)
-  masked = np.zeros(len(tokens), bool)
+  masked = np.zeros(len(tokens), bool) if premasked is None else np.asarray(premasked, bool) & valid
   if len(positions):
     budget = max(1, int(round(ratio * len(positions))))
     if mode == "token":
-      masked[rng.choice(positions, size=budget, replace=False)] = True
+      free = positions[~masked[positions]]
+      extra = min(len(free), max(0, budget - int(masked.sum())))
+      masked[rng.choice(free, size=extra, replace=False)] = True
     else:
       while masked.sum() < budget:
         start = int(rng.choice(positions[~masked[positions]]))

@@ -14,7 +14,8 @@ Types: "retrieval" (evaluation/retrieval_evaluator.py), "classification" (evalua
 S2's semantic tags), "zero_shot" (evaluation/zero_shot.py: CLIP-style classification by
 embedded class prompts), "captioning" (evaluation/captioning.py: caption metrics, CLIP-S under scorer models), "image_reconstruction" (evaluation/image_reconstruction.py: generated vs real
 images, and a PNG grid of them), "pair_choice" (evaluation/pair_choice.py: true caption vs a foil by
-score_pairs, e.g. compositional foils); a project may register more with `register` (S1 does, in tasks/s1/evaluators.py).
+score_pairs, e.g. compositional foils), "masked_prediction" (evaluation/masked_prediction.py: accuracy of
+masked words / objects under fixed protocols, S4); a project may register more with `register` (S1 does, in tasks/s1/evaluators.py).
 Built-in types are imported on first use.
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ _BUILTIN = {
     "captioning": "xmodal_jax.evaluation.captioning",
     "image_reconstruction": "xmodal_jax.evaluation.image_reconstruction",
     "pair_choice": "xmodal_jax.evaluation.pair_choice",
+    "masked_prediction": "xmodal_jax.evaluation.masked_prediction",
 }
 _REGISTRY: dict[str, type["Evaluator"]] = {}
 

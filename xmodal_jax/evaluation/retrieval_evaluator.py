@@ -9,9 +9,12 @@ Three ways to score, one rank definition and tie rule (evaluation/retrieval.py):
     the raw inputs (evaluation/pair_scoring.py);
   rerank_k > 0 (with scorer="pairwise"): each query's top-k by the dual encoder's embeddings is re-scored by
     `score_pairs` (the usual way to make cross-encoder retrieval affordable).
+`max_images` keeps the first N images and their texts (e.g. full pairwise scoring of one fold).
 `fold_size` also reports the mean over consecutive folds of that many images (COCO 1K).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import numpy as np
@@ -32,7 +35,8 @@ class RetrievalEvaluator(evaluator_lib.Evaluator):
       rerank_k=0,             # pairwise: > 0 re-scores the embeddings' top-k of every query
       pair_batch_size=4096,   # pairs per score_pairs call
       embed_image="embed_image", embed_text="embed_text", score_pairs="score_pairs",
-      pair_image="", pair_text="")  # per-item encoders feeding score_pairs ('' = raw inputs)
+      pair_image="", pair_text="",  # per-item encoders feeding score_pairs ('' = raw inputs)
+      max_images=0)           # > 0: only the split's first N images and their texts (e.g. one fold, full scoring)
 
   def __init__(self, name, spec):
     super().__init__(name, spec)
@@ -62,13 +66,21 @@ class RetrievalEvaluator(evaluator_lib.Evaluator):
 
   def evaluate(self, predict_fns, variables, data, runtime) -> dict[str, float]:
     text_to_image = np.asarray(data.need("text_to_image", self.name))
-    num_images = len(jax.tree.leaves(data.need("image_inputs", self.name))[0])
+    image_inputs, text_inputs = data.need("image_inputs", self.name), data.need("text_inputs", self.name)
+    num_images = len(jax.tree.leaves(image_inputs)[0])
+    if 0 < int(self.spec.max_images) < num_images:
+      num_images = int(self.spec.max_images)
+      texts = np.flatnonzero(text_to_image < num_images)
+      image_inputs = jax.tree.map(lambda x: x[:num_images], image_inputs)
+      text_inputs = jax.tree.map(lambda x: np.asarray(x)[texts], text_inputs)
+      text_to_image = text_to_image[texts]
+      data = dataclasses.replace(data, image_inputs=image_inputs, text_inputs=text_inputs,
+                                 text_to_image=text_to_image)
     image_emb = text_emb = scorer = None
     if self.spec.scorer == "embeddings" or self.spec.rerank_k:
       image_emb, text_emb = self._embeddings(predict_fns, variables, data, runtime)
     if self.spec.scorer == "pairwise":
-      scorer = pair_scoring.pair_scorer(self, predict_fns, variables, data.need("image_inputs", self.name),
-                                        data.need("text_inputs", self.name), runtime)
+      scorer = pair_scoring.pair_scorer(self, predict_fns, variables, image_inputs, text_inputs, runtime)
     metrics = self._ranked(image_emb, text_emb, scorer, text_to_image, num_images)
     fold = int(self.spec.fold_size)
     if fold and num_images > fold and num_images % fold == 0:

@@ -43,22 +43,44 @@ def sequence_ids(num_objects: int, text_len: int) -> tuple[np.ndarray, np.ndarra
 
 class SingleStreamInputs(nn.Module):
   """object features [B, R, F], object mask [B, R], tokens [B, L], token mask [B, L] ->
-  (embeddings [B, 1 + R + L, width], attention mask bool [B, 1 + R + L]); the matching identifier is always valid."""
+  (embeddings [B, 1 + R + L, width], attention mask bool [B, 1 + R + L]); the matching identifier is always valid.
+
+  Optional keyword inputs:
+    object_geometry [B, R, G]: concatenated to the features after masking (a masked object keeps its box).
+    masked_objects bool [B, R]: these objects' features become zeros before the FC and a learnt image-mask
+      embedding is added ([0063]: "replace their features with the image mask"); so are their additions.
+    object_additions [B, R, width] / token_additions [B, L, width]: fused into the elements (the seed library's
+      label text / standard images, models/single_stream_transformer.py); a masked object's are dropped here, a
+      masked word's are zero by construction (they are looked up from the mask token).
+  """
   vocab_size: int
   width: int
   max_text_len: int
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, object_features, object_mask, tokens, token_mask):
+  def __call__(self, object_features, object_mask, tokens, token_mask, *, object_geometry=None, masked_objects=None,
+               object_additions=None, token_additions=None):
     if tokens.shape[1] > self.max_text_len:
       raise ValueError(f"SingleStreamInputs: {tokens.shape[1]} text units, the position table holds "
                        f"{self.max_text_len}.")
     batch, num_objects = object_features.shape[:2]
-    objects = layers.dense(self.width, ("region_in", "embed"), dtype=self.dtype, name="object_fc")(
-        object_features.astype(self.dtype))
+    features = object_features.astype(self.dtype)
+    hidden = None if masked_objects is None else masked_objects.astype(bool)[..., None]
+    if hidden is not None:
+      features = jnp.where(hidden, 0.0, features)
+    if object_geometry is not None:
+      features = jnp.concatenate([features, object_geometry.astype(self.dtype)], -1)
+    objects = layers.dense(self.width, ("region_in", "embed"), dtype=self.dtype, name="object_fc")(features)
+    if object_additions is not None:
+      objects = objects + (object_additions if hidden is None else jnp.where(hidden, 0.0, object_additions))
+    if hidden is not None:
+      image_mask = self.param("image_mask", nn.initializers.normal(0.02), (self.width,), jnp.float32)
+      objects = objects + hidden * image_mask.astype(self.dtype)
     words = layers.embed(layers.padded_vocab_size(self.vocab_size), self.width, dtype=self.dtype,
                          name="token_embed")(tokens)
+    if token_additions is not None:
+      words = words + token_additions
     match = self.param("match_identifier", nn.initializers.normal(0.02), (self.width,), jnp.float32)
     x = jnp.concatenate([jnp.broadcast_to(match.astype(self.dtype), (batch, 1, self.width)), objects, words], 1)
     positions, types = sequence_ids(num_objects, tokens.shape[1])

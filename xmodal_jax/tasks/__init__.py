@@ -18,6 +18,7 @@ _TASKS = {
     "dual_encoder": "xmodal_jax.tasks.retrieval.dual_encoder:DualEncoderTask",
     "mfsr": "xmodal_jax.tasks.retrieval.mfsr:MFSRTask",
     "region_word_alignment": "xmodal_jax.tasks.retrieval.region_word_alignment:RegionWordAlignmentTask",
+    "single_stream_vlp": "xmodal_jax.tasks.vlp.single_stream:SingleStreamTask",
     "clip": "xmodal_jax.tasks.clip.clip:ClipTask",
     "captioning": "xmodal_jax.tasks.captioning.captioner:CaptioningTask",
     "s5_reward_model": "xmodal_jax.tasks.captioning.reward_model:RewardModelTask",
@@ -66,3 +67,16 @@ def load_run(workdir: str, *, which: str = "latest", mesh_shape: Sequence[int] |
   from xmodal_jax.train import inference  # pylint: disable=import-outside-toplevel  (keeps jax off the registry's import)
   config = inference.read_run_config(workdir)
   return inference.load_model(create(config, workdir), which=which, mesh_shape=mesh_shape)
+
+
+def load_init_run(init_from: str, *, task: str, mesh_shape: Sequence[int] | None = None):
+  """The run a fine-tuning run starts from (config.init_from): loaded as by `load_run`; a missing workdir or a
+  run of another task than `task` is a user error naming config.init_from."""
+  try:
+    loaded = load_run(str(init_from), mesh_shape=mesh_shape)
+  except FileNotFoundError as e:
+    raise errors.MissingError(f"config.init_from={init_from!r}: {e}") from None
+  if loaded.task.config.task != task:
+    raise errors.ConfigError(f"config.init_from={init_from!r} is a {loaded.task.config.task!r} run; this run "
+                             f"starts from a {task!r} run.")
+  return loaded

@@ -33,6 +33,11 @@ def feature_stop(variant: str, cut: str) -> int | None:
 class FrozenTowerRegions:
   """Feature maps of the frozen tower and region boxes per split; see the module docstring."""
 
+  def __init__(self, config, workdir: str):
+    super().__init__(config, workdir)
+    self._maps: dict[str, feature_cache.FeatureCache] = {}
+    self._boxes: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = {}
+
   def check_regions_config(self) -> None:
     r = self.config.regions
     if r.method not in REGION_METHODS or r.eval_method not in ("",) + REGION_METHODS:

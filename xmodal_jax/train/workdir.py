@@ -144,6 +144,21 @@ def last_logged_step(workdir: str) -> int:
   return last
 
 
+def scalar_history(workdir: str, tag: str) -> list[tuple[int, float]]:
+  """(step, value) of every scalar `tag` (e.g. "val_masked/words_span_accuracy") in the workdir's TensorBoard
+  event files, by step (a step logged twice after a resume: the last value read)."""
+  from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=import-outside-toplevel
+  from tensorboard.util import tensor_util  # pylint: disable=import-outside-toplevel
+  values: dict[int, float] = {}
+  for path in sorted(fileio.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+    for event in event_file_loader.EventFileLoader(path).Load():
+      for value in event.summary.value:
+        if value.tag == tag:
+          number = value.simple_value if value.HasField("simple_value") else tensor_util.make_ndarray(value.tensor)
+          values[int(event.step)] = float(number)
+  return sorted(values.items())
+
+
 class LoggedStepFilter:
   """Wraps a clu metric writer: scalar writes of steps <= `last_step` (already in TensorBoard) are dropped."""
 

@@ -212,13 +212,7 @@ class CaptioningTask(ImageTextTask):
     if not self.config.init_from:
       return None
     from xmodal_jax import tasks  # pylint: disable=import-outside-toplevel  (the registry, to load another run)
-    try:
-      loaded = tasks.load_run(str(self.config.init_from), mesh_shape=tuple(self.config.mesh.shape))
-    except FileNotFoundError as e:
-      raise errors.MissingError(f"config.init_from={self.config.init_from!r}: {e}") from None
-    if loaded.task.config.task != "captioning":
-      raise errors.ConfigError(f"config.init_from={self.config.init_from!r} is a {loaded.task.config.task!r} run; SCST "
-                               "starts from a captioning (MLE) run.")
+    loaded = tasks.load_init_run(self.config.init_from, task="captioning", mesh_shape=tuple(self.config.mesh.shape))
     if not scorers.same_tokenizer(loaded.task.tokenizer, self.tokenizer):
       raise errors.ConfigError(f"config.init_from={self.config.init_from!r} has another tokenizer than this run's.")
     return jax.device_get(loaded.variables["params"])

@@ -164,3 +164,24 @@ def train_all(name: str, args, rows: dict[str, Row], chosen: list[str], seeds: l
     print(f"{name}: {e}", file=sys.stderr)
     return 1
   return 0
+
+
+def train_rows(name: str, doc: str, rows: dict[str, Row], argv: list[str], *, more_rows: Sequence[str] = ()):
+  """parse_args then train_all over the chosen rows (+ `more_rows`) -> (args, chosen rows, seeds, extra flags,
+  config), or an exit code (the failure printed)."""
+  parsed = parse_args(name, doc, rows, argv)
+  if isinstance(parsed, int):
+    return parsed
+  args, chosen, seeds, extra, config = parsed
+  code = train_all(name, args, rows, list(dict.fromkeys(list(chosen) + list(more_rows))), seeds, extra, config)
+  return code or (args, chosen, seeds, extra, config)
+
+
+def write_report(args, seeds: list[int], extra: list[str], parts: Sequence[str]) -> str:
+  """WORKDIR/ablation.md: a header line (split, seeds, flags) and the parts; printed, and returned."""
+  text = "\n\n".join([f"{args.split} split, mean ± std over seeds {seeds}; flags: {' '.join(extra) or 'none'}",
+                       *parts]) + "\n"
+  with open(os.path.join(args.workdir, "ablation.md"), "w") as f:
+    f.write(text)
+  print(text)
+  return text

@@ -16,7 +16,6 @@ checkpoint the config's final evaluation reports (config.checkpoint.final_from; 
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from xmodal_jax.tasks.retrieval import ablation
@@ -52,18 +51,13 @@ ROWS = {name: ablation.Row(label, lambda config, name=name: row_flags(name, _rec
 
 
 def main(argv: list[str]) -> int:
-  parsed = ablation.parse_args("mfsr_ablation", __doc__, ROWS, argv)
-  if isinstance(parsed, int):
-    return parsed
-  args, rows, seeds, extra, config = parsed
-  code = ablation.train_all("mfsr_ablation", args, ROWS, rows, seeds, extra, config)
-  if code:
-    return code
+  trained = ablation.train_rows("mfsr_ablation", __doc__, ROWS, argv)
+  if isinstance(trained, int):
+    return trained
+  args, rows, seeds, extra, _ = trained
   table = ablation.retrieval_table({row: [ablation.results(args.workdir, row, s) for s in seeds] for row in rows},
                                    {row: ROWS[row].label for row in rows}, args.split)
-  with open(os.path.join(args.workdir, "ablation.md"), "w") as f:
-    f.write(f"{args.split} split, mean ± std over seeds {seeds}; flags: {' '.join(extra) or 'none'}\n\n{table}\n")
-  print(table)
+  ablation.write_report(args, seeds, extra, [table])
   return 0
 
 

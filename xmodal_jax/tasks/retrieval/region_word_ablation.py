@@ -16,7 +16,6 @@ Tables: WORKDIR/ablation.md. Finished runs and evaluations are reused, so the co
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
@@ -94,18 +93,15 @@ def robustness_table(args, config, rows: list[str], seeds: list[int], split: str
 
 def main(argv: list[str]) -> int:
   robustness = "--robustness" in argv
-  parsed = ablation.parse_args("region_word_ablation", __doc__, ROWS, [a for a in argv if a != "--robustness"])
-  if isinstance(parsed, int):
-    return parsed
-  args, rows, seeds, extra, config = parsed
+  trained = ablation.train_rows("region_word_ablation", __doc__, ROWS, [a for a in argv if a != "--robustness"],
+                                more_rows=ROBUSTNESS_ROWS if robustness else ())
+  if isinstance(trained, int):
+    return trained
+  args, rows, seeds, extra, config = trained
   run_rows = list(dict.fromkeys(rows + (list(ROBUSTNESS_ROWS) if robustness else [])))
-  code = ablation.train_all("region_word_ablation", args, ROWS, run_rows, seeds, extra, config)
-  if code:
-    return code
   per_row = {row: [ablation.results(args.workdir, row, s) for s in seeds] for row in run_rows}
   labels = {row: ROWS[row].label for row in run_rows}
-  parts = [f"{args.split} split, mean ± std over seeds {seeds}; flags: {' '.join(extra) or 'none'}",
-           ablation.retrieval_table({r: per_row[r] for r in rows}, labels, args.split),
+  parts = [ablation.retrieval_table({r: per_row[r] for r in rows}, labels, args.split),
            claims_table(per_row, labels, args.split)]
   if robustness:
     try:
@@ -114,10 +110,7 @@ def main(argv: list[str]) -> int:
     except RuntimeError as e:
       print(f"region_word_ablation: {e}", file=sys.stderr)
       return 1
-  text = "\n\n".join(parts) + "\n"
-  with open(os.path.join(args.workdir, "ablation.md"), "w") as f:
-    f.write(text)
-  print(text)
+  ablation.write_report(args, seeds, extra, parts)
   return 0
 
 

@@ -61,8 +61,6 @@ class RegionWordAlignmentTask(FrozenTowerRegions, RetrievalTask):
       raise errors.ConfigError(f"config.tags.side={cfg.tags.side!r}: the tag head(s) on the global 'image', 'text' or "
                                "'both' vectors.")
     self.tags: tuple[str, ...] = ()
-    self._maps: dict[str, feature_cache.FeatureCache] = {}
-    self._boxes: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = {}
     self._predict.update(pair_image=self.pair_image, pair_text=self.pair_text, score_pairs=self.score_pairs,
                          tag_logits=self.tag_logits, text_tag_logits=self.text_tag_logits)
 
