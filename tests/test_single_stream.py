@@ -227,3 +227,11 @@ def test_ablation_tables_convergence_and_claims(tmp_path, monkeypatch):
   assert "(60.0 vs 55.0): **holds**" in lines[0] and "**holds**" in lines[1]
   assert "does not lower R@1 (58.0 with vs 60.0 without, -2.0): **does not hold**" in lines[3]
   assert "i->t R@1 >= 50 by matching score (60.5): **holds**" in lines[4]
+
+
+def test_alternate_schedule_trains_the_masked_tasks_on_even_steps(tmp_path):
+  config = load_config(TINY, "--config.mesh.shape=(1,1)", "--config.schedule=alternate",
+                       "--config.masking.object_target=both")
+  m = one_train_step(config, str(tmp_path), jax.devices()[:1])  # step 0: words + objects, no matching / dual
+  assert m["loss"] == pytest.approx(m["words_loss"] + m["objects_loss"], rel=1e-5)
+  assert m["matching_loss"] > 0 and m["dual_loss"] > 0 and m["object_feature_loss"] > 0
