@@ -80,7 +80,7 @@ def single_stream_evals(split: str, *, rerank_k: int = 10, full_images: int = 10
   if captions:
     evals[f"{split}_captions"] = evaluator_config("captioning", split=split, batch_size=batch_size)
   if val_every:
-    evals.val_masked = evaluator_config("masked_prediction", split=val_split, every=val_every, at_end=False,
+    evals.masked_curve = evaluator_config("masked_prediction", split=val_split, every=val_every, at_end=False,
                                         protocols=("words_span", "words_token"), max_items=val_items,
                                         batch_size=batch_size)
   return evals

@@ -145,7 +145,7 @@ def last_logged_step(workdir: str) -> int:
 
 
 def scalar_history(workdir: str, tag: str) -> list[tuple[int, float]]:
-  """(step, value) of every scalar `tag` (e.g. "val_masked/words_span_accuracy") in the workdir's TensorBoard
+  """(step, value) of every scalar `tag` (e.g. "masked_curve/words_span_accuracy") in the workdir's TensorBoard
   event files, by step (a step logged twice after a resume: the last value read)."""
   from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=import-outside-toplevel
   from tensorboard.util import tensor_util  # pylint: disable=import-outside-toplevel

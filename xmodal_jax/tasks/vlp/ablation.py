@@ -7,7 +7,7 @@ runner of tasks/retrieval/ablation.py), then
   the masked-prediction table: masked-word accuracy under both fixed protocols (span and single-token masks,
     every model scored on both) and masked-object label accuracy (labelled data);
   convergence: the first validation step at which each run's masked-word accuracy (the mean of the two
-    protocols, evaluator val_masked) reaches a target, the lower of the coarse and single-token rows' final
+    protocols, evaluator masked_curve) reaches a target, the lower of the coarse and single-token rows' final
     means for that seed (so both reach it);
   the claims, each stated as holding or not.
 
@@ -70,9 +70,15 @@ def masked_table(per_row, labels, split: str) -> str:
   return tables.markdown_table(["row"] + [name for name, _ in columns], body)
 
 
+CURVE_EVALUATORS = ("masked_curve", "val_masked")  # the periodic evaluator's name (val_masked: earlier runs)
+
+
 def validation_curve(run: str) -> list[tuple[int, float]]:
-  """(step, mean of the two protocols' val masked-word accuracy) of one run."""
-  curves = [dict(workdir_lib.scalar_history(run, f"val_masked/{p}_accuracy")) for p in PROTOCOLS]
+  """(step, mean of the two protocols' val masked-word accuracy) of one run (evaluator masked_curve)."""
+  for name in CURVE_EVALUATORS:
+    curves = [dict(workdir_lib.scalar_history(run, f"{name}/{p}_accuracy")) for p in PROTOCOLS]
+    if curves[0]:
+      break
   steps = sorted(set(curves[0]) & set(curves[1]))
   return [(s, (curves[0][s] + curves[1][s]) / 2) for s in steps]
 
