@@ -222,6 +222,10 @@ def test_ablation_tables_convergence_and_claims(tmp_path, monkeypatch):
   curves["coarse"] = [(100, 20.0), (200, 50.0), (300, 50.0)]
   _, coarse_steps, token_steps = s4_ablation.convergence(str(tmp_path), [0])
   assert coarse_steps == [200] and token_steps == [300]
+  with open(ablation.run_dir(str(tmp_path), "coarse", 0) + ".fold.json", "w") as f:  # a later evaluation
+    json.dump({"test_full100/i2t_r1": 5.0, "test/i2t_r1": 0.0}, f)
+  merged = ablation.results(str(tmp_path), "coarse", 0, with_evaluations=True)
+  assert merged["test_full100/i2t_r1"] == 5.0 and merged["test/i2t_r1"] == 60.0  # added, never overriding
   per_row = {row: [ablation.results(str(tmp_path), row, s) for s in (0, 1)] for row in s4_ablation.ROWS}
   lines = s4_ablation.claims(per_row, "test", [200], [300])
   assert "(60.0 vs 55.0): **holds**" in lines[0] and "**holds**" in lines[1]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import glob
 import importlib.util
 import json
 import os
@@ -79,9 +80,18 @@ def evaluate(config_arg: str, workdir: str, row: str, seed: int, name: str, flag
     return json.load(f)
 
 
-def results(workdir: str, row: str, seed: int) -> dict[str, float]:
-  with open(os.path.join(run_dir(workdir, row, seed), "results.json")) as f:
-    return json.load(f)["metrics"]
+def results(workdir: str, row: str, seed: int, *, with_evaluations: bool = False) -> dict[str, float]:
+  """The run's final metrics (results.json); with_evaluations: plus the metrics of its later `evaluate` files
+  (WORKDIR/<row>/seed<k>.<name>.json) that results.json lacks (evaluators added after the run)."""
+  out = run_dir(workdir, row, seed)
+  with open(os.path.join(out, "results.json")) as f:
+    metrics = json.load(f)["metrics"]
+  if with_evaluations:
+    for path in sorted(glob.glob(glob.escape(out) + ".*.json")):
+      with open(path) as f:
+        for key, value in json.load(f).items():
+          metrics.setdefault(key, value)
+  return metrics
 
 
 def mean_std(values: Sequence[float], *, signed: bool = False) -> str:

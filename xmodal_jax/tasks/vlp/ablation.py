@@ -15,7 +15,9 @@ runner of tasks/retrieval/ablation.py), then
       --workdir=workdirs/s4_ablation_shapes [--seeds=0,1,2] [--rows=coarse,token,random_objects,library] \
       [--parallel=2] [-- --config.train.num_steps=600 ...]
 
-Tables: WORKDIR/ablation.md. Finished runs are reused, so the command resumes.
+Tables: WORKDIR/ablation.md. Finished runs are reused, so the command resumes. A run's later evaluations
+(`xmodal eval` of evaluators added after it ran, stored as WORKDIR/<row>/seed<k>.<name>.json by
+tasks/retrieval/ablation.evaluate) count as its metrics where results.json lacks them.
 """
 from __future__ import annotations
 
@@ -140,7 +142,7 @@ def main(argv: list[str]) -> int:
   if isinstance(trained, int):
     return trained
   args, rows, seeds, extra, _ = trained
-  per_row = {row: [ablation.results(args.workdir, row, s) for s in seeds] for row in rows}
+  per_row = {row: [ablation.results(args.workdir, row, s, with_evaluations=True) for s in seeds] for row in rows}
   labels = {row: ROWS[row].label for row in rows}
   table, coarse_steps, token_steps = convergence(args.workdir, seeds) if {"coarse", "token"} <= set(rows) else (
       "", [], [])
