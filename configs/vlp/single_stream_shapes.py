@@ -16,7 +16,9 @@ Variants: `:tiny` (seconds; tests), `:caption_finetune` (suffix masks only, word
 combinable: `:tiny,caption_finetune`.
 
 First run: the tower's feature maps of every split are computed once and cached (about a minute on a 2-core CPU).
-Measured: README.md, "S4 results".
+Measured (2-core CPU, 400 steps at batch 64, ~5 min of training alone + ~3.5 min of evaluation; 3 seeds): test
+i->t R@1 67.6 by the matching score re-ranking the dual encoder's top-10 (the dual encoder alone 71.7), masked
+words 31.6% / 33.8% (span / single-token masks), masked object labels 80.5%. README.md, "S4 results".
 """
 import ml_collections
 
