@@ -90,6 +90,7 @@ class SingleStreamTask(FrozenTowerRegions, RetrievalTask):
     self.library: seed_library.SeedLibrary | None = None
     self._objects: dict[tuple[str, bool], dict[str, np.ndarray]] = {}
     self._units: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    self._feature_dim: int | None = None
     self._predict.update(score_pairs=self.score_pairs, object_score_pairs=self.object_score_pairs,
                          masked_words=self.masked_words, masked_object_labels=self.masked_object_labels,
                          caption=self.caption)
@@ -159,7 +160,10 @@ class SingleStreamTask(FrozenTowerRegions, RetrievalTask):
     return None if self.library is None else jnp.asarray(self.library.word_images)
 
   def feature_dim(self) -> int:
-    return int(self.feature_map_shape()[-1])
+    """Channels of the tower's feature map (traced once: every text-embedding call needs it)."""
+    if self._feature_dim is None:
+      self._feature_dim = int(self.feature_map_shape()[-1])
+    return self._feature_dim
 
   def init_variables(self, rng):
     r, f, length = self.max_regions(), self.feature_dim(), int(self.config.data.max_len) + 1
