@@ -1,10 +1,15 @@
 """Shared test utilities."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
-from ml_collections import config_flags
+import numpy as np
 from absl import flags
+from ml_collections import config_flags
+from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,3 +43,39 @@ def one_train_step(config, workdir, devices) -> dict[str, float]:
   _, _, metrics = step_fn(state, setup.frozen, jnp.array(-1, jnp.int32),
                           sharding.global_batch_from_host(batch, setup.mesh))
   return {k: float(v) for k, v in metrics.items()}
+
+
+CLI = [sys.executable, "-m", "xmodal_jax.main"]
+TINY = "configs/retrieval/vsepp_shapes.py:tiny"
+
+
+def cli_env(**extra):
+  """The environment of an `xmodal` subprocess: CPU, one device (no fake-device XLA_FLAGS), quiet TensorFlow."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", **extra)
+  return env
+
+
+def run_cli(*args, env=None, timeout=600):
+  """`xmodal ARGS` in the repository root -> CompletedProcess (text stdout / stderr)."""
+  return subprocess.run(CLI + list(args), cwd=REPO, env=env or cli_env(), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def caption_folder(root, n_train=12, n_val=6, colors_seed=0):
+  """A caption folder of solid-colour JPEGs; returns its captions.jsonl lines (dicts)."""
+  rng = np.random.default_rng(colors_seed)
+  os.makedirs(os.path.join(root, "images"), exist_ok=True)
+  lines = []
+  for i in range(n_train + n_val):
+    Image.fromarray(np.full((32, 40, 3), rng.integers(0, 255, 3), np.uint8)).save(
+        os.path.join(root, "images", f"{i:03d}.jpg"))
+    lines.append({"image": f"images/{i:03d}.jpg", "captions": [f"photo {i} of a colour", f"picture {i}"],
+                  "split": "train" if i < n_train else "val", "image_id": 100 + i})
+  write_caption_lines(root, lines)
+  return lines
+
+
+def write_caption_lines(root, lines, encoding="utf-8"):
+  with open(os.path.join(root, "captions.jsonl"), "w", encoding=encoding) as f:
+    f.writelines(json.dumps(line) + "\n" for line in lines)

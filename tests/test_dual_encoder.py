@@ -101,16 +101,19 @@ def test_training_from_the_cache_reuses_and_rekeys_it(tmp_path):
   assert len(os.listdir(os.path.join(cache_root, "features"))) == 3
 
 
-def test_a_named_cache_of_another_config_is_refused(tmp_path):
+def test_a_named_cache_dir_holds_both_towers_and_refuses_another_config(tmp_path):
   named = str(tmp_path / "my_cache")
   task = _task(tmp_path / "a", f"--config.cache.dir={named}")
-  task.feature_cache("text")
-  before = open(os.path.join(named, "cache.json")).read()
+  image, text = task.feature_cache("image"), task.feature_cache("text")  # one root, a directory per side
+  assert (image.directory, text.directory) == (os.path.join(named, "image"), os.path.join(named, "text"))
+  again = _task(tmp_path / "a2", f"--config.cache.dir={named}")  # a new process would reuse both
+  assert again.feature_cache("image").meta == image.meta and again.feature_cache("text").meta == text.meta
+  before = open(os.path.join(named, "text", "cache.json")).read()
   other = _task(tmp_path / "b", f"--config.cache.dir={named}", "--config.model.text.cut=layer_4")
-  with pytest.raises(errors.ConfigError, match=r"my_cache/cache.json is a feature cache built for another config "
-                                               r"\(differs in \['cut'\]\).*config.cache.dir"):
+  with pytest.raises(errors.ConfigError, match=r"my_cache/text/cache.json is a feature cache built for another "
+                                               r"config \(differs in \['cut'\]\).*config.cache.dir"):
     other.feature_cache("text")
-  assert open(os.path.join(named, "cache.json")).read() == before  # nothing overwritten
+  assert open(os.path.join(named, "text", "cache.json")).read() == before  # nothing overwritten
 
 
 @pytest.mark.parametrize("bad,match", [

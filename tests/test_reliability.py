@@ -16,44 +16,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import helpers
 from tests.helpers import REPO, load_config, make_task
 from xmodal_jax import errors
 from xmodal_jax.data import prepared, records, sources
 from xmodal_jax.train import checkpointing, trainer
 from xmodal_jax.train import workdir as workdir_lib
 
-CLI = [sys.executable, "-m", "xmodal_jax.main"]
-TINY = "configs/retrieval/vsepp_shapes.py:tiny"
-
-
-def _env(**extra):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", **extra)
-  return env
-
-
-def _cli(*args, env=None, timeout=600):
-  return subprocess.run(CLI + list(args), cwd=REPO, env=env or _env(), capture_output=True, text=True,
-                        timeout=timeout)
-
-
-def _folder(root, n_train=12, n_val=6, colors_seed=0):
-  """A caption folder of solid-colour JPEGs; returns its captions.jsonl lines (dicts)."""
-  rng = np.random.default_rng(colors_seed)
-  os.makedirs(os.path.join(root, "images"), exist_ok=True)
-  lines = []
-  for i in range(n_train + n_val):
-    Image.fromarray(np.full((32, 40, 3), rng.integers(0, 255, 3), np.uint8)).save(
-        os.path.join(root, "images", f"{i:03d}.jpg"))
-    lines.append({"image": f"images/{i:03d}.jpg", "captions": [f"photo {i} of a colour", f"picture {i}"],
-                  "split": "train" if i < n_train else "val", "image_id": 100 + i})
-  _write_lines(root, lines)
-  return lines
-
-
-def _write_lines(root, lines, encoding="utf-8"):
-  with open(os.path.join(root, "captions.jsonl"), "w", encoding=encoding) as f:
-    f.writelines(json.dumps(line) + "\n" for line in lines)
+CLI = helpers.CLI
+TINY = helpers.TINY
+_env, _cli, _folder, _write_lines = helpers.cli_env, helpers.run_cli, helpers.caption_folder, helpers.write_caption_lines
 
 
 def _data_config(source, **fields):
@@ -224,7 +196,7 @@ def test_sigterm_saves_and_exits_143(tmp_path):
     ("--config.train.checkpoint_every=0", "config.train.checkpoint_every=0: must be a positive integer"),
     ("--config.train.batch_size=12", "config.train.batch_size=12: the global batch must be divisible by the mesh's "
                                      "data-parallel size (8"),
-    ("--config.optimizer.learning_rate=-1.0", "config.optimizer.learning_rate=-1.0: must be a number > 0"),
+    ("--config.optimizer.learning_rate=-1.0", "config.optimizer.learning_rate=-1.0: must be a finite number > 0"),
 ])
 def test_bad_config_values_are_named_before_any_array(tmp_path, override, message):
   config = load_config(TINY, "--config.mesh.shape=(8,1)", override)

@@ -11,6 +11,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_ERROR = 1            # a UserError: the message says what to fix
 EXIT_USAGE = 2            # bad command line: unknown flag, bad config file or field
+EXIT_INTERRUPTED = 130    # stopped by Ctrl-C (SIGINT), checkpoint saved: rerun to resume (128 + 2)
 EXIT_STOPPED = 75         # stopped on purpose at --stop_at_step, checkpoint saved: rerun to resume (EX_TEMPFAIL)
 EXIT_PREEMPTED = 143      # stopped by SIGTERM / a preemption notice, checkpoint saved: rerun to resume (128 + 15)
 
@@ -34,3 +35,7 @@ class MissingError(UserError, FileNotFoundError):
 
 class WorkdirError(UserError, RuntimeError):
   """The workdir is in use, holds another kind of run, or holds a run that this config may not continue."""
+
+
+class DiskFullError(UserError, OSError):
+  """The disk (or quota) is full: the message names the path, the free space and the fix."""

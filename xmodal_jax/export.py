@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import time
 from typing import Any, Sequence
@@ -34,7 +35,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from xmodal_jax import errors, tasks
+from xmodal_jax import disk_space, errors, tasks
 from xmodal_jax.data import tokenizers
 from xmodal_jax.serving import embedding_export as fmt
 from xmodal_jax.serving import exported_encoder
@@ -69,6 +70,32 @@ def _check_key(out_dir: str, key: dict[str, Any], overwrite: bool) -> None:
                               "(or --overwrite to delete its export files).")
   if not os.path.exists(path):
     fmt.write_json_atomic(path, key)
+
+
+_TEMPORARY = re.compile(r"\.tmp-(\d+)(\.npz|\.ids\.npy)?$")  # what an atomic write leaves behind a kill
+
+
+def _remove_temporaries(out_dir: str) -> list[str]:
+  """Deletes the temporary files (and encoder.tmp-PID folders) that a killed export left in DIR and DIR/images;
+  called under DIR's lock, so no other export is writing them. Returns the names removed."""
+  removed = []
+  for folder in (out_dir, os.path.join(out_dir, "images")):
+    if not os.path.isdir(folder):
+      continue
+    for name in os.listdir(folder):
+      match = _TEMPORARY.search(name)
+      if not match or int(match.group(1)) == os.getpid():
+        continue
+      path = os.path.join(folder, name)
+      if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+      else:
+        os.remove(path)
+      removed.append(os.path.relpath(path, out_dir))
+  if removed:
+    logging.info("export: removed %d temporary file(s) left by an interrupted export (%s).", len(removed),
+                 ", ".join(removed[:5]))
+  return removed
 
 
 def _clear(out_dir: str) -> None:
@@ -160,9 +187,11 @@ def export_run(workdir: str, out_dir: str, *, split: str = "val", source: str | 
          "kinds": list(what), "shard_size": int(shard_size), "dtype": dtype}
   os.makedirs(out_dir, exist_ok=True)
   lead = jax.process_index() == 0
-  with workdir_lib.WorkdirLock(out_dir, enabled=lead):
+  with workdir_lib.WorkdirLock(out_dir, enabled=lead), disk_space.full_disk_is_an_error(
+      out_dir, f"exporting {workdir}", fix="Free some space, or pass another --out; what was written is kept, and the same command resumes."):
     if lead:
       _check_key(out_dir, key, overwrite)
+      _remove_temporaries(out_dir)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("xmodal_export_key")
     summary = {"out": out_dir, "step": model.step, "written": {}, "kept": {}}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import builtins
 import glob as glob_lib
+import hashlib
 import io
 import os
 import shutil
@@ -120,6 +121,12 @@ def write_atomic(path: str, write: Callable[[IO], None], mode: str = "w", *, tmp
     return
   with _url(path).open(mode) as f:
     write(f)
+
+
+def file_sha256(path: Any) -> str:
+  """The sha256 (hex) of a local file's bytes, read in chunks (hashlib.file_digest)."""
+  with builtins.open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def read_bytes(path: str) -> bytes:

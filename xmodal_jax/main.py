@@ -28,9 +28,9 @@ and data position). Unknown config fields are an error. `--multihost` calls jax.
 --process_id=I on every host).
 
 Exit codes (xmodal_jax/errors.py): 0 done; 1 an error that is yours to fix (one message, no traceback;
-`--verbose` shows it); 2 a bad command line or config file; 75 stopped at --stop_at_step and 143 stopped by
-SIGTERM / preemption, both after saving a checkpoint (rerun the same command to resume). A traceback without
-`--verbose` is a bug.
+`--verbose` shows it); 2 a bad command line or config file; 75 stopped at --stop_at_step, 130 stopped by Ctrl-C
+(SIGINT) and 143 by SIGTERM / preemption, each after saving a checkpoint (rerun the same command to resume; a
+second Ctrl-C exits at once, 130, without one). A traceback without `--verbose` is a bug.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ import json
 import logging as std_logging
 import os
 import re
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -119,10 +120,21 @@ flags.DEFINE_bool("allow_config_change", False, "train: resume although fields t
 
 
 class _QuietLibraries(std_logging.Filter):
-  """Drops INFO-and-below records from orbax (one checkpoint logs dozens of lines)."""
+  """Drops INFO-and-below records from orbax (one checkpoint logs dozens of lines), orbax's reports of a full
+  disk from its writer threads and any library's report of a Ctrl-C (a traceback each): the command reports
+  those once, as one line."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+    if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+      return False  # a library's report of the second Ctrl-C, which the command reports as one line
+    if "/orbax/" not in record.pathname:
+      return True
+    if record.levelno < std_logging.WARNING:
+      return False
+    from xmodal_jax import disk_space  # pylint: disable=import-outside-toplevel
+    text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info and record.exc_info[1] else "")
+    return not (disk_space.is_disk_full(record.exc_info[1]) if record.exc_info and record.exc_info[1]
+                else any(m in text for m in ("No space left on device", "os_error_code='28'")))
 
 
 def _flag_error(error: Exception) -> str:
@@ -158,16 +170,42 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-  """Runs a command; a UserError becomes one message on stderr and its exit code (see the module docstring)."""
+  """Runs a command; a UserError becomes one message on stderr and its exit code (see the module docstring);
+  so does a full disk, wherever a library reports it, and Ctrl-C outside training (exit 130)."""
+  from xmodal_jax import disk_space  # pylint: disable=import-outside-toplevel
   try:
     code = _run_command(argv)
   except errors.UserError as e:
+    _fail(str(e), e.exit_code)
+  except KeyboardInterrupt:
     if FLAGS.verbose:
       raise
+    # Stop now, as asked: no teardown of the writer / checkpoint / loader threads the interrupt may have left
+    # mid-work (committed checkpoints are complete directories; a half-written one is never committed).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.flush()
-    print(f"xmodal: error: {e}", file=sys.stderr)
-    sys.exit(e.exit_code)
+    print("xmodal: error: interrupted (Ctrl-C); stopped at once, without a checkpoint. Rerun the same command to "
+          "resume from the last committed one.", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(errors.EXIT_INTERRUPTED)  # pylint: disable=protected-access
+  except Exception as e:  # pylint: disable=broad-except  (only a full disk is translated; the rest is a bug)
+    if not disk_space.is_disk_full(e):
+      raise
+    path = disk_space.failed_path(e) or FLAGS.workdir or FLAGS.out or "."
+    _fail(f"{disk_space.message(str(path), f'running `xmodal {argv[1]}`')}. Free some space on that disk, or write "
+          "to another one.", errors.EXIT_ERROR)
+  if code == errors.EXIT_INTERRUPTED:  # stopped by Ctrl-C and saved: a further Ctrl-C must not interrupt the exit
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
   sys.exit(code or errors.EXIT_OK)
+
+
+def _fail(text: str, code: int) -> None:
+  """One `xmodal: error:` line and the exit code (with --verbose: the traceback as well)."""
+  if FLAGS.verbose:
+    raise  # pylint: disable=misplaced-bare-raise  (called from an except block)
+  logging.flush()
+  print(f"xmodal: error: {text}", file=sys.stderr)
+  sys.exit(code)
 
 
 def _run_command(argv: list[str]) -> int:
@@ -206,7 +244,8 @@ def _run_command(argv: list[str]) -> int:
   _init_distributed()
   logging.info("JAX %s: %d process(es), %d device(s): %s", jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].device_kind)
-  from xmodal_jax.train import stages
+  from xmodal_jax.train import stages, validation
+  validation.check_values(FLAGS.config)  # every numeric field, before anything is built
   if stages.is_pipeline(FLAGS.config):
     return _run_pipeline(argv[1], FLAGS.config)
   from xmodal_jax import tasks
@@ -248,7 +287,8 @@ def _init_distributed() -> None:
   jax.distributed.initialize(**explicit)
 
 
-_STOP_CODES = {"stop_at_step": errors.EXIT_STOPPED, "preempted": errors.EXIT_PREEMPTED}
+_STOP_CODES = {"stop_at_step": errors.EXIT_STOPPED, "preempted": errors.EXIT_PREEMPTED,
+               "interrupted": errors.EXIT_INTERRUPTED}
 
 
 def _run_pipeline(command: str, config) -> int:

@@ -3,7 +3,8 @@
 Training only the upper part of a pretrained tower does not need its lower part at every step: the lower part
 is run once over every image (or caption) of a split, and training reads its output. A cache is a directory:
 
-  cache.json                  its key (everything that determines the content), layout and build time
+  cache.json                  its key (everything that determines the content), layout, build time, and the size
+                              and sha256 of each split's file
   <split>.array_record        one record per example: the bytes of an array [views, *shape] in the cache dtype
 
 Images may have several views (view 0: the evaluation crop; views 1..: augmented crops / flips drawn from fixed
@@ -11,28 +12,37 @@ per-image keys), so augmentation survives caching; training picks one view per e
 
 The key holds the source's fingerprint, the tower, its weights, the cut point, the input sizes, the views and
 their seed, the dtype and the cache version. By default a cache lives in ~/.cache/xmodal_jax/features/<hash of
-its key> (XMODAL_CACHE moves the root), so a changed key makes a new cache; a directory the user names must
-hold the same key, or the run stops naming the file and the fix. Building writes into a temporary directory
-that becomes the cache only when complete.
+its key> (XMODAL_CACHE moves the root), so a changed key makes a new cache. A root the user names
+(`config.cache.dir=DIR`) holds one cache per side, DIR/<side> (a dual encoder's image and text caches side by
+side); each must hold the same key, or the run stops naming the file and the fix, and a directory holding files
+a cache does not (output_dirs.py) is refused, never replaced. Building writes into a temporary directory that
+becomes the cache only when complete.
+
+Damage is found when a cache is opened, before training: each split's file must have the size and sha256 that
+cache.json recorded (hashing runs at disk speed: ~1 s a GB). A damaged cache (flipped bytes, a truncated or
+deleted file) is rebuilt with a warning naming it; a read that fails later anyway is a DataError naming the
+cache and the fix.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from absl import logging
 from array_record.python import array_record_module
 
-from xmodal_jax import errors
+from xmodal_jax import disk_space, errors, fileio, output_dirs
 
 CACHE_VERSION = "1"
 META_FILE = "cache.json"
+OWNED = (META_FILE, "*.array_record")  # what a cache directory holds: nothing else there is ever replaced
 
 Encode = Callable[[str, np.ndarray, int], np.ndarray]  # (split, example rows [b], view) -> activations [b, *shape]
 
@@ -61,9 +71,13 @@ class FeatureCache:
   def _reader(self, split: str):
     if split not in self._readers:
       import grain  # pylint: disable=import-outside-toplevel  (grain's reader is thread-safe for the loaders)
-      self._readers[split] = grain.sources.ArrayRecordDataSource([os.path.join(self.directory,
-                                                                               f"{split}.array_record")])
+      with self._damage_is_an_error(split):
+        self._readers[split] = grain.sources.ArrayRecordDataSource([os.path.join(self.directory,
+                                                                                 f"{split}.array_record")])
     return self._readers[split]
+
+  def _damage_is_an_error(self, split: str):
+    return _damage_is_an_error(self.directory, split)  # defined below
 
   def views(self, split: str) -> int:
     return int(self.meta["splits"][split]["views"])
@@ -74,10 +88,39 @@ class FeatureCache:
     n_views = self.views(split)
     views = np.broadcast_to(np.asarray(views, np.int64), (len(rows),))
     out = np.empty((len(rows), *self.shape), np.float32)
-    for i, (row, view) in enumerate(zip(np.asarray(rows), views)):
-      record = np.frombuffer(reader[int(row)], self.dtype).reshape(n_views, *self.shape)
-      out[i] = record[int(view) % n_views]
+    with self._damage_is_an_error(split):
+      for i, (row, view) in enumerate(zip(np.asarray(rows), views)):
+        record = np.frombuffer(reader[int(row)], self.dtype).reshape(n_views, *self.shape)
+        out[i] = record[int(view) % n_views]
     return out
+
+
+@contextlib.contextmanager
+def _damage_is_an_error(directory: str, split: str) -> Iterator[None]:
+  """A failed read of a cache file (Grain / Riegeli errors, a short record) -> DataError naming the cache."""
+  try:
+    yield
+  except errors.UserError:
+    raise
+  except (RuntimeError, OSError, ValueError) as e:
+    raise errors.DataError(
+        f"The feature cache {directory} is damaged: reading {split}.array_record failed "
+        f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}). Rerun the command: the damage is found "
+        "when the cache is opened, and the cache is rebuilt.") from e
+
+
+def damage(directory: str, meta: dict) -> str:
+  """'' if every split file of the cache has the recorded size and sha256, else what is wrong."""
+  for split, info in sorted(meta.get("splits", {}).items()):
+    path = os.path.join(directory, f"{split}.array_record")
+    if not os.path.isfile(path):
+      return f"{split}.array_record is missing"
+    size = os.path.getsize(path)
+    if info.get("bytes") is not None and size != info["bytes"]:
+      return f"{split}.array_record has {size} bytes, {info['bytes']} when it was built"
+    if info.get("sha256") and fileio.file_sha256(path) != info["sha256"]:
+      return f"{split}.array_record's content changed since it was built (sha256 differs)"
+  return ""
 
 
 def _same_key(directory: str, key: dict) -> tuple[bool, dict | None]:
@@ -99,7 +142,10 @@ def ensure(key: dict, plans: dict[str, SplitPlan], encode: Encode, *, directory:
   error that names its cache.json and the fix."""
   key = dict(key, version=CACHE_VERSION, dtype=dtype)
   named = bool(directory)
-  directory = directory or default_dir(key)
+  directory = os.path.join(directory, str(key.get("side", "cache"))) if named else default_dir(key)
+  output_dirs.check_output_dir(directory, OWNED, what="The feature cache directory (config.cache.dir)",
+                               fix="Point config.cache.dir at a new or empty directory, or '' for the default "
+                                   "location (keyed by config).")
   same, meta = _same_key(directory, key)
   if meta is not None and not same and named:
     diff = sorted(k for k in set(key) | set(meta.get("key", {})) if key.get(k) != meta.get("key", {}).get(k))
@@ -110,7 +156,10 @@ def ensure(key: dict, plans: dict[str, SplitPlan], encode: Encode, *, directory:
   complete = same and all(meta["splits"].get(s, {}).get("count") == p.count and
                           meta["splits"].get(s, {}).get("views") == p.views for s, p in plans.items())
   if complete:
-    return FeatureCache(directory, meta)
+    wrong = damage(directory, meta)
+    if not wrong:
+      return FeatureCache(directory, meta)
+    logging.warning("The feature cache %s is damaged (%s); it will be rebuilt.", directory, wrong)
   return _build(directory, key, plans, encode, dtype, batch_size)
 
 
@@ -120,26 +169,11 @@ def _build(directory: str, key: dict, plans: dict[str, SplitPlan], encode: Encod
   building = f"{directory.rstrip('/')}.building-{os.getpid()}"
   shutil.rmtree(building, ignore_errors=True)
   os.makedirs(building)
-  splits, shape = {}, None
   try:
-    for split, plan in plans.items():
-      start = time.time()
-      writer = array_record_module.ArrayRecordWriter(os.path.join(building, f"{split}.array_record"), "group_size:1")
-      for begin in range(0, plan.count, batch_size):
-        rows = np.arange(begin, min(begin + batch_size, plan.count))
-        views = np.stack([np.asarray(encode(split, rows, v), np.float32) for v in range(plan.views)], axis=1)
-        if not np.all(np.isfinite(views)):
-          raise errors.DataError(f"The tower produced non-finite activations for {split} rows {rows[0]}..{rows[-1]}; "
-                                 "check the weights and the images.")
-        shape = views.shape[2:] if shape is None else shape
-        for record in views.astype(dtype):
-          writer.write(record.tobytes())
-        if begin // batch_size % 20 == 0:
-          logging.info("Feature cache %s: %s %d/%d examples (%d views), %.0fs", key.get("side"), split, rows[-1] + 1,
-                       plan.count, plan.views, time.time() - start)
-      writer.close()
-      splits[split] = dict(dataclasses.asdict(plan), bytes=os.path.getsize(os.path.join(building, f"{split}.array_record")),
-                           seconds=round(time.time() - start, 1))
+    with disk_space.full_disk_is_an_error(building, f"building the feature cache {directory}",
+                                          fix="Free some space, or point config.cache.dir (XMODAL_CACHE for "
+                                              "the default location) at another disk."):
+      splits, shape = _write_splits(building, key, plans, encode, dtype, batch_size)
     meta = {"key": key, "shape": list(shape), "dtype": dtype, "splits": splits,
             "seconds": round(time.time() - start_all, 1)}
     with open(os.path.join(building, META_FILE), "w") as f:
@@ -149,8 +183,37 @@ def _build(directory: str, key: dict, plans: dict[str, SplitPlan], encode: Encod
       os.replace(directory, old)
     os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
     os.replace(building, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    if output_dirs.foreign_entries(old, OWNED):  # someone added files meanwhile: keep them
+      logging.warning("The previous feature cache is kept at %s: files were added to it while it was rebuilt.", old)
+    else:
+      shutil.rmtree(old, ignore_errors=True)
   finally:
     shutil.rmtree(building, ignore_errors=True)
   logging.info("Feature cache %s built in %.0fs: %s", directory, meta["seconds"], splits)
   return FeatureCache(directory, meta)
+
+
+def _write_splits(building: str, key: dict, plans: dict[str, SplitPlan], encode: Encode, dtype: str,
+                  batch_size: int) -> tuple[dict, tuple]:
+  """Each split's file in `building` -> ({split: plan, bytes, sha256, seconds}, the activation shape)."""
+  splits, shape = {}, None
+  for split, plan in plans.items():
+    start = time.time()
+    path = os.path.join(building, f"{split}.array_record")
+    writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
+    for begin in range(0, plan.count, batch_size):
+      rows = np.arange(begin, min(begin + batch_size, plan.count))
+      views = np.stack([np.asarray(encode(split, rows, v), np.float32) for v in range(plan.views)], axis=1)
+      if not np.all(np.isfinite(views)):
+        raise errors.DataError(f"The tower produced non-finite activations for {split} rows {rows[0]}..{rows[-1]}; "
+                               "check the weights and the images.")
+      shape = views.shape[2:] if shape is None else shape
+      for record in views.astype(dtype):
+        writer.write(record.tobytes())
+      if begin // batch_size % 20 == 0:
+        logging.info("Feature cache %s: %s %d/%d examples (%d views), %.0fs", key.get("side"), split, rows[-1] + 1,
+                     plan.count, plan.views, time.time() - start)
+    writer.close()
+    splits[split] = dict(dataclasses.asdict(plan), bytes=os.path.getsize(path), sha256=fileio.file_sha256(path),
+                         seconds=round(time.time() - start, 1))
+  return splits, shape

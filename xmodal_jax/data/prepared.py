@@ -5,8 +5,8 @@
 resizes it so its shorter side is `image_size`, re-encodes it as JPEG and writes the splits with
 `tfds.dataset_builders.store_as_tfds_dataset` into a new directory that replaces `out_dir` only when complete.
 
-A prepared set records the fingerprint of what made it (the records file's bytes, the size and mtime of every
-image, the options, the builder version); `ensure_prepared` rebuilds (our cache) or refuses (a directory the
+A prepared set records the fingerprint of what made it (the records file's bytes, the bytes of every image, the
+options, the builder version); `ensure_prepared` rebuilds (our cache) or refuses (a directory the
 user named) a set whose source has changed since, so a run never trains on stale data without a word.
 Training then always reads one kind of thing: `tfds` array_record data sources (`open_builder(out_dir).as_data_source(split)`).
 """
@@ -26,13 +26,17 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from xmodal_jax import errors
+from xmodal_jax import disk_space, errors, fileio, output_dirs
 from xmodal_jax.data import records as records_lib
 
 BUILDER_NAME = "captioned_images"
 _INFO_FILE = "xmodal_prepare.json"
 _PREPARE_VERSION = "1.1.0"  # 1.1.0: 16-bit / float / EXIF-rotated images decoded correctly, aspect-ratio limit
+_FINGERPRINT_VERSION = 2    # 2: image files hashed by content (1: by size and mtime)
 _JPEG_QUALITY = 90
+_DISK_FIX = ("Free some space, or prepare on another disk (--out / config.data.prepared_dir; XMODAL_CACHE moves "
+             "the default location). Nothing was replaced.")
+OWNED = (BUILDER_NAME, _INFO_FILE, "downloads")  # what a prepared set holds (tfds adds downloads/); nothing else is replaced
 
 
 def import_tfds():
@@ -112,18 +116,18 @@ def _records_file(spec: str) -> str:
 
 def source_fingerprint(spec: str, options: PrepareOptions,
                        records: Sequence[records_lib.ImageRecord] | None = None) -> dict:
-  """Everything a prepared set's content depends on: the records file's bytes, the size and mtime of every
-  image the records use, the options and the builder version. Components are kept so a stale set can say
-  what changed."""
+  """Everything a prepared set's content depends on: the records file's bytes, the bytes of every image the
+  records use (hashed: an image replaced by another of the same size and mtime is noticed; Flickr8k's 123 MB
+  take about a second), the options and the builder version. Components are kept so a stale set can say what
+  changed."""
   if records is None:
     records, _ = read_source_records(spec, options)
-  with open(_records_file(spec), "rb") as f:
-    records_sha = hashlib.sha256(f.read()).hexdigest()
+  records_sha = fileio.file_sha256(_records_file(spec))
   images = hashlib.sha256()
   for record in records:
-    stat = os.stat(record.image_path)
-    images.update(f"{record.image_path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-  parts = {"version": _PREPARE_VERSION, "options": dataclasses.asdict(options), "records_sha256": records_sha,
+    images.update(f"{record.image_path}|{fileio.file_sha256(record.image_path)}\n".encode())
+  parts = {"version": _PREPARE_VERSION, "fingerprint_version": _FINGERPRINT_VERSION,
+           "options": dataclasses.asdict(options), "records_sha256": records_sha,
            "images_sha256": images.hexdigest(), "images": len(records)}
   parts["sha256"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
   return parts
@@ -135,6 +139,8 @@ def _what_changed(old: dict, new: dict) -> str:
   changes = []
   if old.get("version") != new["version"]:
     changes.append(f"the builder changed ({old.get('version')} -> {new['version']})")
+  if old.get("fingerprint_version") != new["fingerprint_version"]:
+    changes.append("it was fingerprinted by image size and mtime, now by image content")
   diff = [k for k in new["options"] if old.get("options", {}).get(k) != new["options"][k]]
   if diff:
     changes.append("options differ: " + ", ".join(f"{k} {old.get('options', {}).get(k)!r} -> {new['options'][k]!r}"
@@ -193,6 +199,8 @@ def prepare(spec: str, out_dir: str, *, image_size: int = 256, skip_bad: bool = 
   """Write `spec` as a tfds array_record data set under `out_dir` (replacing what is there only once the new
   set is complete); returns the summary also saved there (with the source fingerprint)."""
   options = options or PrepareOptions(image_size=image_size, skip_bad=skip_bad)
+  check_options(options)
+  check_out_dir(out_dir)
   start = time.time()
   all_records, report = read_source_records(spec, options)
   fingerprint = source_fingerprint(spec, options, all_records)
@@ -204,16 +212,18 @@ def prepare(spec: str, out_dir: str, *, image_size: int = 256, skip_bad: bool = 
   shutil.rmtree(building, ignore_errors=True)
   os.makedirs(building)
   try:
-    import_tfds().dataset_builders.store_as_tfds_dataset(
-        name=BUILDER_NAME, version=_PREPARE_VERSION, features=_features(), split_datasets=examples,
-        data_dir=building, file_format="array_record", description="Captioned images prepared by `xmodal prepare`.")
+    with disk_space.full_disk_is_an_error(building, f"preparing {spec}", fix=_DISK_FIX):
+      import_tfds().dataset_builders.store_as_tfds_dataset(
+          name=BUILDER_NAME, version=_PREPARE_VERSION, features=_features(), split_datasets=examples,
+          data_dir=building, file_format="array_record", description="Captioned images prepared by `xmodal prepare`.")
     report.check_fraction(sum(kept["images"].values()), kept["captions"], options.max_bad_fraction, spec)
     summary = {"source": spec, "image_size": options.image_size, "examples": kept["images"],
                "skipped": dict(report.counts), "dropped_captions": dict(report.caption_counts),
                "skipped_examples": report.examples[:10], "seconds": round(time.time() - start, 1),
                "version": _PREPARE_VERSION, "fingerprint": fingerprint}
-    with open(os.path.join(building, _INFO_FILE), "w") as f:
-      json.dump(summary, f, indent=2)
+    with disk_space.full_disk_is_an_error(building, f"preparing {spec}", fix=_DISK_FIX):
+      with open(os.path.join(building, _INFO_FILE), "w") as f:
+        json.dump(summary, f, indent=2)
     _replace_dir(building, out_dir)
   finally:
     shutil.rmtree(building, ignore_errors=True)
@@ -223,12 +233,32 @@ def prepare(spec: str, out_dir: str, *, image_size: int = 256, skip_bad: bool = 
   return summary
 
 
+def check_options(options: PrepareOptions) -> None:
+  """Option values that cannot work, named before any image is read."""
+  if not isinstance(options.image_size, int) or options.image_size < 1:
+    raise errors.ConfigError(f"image_size={options.image_size!r} (--image_size / config.data.prepare_size): the "
+                             "shorter side of the stored images must be a positive integer, e.g. 256.")
+  if not 0 <= options.max_bad_fraction <= 1:
+    raise errors.ConfigError(f"max_bad_fraction={options.max_bad_fraction!r}: must be a fraction in [0, 1].")
+
+
+def check_out_dir(out_dir: str) -> None:
+  """A prepared set replaces `out_dir` whole: refuse one that holds anything a prepared set does not."""
+  output_dirs.check_output_dir(
+      out_dir, OWNED, what="The prepared data set directory (--out / config.data.prepared_dir)",
+      fix="Point it at a new or empty directory (or one an earlier `xmodal prepare` wrote).")
+
+
 def _replace_dir(new: str, target: str) -> None:
-  """Put the finished directory `new` at `target`; an existing target is removed only after the swap."""
+  """Put the finished directory `new` at `target`; an existing target (a prepared set: check_out_dir) is removed
+  only after the swap, and only if it still holds nothing but a prepared set's files."""
   old = f"{target.rstrip('/')}.old-{os.getpid()}"
   if os.path.exists(target):
     os.replace(target, old)
   os.replace(new, target)
+  if output_dirs.foreign_entries(old, OWNED):  # someone added files meanwhile: keep them
+    logging.warning("The previous prepared set is kept at %s: files were added to it while it was rebuilt.", old)
+    return
   shutil.rmtree(old, ignore_errors=True)
 
 
@@ -255,6 +285,8 @@ def ensure_prepared(spec: str, out_dir: str, options: PrepareOptions, *, rebuild
         "and point config.data.prepared_dir / --out there.")
   if (out_dir, options) in _CHECKED:
     return read_summary(out_dir)
+  check_options(options)
+  check_out_dir(out_dir)  # before the lock file is made beside it
   os.makedirs(os.path.dirname(os.path.abspath(out_dir)) or ".", exist_ok=True)
   with open(f"{out_dir.rstrip('/')}.lock", "a") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)

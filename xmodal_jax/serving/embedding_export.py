@@ -18,7 +18,6 @@ sha256; the manifest is written last, so a directory without one is an unfinishe
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from xmodal_jax import errors
+from xmodal_jax.fileio import file_sha256  # pylint: disable=unused-import  (re-exported: fmt.file_sha256)
 
 FORMAT = "xmodal-embeddings"
 VERSION = 1
@@ -35,14 +35,6 @@ MANIFEST = "manifest.json"
 
 def shard_name(kind: str, index: int, count: int) -> str:
   return f"{kind}-{index:05d}-of-{count:05d}"
-
-
-def file_sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def write_json_atomic(path: str, value: Any) -> None:

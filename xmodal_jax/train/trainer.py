@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -27,7 +28,7 @@ from absl import logging
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
-from xmodal_jax import errors, fileio
+from xmodal_jax import disk_space, errors, fileio
 from xmodal_jax.evaluation import evaluator as evaluator_lib
 from xmodal_jax.train import checkpointing
 from xmodal_jax.train import inference
@@ -144,22 +145,37 @@ def _check_finite(first_bad: jax.Array, last_good_checkpoint: int | None) -> Non
 
 
 class _PreemptionWatcher:
-  """SIGTERM (single host) or the JAX preemption sync point (multi-host) -> save and stop cleanly."""
+  """SIGTERM (single host) or the JAX preemption sync point (multi-host), and Ctrl-C (SIGINT) -> save and stop
+  cleanly at the next step. A second Ctrl-C stops at once (KeyboardInterrupt: no checkpoint, exit 130)."""
 
   def __init__(self):
     self._event = threading.Event()
-    self._previous = None
+    self.reason = "preempted"
+    self._previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self._event.set())
+      self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigterm)
+      self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
+
+  def _on_sigterm(self, *_) -> None:
+    self._event.set()
+
+  def _on_sigint(self, *_) -> None:
+    if self._event.is_set() and self.reason == "interrupted":
+      raise KeyboardInterrupt  # the second Ctrl-C: stop now
+    self.reason = "interrupted"
+    self._event.set()
+    logging.warning("Ctrl-C: saving a checkpoint at the next step, then stopping (Ctrl-C again to stop at once, "
+                    "without it).")
 
   def should_stop(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self._event.is_set()
+    if self._event.is_set():
+      return True
+    return jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step)
 
   def close(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
 
 
 def _hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -307,16 +323,48 @@ def train_and_evaluate(task: Task, *, stop_at_step: int | None = None, devices: 
   The workdir is locked for the life of the call; a resume whose config differs in a run-defining field is
   refused unless `allow_config_change` (train/workdir.py). stop_at_step: stop (after checkpointing) once this
   step is reached, as a preemption would; the same command later resumes. Returns {'step', 'metrics',
-  'report', 'train_seconds', 'stopped_early', 'stop_reason' (None | 'stop_at_step' | 'preempted'), 'state'}.
+  'report', 'train_seconds', 'stopped_early', 'stop_reason' (None | 'stop_at_step' | 'preempted' |
+  'interrupted'), 'state'}.
   """
   mesh = sharding.create_mesh(tuple(task.config.mesh.shape), devices=devices)  # no arrays: just the layout
   validation.validate(task.config, data_parallel=mesh.shape["data"], process_count=jax.process_count())
   with workdir_lib.WorkdirLock(task.workdir, enabled=jax.process_index() == 0):
-    return _train_and_evaluate(task, stop_at_step=stop_at_step, devices=devices,
-                               allow_config_change=allow_config_change)
+    watcher = _PreemptionWatcher()  # from the start: a signal during set-up or compilation stops after step 1
+    try:
+      return _train_and_evaluate(task, watcher, stop_at_step=stop_at_step, devices=devices,
+                                 allow_config_change=allow_config_change)
+    except Exception as e:  # pylint: disable=broad-except  (a full disk, however a writer reports it)
+      if isinstance(e, errors.UserError) or not disk_space.is_disk_full(e):
+        raise
+      raise errors.DiskFullError(f"{disk_space.message(task.workdir, 'training')}. {_full_disk_fix(task.workdir)}"
+                                 ) from e
+    finally:
+      watcher.close()
 
 
-def _train_and_evaluate(task: Task, *, stop_at_step: int | None, devices: list[jax.Device] | None,
+def _committed_steps(workdir: str) -> list[int]:
+  """Steps with a committed checkpoint (orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it when done)."""
+  directory = os.path.join(workdir, checkpointing.CHECKPOINTS)
+  if not fileio.isdir(directory):
+    return []
+  return sorted(int(os.path.basename(p.rstrip("/"))) for p in fileio.glob(os.path.join(directory, "*"))
+                if os.path.basename(p.rstrip("/")).isdigit())
+
+
+def _full_disk_fix(workdir: str) -> str:
+  steps = _committed_steps(workdir)
+  kept = (f"The last committed checkpoint (step {steps[-1]}) is intact" if steps
+          else "No checkpoint had been committed yet")
+  return f"{kept}: free some space (or move --workdir to another disk) and rerun the same command to resume."
+
+
+def _state_bytes(state: TrainState) -> int:
+  """The bytes a checkpoint of `state` holds, about (orbax stores the arrays uncompressed, plus metadata)."""
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state)
+             if hasattr(x, "shape") and hasattr(x, "dtype"))
+
+
+def _train_and_evaluate(task: Task, watcher: _PreemptionWatcher, *, stop_at_step: int | None, devices: list[jax.Device] | None,
                         allow_config_change: bool) -> dict[str, Any]:
   from clu import metric_writers, parameter_overview, periodic_actions  # TensorFlow: keep it off the import path
 
@@ -340,10 +388,10 @@ def _train_and_evaluate(task: Task, *, stop_at_step: int | None, devices: list[j
   if resuming:
     start_step, state, data_state = _restore(ckpt, setup, workdir)
     data.set_state(data_state)
-    logged = workdir_lib.last_logged_step(workdir) if jax.process_index() == 0 else 0
+    logged = workdir_lib.logged_tags(workdir) if jax.process_index() == 0 else {}
     writer = workdir_lib.LoggedStepFilter(writer, logged)  # the redone steps are in TensorBoard already
     logging.info("Resumed from %s at step %d (data position %s; TensorBoard has steps up to %d).", workdir,
-                 start_step, data_state, logged)
+                 start_step, data_state, max(logged, default=0))
   else:
     start_step = 0
     state = setup.init_state(jax.random.PRNGKey(config.seed))
@@ -357,18 +405,24 @@ def _train_and_evaluate(task: Task, *, stop_at_step: int | None, devices: list[j
                cfg.batch_size, cfg.num_steps)
 
   step_fn = make_train_step(setup)
+  checkpoint_bytes = _state_bytes(state) + (1 << 20)  # + metadata and the data position
   first_bad = jax.device_put(jnp.array(-1, jnp.int32), sharding.replicated(setup.mesh))
   report_progress = periodic_actions.ReportProgress(num_train_steps=cfg.num_steps, writer=writer)
   hooks = [report_progress]
   if cfg.profile_steps and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(num_profile_steps=cfg.profile_steps, logdir=workdir))
-  watcher = _PreemptionWatcher()
   last_ckpt = start_step if start_step else None
   averager = _MetricAverager()
   step, stopped_early, train_start = start_step, False, time.time()
   final_metrics: dict[str, float] = {}
   eval_seconds = 0.0
   stop_reason = None
+  lost = [e for e in evaluators if start_step and start_step < cfg.num_steps and e.due(start_step)
+          and isinstance(writer, workdir_lib.LoggedStepFilter) and writer.missing(start_step, e.prefix)]
+  if lost and jax.process_count() == 1:  # killed between the checkpoint and its evaluation's scalars
+    logging.info("Evaluating step %d again: its %s results never reached TensorBoard.", start_step,
+                 ", ".join(e.prefix for e in lost))
+    writer.write_scalars(start_step, evaluate(task, setup.runtime, setup.variables(state), lost))
   if stop_at_step is not None and start_step >= stop_at_step and start_step < cfg.num_steps:
     logging.warning("The run is at step %d already, not below --stop_at_step=%d: nothing to train.", start_step,
                     stop_at_step)
@@ -387,7 +441,7 @@ def _train_and_evaluate(task: Task, *, stop_at_step: int | None, devices: list[j
         hook(step)
       preempted = watcher.should_stop(step)
       stopped_early = preempted or (stop_at_step is not None and step >= stop_at_step and step < cfg.num_steps)
-      stop_reason = ("preempted" if preempted else "stop_at_step") if stopped_early else None
+      stop_reason = (watcher.reason if preempted else "stop_at_step") if stopped_early else None
       final = step == cfg.num_steps
       if step % cfg.log_every == 0 or final or stopped_early:
         _check_finite(first_bad, last_ckpt)
@@ -407,11 +461,14 @@ def _train_and_evaluate(task: Task, *, stop_at_step: int | None, devices: list[j
       ranked = metric_name is not None and metric_name in eval_metrics
       if step % cfg.checkpoint_every == 0 or final or stopped_early or ranked:
         _check_finite(first_bad, last_ckpt)
+        if fileio.is_local(workdir):  # refuse a save that cannot fit, before orbax writes half of it
+          disk_space.check_free_space(ckpt.directory, checkpoint_bytes, f"saving the checkpoint of step {step}",
+                                      fix=_full_disk_fix(workdir))
         ckpt.save(step, state, data.get_state(), metrics=eval_metrics if ranked else None)
         last_ckpt = step
       if stopped_early:
         logging.warning("Stopping at step %d (%s); rerun the same command to resume.", step,
-                        "preemption signal" if preempted else "stop_at_step")
+                        {"preempted": "preemption signal", "interrupted": "Ctrl-C"}.get(stop_reason, stop_reason))
         break
     train_seconds = time.time() - train_start - eval_seconds
     results: dict[str, Any] = {"step": step, "train_seconds": train_seconds, "stopped_early": stopped_early,
@@ -441,8 +498,17 @@ def _train_and_evaluate(task: Task, *, stop_at_step: int | None, devices: list[j
           json.dump(results, f, indent=2, sort_keys=True)
     return dict(results, state=state)
   finally:
-    watcher.close()
-    writer.flush()
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
+    _run_all(writer.flush, ckpt.wait, ckpt.close, writer.close)
+
+
+def _run_all(*closers) -> None:
+  """Call each closer even if an earlier one fails (a full disk fails the flush and the checkpoint wait alike);
+  then raise the first failure, unless an exception is already on its way out (which says more)."""
+  first = None
+  for close in closers:
+    try:
+      close()
+    except Exception as e:  # pylint: disable=broad-except
+      first = first or e
+  if first is not None and sys.exc_info()[1] is None:
+    raise first

@@ -8,12 +8,14 @@
   its order (task, model, data, seed, batch size, optimiser kind or groups) are refused before anything is
   written, naming the fields and the fix; other changes (num_steps, logging, evaluation cadence, learning rate)
   are logged. `config.json` is replaced only once the run is accepted.
-* `LoggedStepFilter`: a resumed run redoes the steps between its last checkpoint and the crash; their
-  TensorBoard points were already written, so they are not written twice.
+* `LoggedStepFilter`: a resumed run redoes the steps between its last checkpoint and the crash; the TensorBoard
+  points they already wrote are not written twice, and those that were lost (an evaluation killed before its
+  scalars reached the file) are written when the step is redone (per tag, not per step).
 """
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import json
 import os
@@ -36,6 +38,21 @@ RUN_DEFINING = ("task", "seed", "model", "data", "train.batch_size", "optimizer.
 is_local = fileio.is_local
 
 
+def make_workdir(workdir: str) -> None:
+  """mkdir -p of a local workdir; a path that is a file, or that cannot be created, is a WorkdirError."""
+  if os.path.lexists(workdir) and not os.path.isdir(workdir):
+    raise errors.WorkdirError(f"--workdir {workdir} is a file, not a directory; pass a directory (new, or a run's).")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    if e.errno == errno.ENOSPC:
+      raise
+    reason = e.strerror or type(e).__name__
+    where = f" ({e.filename})" if e.filename and os.fspath(e.filename) != workdir else ""
+    raise errors.WorkdirError(f"--workdir {workdir} cannot be created: {reason}{where}. Pass a directory you can "
+                              "write, e.g. under your home directory.") from None
+
+
 class WorkdirLock:
   """Exclusive lock on a workdir for the life of a training process (a context manager)."""
 
@@ -50,7 +67,7 @@ class WorkdirLock:
   def __enter__(self) -> "WorkdirLock":
     if not self.enabled:
       return self
-    os.makedirs(self.workdir, exist_ok=True)
+    make_workdir(self.workdir)
     handle = open(self.path, "a+")  # pylint: disable=consider-using-with  (held until __exit__)
     try:
       fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -131,17 +148,23 @@ def write_config(workdir: str, current: dict) -> None:
   fileio.write_atomic(os.path.join(workdir, CONFIG_FILE), lambda f: json.dump(current, f, indent=2, sort_keys=True))
 
 
-def last_logged_step(workdir: str) -> int:
-  """The largest step in the workdir's TensorBoard event files (0 if none)."""
+def logged_tags(workdir: str) -> dict[int, set[str]]:
+  """{step: the scalar tags logged at that step} from the workdir's TensorBoard event files."""
   from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=import-outside-toplevel
-  last = 0
+  logged: dict[int, set[str]] = {}
   for path in fileio.glob(os.path.join(workdir, "events.out.tfevents.*")):  # the loader reads gs:// (tf.io.gfile)
     try:
       for event in event_file_loader.EventFileLoader(path).Load():
-        last = max(last, int(event.step))
+        if event.HasField("summary"):
+          logged.setdefault(int(event.step), set()).update(v.tag for v in event.summary.value)
     except Exception as e:  # pylint: disable=broad-except  (a torn tail after a crash: keep what was read)
       logging.warning("Could not read all of %s (%s); steps after the last one read may be logged twice.", path, e)
-  return last
+  return logged
+
+
+def last_logged_step(workdir: str) -> int:
+  """The largest step with a scalar in the workdir's TensorBoard event files (0 if none)."""
+  return max(logged_tags(workdir), default=0)
 
 
 def scalar_history(workdir: str, tag: str) -> list[tuple[int, float]]:
@@ -160,15 +183,22 @@ def scalar_history(workdir: str, tag: str) -> list[tuple[int, float]]:
 
 
 class LoggedStepFilter:
-  """Wraps a clu metric writer: scalar writes of steps <= `last_step` (already in TensorBoard) are dropped."""
+  """Wraps a clu metric writer: a scalar already logged at that step (`logged`: {step: tags}) is not written
+  again; the others are (an evaluation whose results were lost is logged when its step is redone)."""
 
-  def __init__(self, writer: Any, last_step: int):
+  def __init__(self, writer: Any, logged: dict[int, set[str]]):
     self._writer = writer
-    self.last_step = last_step
+    self.logged = logged
 
   def write_scalars(self, step: int, scalars: dict) -> None:
-    if step > self.last_step:
-      self._writer.write_scalars(step, scalars)
+    done = self.logged.get(step, set())
+    new = {k: v for k, v in scalars.items() if k not in done}
+    if new:
+      self._writer.write_scalars(step, new)
+
+  def missing(self, step: int, prefix: str) -> bool:
+    """True if no scalar of `prefix`/ was logged at `step`."""
+    return not any(tag.startswith(prefix + "/") for tag in self.logged.get(step, ()))
 
   def __getattr__(self, name: str) -> Any:
     return getattr(self._writer, name)
