@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging as std_logging
 import math
 import os
 import time
@@ -54,10 +55,17 @@ import numpy as np
 from xmodal_jax import errors
 from xmodal_jax.serving import embedding_export
 
+# faiss's loader logs at INFO each optimised build it tries and lacks ("Could not load library with AVX512 support
+# due to: ModuleNotFoundError ...", "Loading faiss with AVX2 support."): chatter on every start under absl's INFO
+# logging, not errors. Its warnings and errors still show; a level set beforehand (e.g. DEBUG) is kept.
+_FAISS_LOADER_LOG = std_logging.getLogger("faiss.loader")
+if _FAISS_LOADER_LOG.level == std_logging.NOTSET:
+  _FAISS_LOADER_LOG.setLevel(std_logging.WARNING)
+_FAISS_IMPORT_ERROR = None
 try:
   import faiss  # pylint: disable=g-import-not-at-top
-except ImportError:  # pragma: no cover - faiss is in requirements.txt
-  faiss = None
+except ImportError as e:  # pragma: no cover - faiss is in requirements.txt
+  faiss, _FAISS_IMPORT_ERROR = None, f"{type(e).__name__}: {e}"
 
 FORMAT = "xmodal-ann-index"
 SEARCH_FORMAT = "xmodal-ann-search-index"
@@ -78,7 +86,8 @@ _CHUNK = 65536  # rows per block for input checks (no [N, D] boolean temporary)
 
 def _faiss():
   if faiss is None:
-    raise errors.MissingError("faiss is not installed: `pip install faiss-cpu==1.15.1` (it is in requirements.txt).")
+    raise errors.MissingError(f"faiss cannot be imported ({_FAISS_IMPORT_ERROR}): `pip install faiss-cpu==1.15.1` (it "
+                              "is in requirements.txt).")
   return faiss
 
 

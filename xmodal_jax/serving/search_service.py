@@ -26,7 +26,10 @@ the status below. No pickle is read or written anywhere.
     -> results as for text search, each with the best-matching caption as "text"
 
 Errors: 400 malformed JSON, a missing or ill-typed field, an empty or too long query (`max_query_chars`), k
-outside [1, max_k], a corrupt image; 404 an unknown path or image, or a kind this index lacks; 405 wrong
+outside [1, max_k], NaN / Infinity / an overflowing float / an integer of over 30 digits anywhere in a JSON body, a
+lone UTF-16 surrogate in any text (JSON values and field names, multipart field names, file names and values), a
+corrupt image, an image beyond training data's aspect-ratio rule (`records.MAX_ASPECT_RATIO`, 20:1); every error
+names the field and the fix; 404 an unknown path or image, or a kind this index lacks; 405 wrong
 method; 413 a body over `max_upload_bytes` (Content-Length checked first, then counted while reading) or an image
 over `max_image_pixels`; 415 a request that is not JSON / multipart, or an upload that is not JPEG, PNG or WebP
 by its content (the declared type is ignored); 501 caption search without a caption database; 503 the query
@@ -54,6 +57,7 @@ import importlib.util
 import io
 import ipaddress
 import json
+import math
 import os
 import socket
 import threading
@@ -128,8 +132,28 @@ class ApiError(Exception):
     self.status, self.message, self.detail = status, message, detail
 
 
+def _safe_text(text: str) -> str:
+  """`text` with lone surrogates written as \\udXXX escapes, so that it encodes as UTF-8."""
+  return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _json_safe(value: Any) -> Any:
+  """A JSON-encoded value that JSONResponse can always write: lone surrogates escaped, NaN / Infinity as strings."""
+  if isinstance(value, str):
+    return _safe_text(value)
+  if isinstance(value, float) and not math.isfinite(value):
+    return repr(value)
+  if isinstance(value, dict):
+    return {_json_safe(str(key)): _json_safe(item) for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(item) for item in value]
+  return value
+
+
 def _error_response(status: int, message: str, detail: Any = None, headers: dict | None = None) -> JSONResponse:
-  return JSONResponse({"error": message, "detail": jsonable_encoder(detail)}, status_code=status, headers=headers)
+  # Error text may echo what the client sent: it must never turn the answer into a 500 of its own.
+  return JSONResponse({"error": _safe_text(str(message)), "detail": _json_safe(jsonable_encoder(detail))},
+                      status_code=status, headers=headers)
 
 
 # ---------------------------------------------------------------------------------------------- micro-batcher
@@ -237,7 +261,8 @@ def decode_upload(data: bytes, size: int, max_pixels: int) -> np.ndarray:
   training data), the central square resized to `size`.
 
   The format is sniffed from the content by Pillow and must be JPEG, PNG or WebP (else ApiError 415); the
-  dimensions are checked against `max_pixels` from the header, before decoding (413); the file is verified,
+  dimensions are checked against `max_pixels` (413) and training data's aspect-ratio rule
+  (`records.check_aspect_ratio`, 400) from the header, before decoding; the file is verified,
   then decoded from scratch; any decoder failure is a 400.
   """
   kind = "uploaded"
@@ -248,6 +273,12 @@ def decode_upload(data: bytes, size: int, max_pixels: int) -> np.ndarray:
       if width * height > max_pixels:
         raise ApiError(413, f"the image is {width}x{height} pixels, more than the limit of {max_pixels}.",
                        {"width": width, "height": height, "max_pixels": max_pixels})
+      try:  # the rule `xmodal prepare` applies to training images (records.check_aspect_ratio)
+        records_lib.check_aspect_ratio(width, height, "the uploaded image",
+                                       f"crop it to at most {records_lib.MAX_ASPECT_RATIO}:1 and upload it again")
+      except errors.UserError as e:
+        raise ApiError(400, str(e), {"width": width, "height": height,
+                                     "max_aspect_ratio": records_lib.MAX_ASPECT_RATIO}) from None
       img.verify()
   except ApiError:
     raise
@@ -373,17 +404,113 @@ def _check_query(query: str, limits: ServiceLimits) -> str:
   return query
 
 
+_MAX_INT_DIGITS = 30  # a JSON integer longer than this is refused before it is converted (or echoed)
+_LONE = "a lone UTF-16 surrogate, which is not valid Unicode"
+_IN_JSON = "in JSON a character beyond U+FFFF is escaped as a pair, e.g. \\ud83d\\ude00"
+
+
+class _BadNumber:
+  """What the JSON parser puts in place of a number the API cannot take: NaN, Infinity, an overflowing float, an
+  integer of too many digits (Python's json accepts them all; `_check_json` refuses them naming the field)."""
+
+  def __init__(self, text: str, problem: str):
+    self.text, self.problem = text, problem
+
+
+def _parse_float(text: str):
+  value = float(text)
+  return value if math.isfinite(value) else _BadNumber(text, "overflows to infinity")
+
+
+def _parse_int(text: str):
+  digits = len(text.lstrip("-"))
+  if digits > _MAX_INT_DIGITS:
+    return _BadNumber(f"{text[:12]}... ({digits} digits)", f"is an integer of {digits} digits")
+  return int(text)
+
+
+def _parse_constant(name: str):
+  return _BadNumber(name, "is not a number in JSON (NaN and Infinity are JavaScript literals)")
+
+
+def _surrogate_at(text: str) -> int:
+  """The position of the first lone surrogate in `text` (json.loads joins escaped pairs), else -1."""
+  try:
+    text.encode("utf-8")
+    return -1
+  except UnicodeEncodeError as e:
+    return e.start
+
+
+def _field_hints(limits: ServiceLimits) -> dict[str, str]:
+  return {"k": f"an integer from 1 to {limits.max_k}",
+          "query": f"a non-empty string of at most {limits.max_query_chars} characters",
+          "attribute": "a string of one word"}
+
+
+def _check_json(value: Any, limits: ServiceLimits) -> None:
+  """ApiError 400 naming the field for a NaN / Infinity / overflowing / over-long number or a lone surrogate (in
+  a value or a field name) anywhere in a parsed JSON body; walked without recursion."""
+  hints = _field_hints(limits)
+  stack = [(value, "", "")]  # (value, its path for messages, its top-level field)
+  while stack:
+    item, path, top = stack.pop()
+    field = path or "body"
+    fix = (f"send {top} as {hints[top]}" if top in hints else "leave the field out" if top
+           else 'send a JSON object like {"query": "a red circle", "k": 5}')
+    if isinstance(item, _BadNumber):
+      raise ApiError(400, f"{field}: {item.text} {item.problem}; {fix}.",
+                     {"field": field, "value": item.text, "problem": "invalid number"})
+    if isinstance(item, str):
+      at = _surrogate_at(item)
+      if at >= 0:
+        raise ApiError(400, f"{field}: the text has a lone UTF-16 surrogate ({ascii(item[at])[1:-1]}) at character {at}, "
+                       f"which is not valid Unicode ({_IN_JSON}); {fix}.", {"field": field, "position": at, "problem": "lone surrogate"})
+    elif isinstance(item, dict):
+      for key, sub in item.items():
+        if _surrogate_at(key) >= 0:
+          raise ApiError(400, f"{field}: the field name {ascii(key)} has {_LONE} ({_IN_JSON}); the fields are "
+                         f"{sorted(hints)}.", {"field": field, "problem": "lone surrogate in a field name"})
+        stack.append((sub, f"{path}.{key}" if path else key, top or key))
+    elif isinstance(item, list):
+      stack.extend((sub, f"{field}[{i}]", top) for i, sub in enumerate(item))
+
+
+def _parse_json(body: bytes, limits: ServiceLimits) -> Any:
+  """A request body -> its JSON value, or ApiError 400 for malformed JSON or anything `_check_json` refuses."""
+  try:
+    value = json.loads(body, parse_float=_parse_float, parse_int=_parse_int, parse_constant=_parse_constant)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ApiError(400, f"malformed JSON body ({e}).") from None
+  except RecursionError:
+    raise ApiError(400, "malformed JSON body: nested too deeply; send a flat object like "
+                   '{"query": "a red circle", "k": 5}.') from None
+  _check_json(value, limits)
+  return value
+
+
+def _check_form(form) -> None:
+  """ApiError 400 for a lone surrogate in a multipart field name, file name or text value (a `charset=utf-7` or
+  `unicode_escape` part decodes to one)."""
+  for name, value in form.multi_items():
+    if _surrogate_at(name) >= 0:
+      raise ApiError(400, f"a multipart field name ({ascii(name)}) has {_LONE}; put the file in the field 'image' "
+                     "(curl -F image=@photo.jpg), with no charset= other than utf-8.",
+                     {"field": ascii(name), "problem": "lone surrogate in a field name"})
+    text, what = (value.filename or "", "file name") if isinstance(value, UploadFile) else (value, "value")
+    if _surrogate_at(text) >= 0:
+      fix = "rename the file, or send its name as UTF-8" if what == "file name" else "send it as UTF-8"
+      raise ApiError(400, f"the {what} of the multipart field {name!r} ({ascii(text)}) has {_LONE}; {fix} (no "
+                     "charset= other than utf-8).", {"field": name, "problem": f"lone surrogate in the {what}"})
+
+
 async def _text_query(request: Request, limits: ServiceLimits, model: type[TextQuery] = TextQuery):
   """A JSON body -> (query, k) (and the parsed body with `model` other than TextQuery), or the ApiError for a wrong
   content type (415), bad JSON or fields (400)."""
   kind = _content_type(request)
   if kind != "application/json" and not kind.endswith("+json"):
     raise ApiError(415, f"send the query as JSON (Content-Type: application/json), not {kind or 'no type'!r}.")
-  body = await request.body()
-  try:
-    value = json.loads(body)
-  except (ValueError, UnicodeDecodeError) as e:
-    raise ApiError(400, f"malformed JSON body ({e}).") from None
+  value = _parse_json(await request.body(), limits)
   try:
     parsed = model.model_validate(value)
   except pydantic.ValidationError as e:
@@ -631,6 +758,7 @@ def create_app(index, encoders, *, limits: ServiceLimits = ServiceLimits(), capt
     uploads_in_progress += 1
     try:
       async with request.form(max_files=1, max_fields=4) as form:
+        _check_form(form)
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
           raise ApiError(400, "the multipart body has no file in the field 'image' (curl -F image=@photo.jpg).",
