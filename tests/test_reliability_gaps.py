@@ -160,6 +160,7 @@ def _single_error_line(stderr):
   return lines[0]
 
 
+@pytest.mark.slow  # 45 s; the default run has the writer-shape test below and the export / prepare case
 def test_full_disk_during_training_is_one_line_and_the_committed_checkpoint_loads(tmp_path, small_disk, monkeypatch):
   disk = small_disk(40_000)
   workdir = os.path.join(disk, "run")
