@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The mFSR ablation tables of README.md (seed 003, Table 3 rows; 3 seeds), one budget for every row:
+# The mFSR ablation tables of docs/vse.md (seed 003, Table 3 rows; 3 seeds), one budget for every row:
 #   bash launch/mfsr_ablation.sh shapes      # shapes world, test split (250 steps per run)
 #   bash launch/mfsr_ablation.sh flickr8k    # ../shared/data/flickr8k, val split, frozen EfficientNet-Lite2 (150 steps)
 # Each data set at batch 128 (VSE++'s default) and batch 24 (the paper's; BATCHES="24" runs one), in workdirs/mfsr_ablation_<data>_b<B>/;
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 source launch/env.sh
 data="${1:?usage: bash launch/mfsr_ablation.sh shapes|flickr8k}"
 # The budget (a 2-core CPU's afternoon): STEPS overrides it. The semantic loss is the SUM of hinges: with max
-# violation every row collapses at this budget (README: S3 results).
+# violation every row collapses at this budget (docs/vse.md: S3 results).
 case "$data" in
   shapes) steps="${STEPS:-250}" ;;
   flickr8k) steps="${STEPS:-150}" ;;

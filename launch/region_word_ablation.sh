@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The S2 tables of README.md (issue 16; 3 seeds, one budget for every row):
+# The S2 tables of docs/region_word.md (issue 16; 3 seeds, one budget for every row):
 #   bash launch/region_word_ablation.sh shapes     # shapes world test split + compositional choice + tags + robustness
 #   bash launch/region_word_ablation.sh flickr8k   # ../shared/data/flickr8k val split
 # Workdirs: workdirs/s2_ablation_<data>/ (finished runs are kept, so the script resumes); tables in ablation.md there.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The S4 tables of README.md (issue 17; 3 seeds, one budget for every row):
+# The S4 tables of docs/single_stream.md (issue 17; 3 seeds, one budget for every row):
 #   bash launch/single_stream_ablation.sh shapes     # shapes world test split: 4 rows (coarse / single-token
 #                                                    #   masking, random objects, the seed library)
 #   bash launch/single_stream_ablation.sh flickr8k   # ../shared/data/flickr8k val split: coarse vs single-token

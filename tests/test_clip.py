@@ -90,7 +90,7 @@ def test_lit_locks_the_image_tower_of_a_finished_run(tiny_run, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(original), jax.device_get(locked))
 
 
-@pytest.mark.slow  # `bash launch/test.sh -m slow` (README "Development")
+@pytest.mark.slow  # `bash launch/test.sh -m slow` (docs/development.md)
 def test_vitb16_full_size_by_eval_shape_and_one_tiny_step_with_fsdp(tmp_path):
   from xmodal_jax.config_files import load_beside  # pylint: disable=import-outside-toplevel
   from xmodal_jax.tasks.clip import clip  # pylint: disable=import-outside-toplevel
@@ -125,7 +125,7 @@ def test_config_errors_name_the_field(tmp_path, override, message):
     trainer.build(tasks.create(config, str(tmp_path)))
 
 
-@pytest.mark.slow  # `bash launch/test.sh -m slow` (README "Development")
+@pytest.mark.slow  # `bash launch/test.sh -m slow` (docs/development.md)
 def test_lit_siglip_over_the_pretrained_towers(tmp_path):
   """configs/clip/siglip_flickr8k.py:tiny (dual_encoder task, EfficientNet-Lite0 locked from its feature cache,
   MiniLM's last layer trained, SigLIP's loss): trains, learns a bias, reports R@K and zero-shot accuracy."""

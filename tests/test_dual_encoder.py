@@ -73,7 +73,7 @@ def test_frozen_and_trained_parts_split_at_the_cuts(tmp_path):
   assert any(k.startswith("text_tower/embeddings") for k in frozen) and any("stem_" in k for k in frozen)
 
 
-@pytest.mark.slow  # `bash launch/test.sh -m slow` (README "Development")
+@pytest.mark.slow  # `bash launch/test.sh -m slow` (docs/development.md)
 def test_training_from_the_cache_reuses_and_rekeys_it(tmp_path):
   cache_root = os.environ["XMODAL_CACHE"]
   task = make_task(load_config(CONFIG), tmp_path / "run")

@@ -143,7 +143,7 @@ def test_user_labels_from_a_file_or_a_captions_field(folder, tmp_path):
     query_annotations.label_names(shapes)
 
 
-@pytest.mark.slow  # `bash launch/test.sh -m slow` (README "Development")
+@pytest.mark.slow  # `bash launch/test.sh -m slow` (docs/development.md)
 def test_s1_stages_train_on_clicks_pairs_and_user_labels(folder, tmp_path):
   """The generator learns from the click log, the text embedding from the pairs (no image), the pixel stage
   and the features from the user's labels."""

@@ -7,7 +7,7 @@ with its traceback. Each subclass is also the built-in type callers would expect
 """
 from __future__ import annotations
 
-# Exit codes of `xmodal` (README "Failure behaviour").
+# Exit codes of `xmodal` (docs/failure_behaviour.md).
 EXIT_OK = 0
 EXIT_ERROR = 1            # a UserError: the message says what to fix
 EXIT_USAGE = 2            # bad command line: unknown flag, bad config file or field

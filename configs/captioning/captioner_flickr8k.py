@@ -11,7 +11,7 @@ Run in order (or `bash launch/s5_pipeline.sh flickr8k`):
   xmodal train --config=configs/captioning/captioner_flickr8k.py --workdir=workdirs/s5_flickr8k_mle
   xmodal train --config=configs/captioning/captioner_flickr8k.py:scst --workdir=workdirs/s5_flickr8k_scst
   ... :scst_grammar --workdir=workdirs/s5_flickr8k_scst_grammar; :scst_attribute --workdir=workdirs/s5_flickr8k_scst_attribute
-Expected: README "S5 captioning".
+Expected: docs/captioning.md.
 """
 import ml_collections
 

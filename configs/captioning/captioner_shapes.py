@@ -1,7 +1,7 @@
 r"""S5 captioning on the built-in shapes world: a small ResNet from scratch + a transformer decoder, trained by MLE,
 then by SCST under the CLIP reward, the reward with its grammar head, and with attribute negatives.
 
-Run in order (from the repo root; README "S5 captioning" has the table these give):
+Run in order (from the repo root; docs/captioning.md has the table these give):
   xmodal train --config=configs/captioning/clip_shapes.py:reward --workdir=workdirs/s5_shapes_clip
   xmodal train --config=configs/captioning/clip_shapes.py:judge --workdir=workdirs/s5_shapes_judge
   xmodal train --config=configs/captioning/reward_shapes.py:grammar --workdir=workdirs/s5_shapes_reward_grammar

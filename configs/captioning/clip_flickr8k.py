@@ -8,7 +8,7 @@ shares), so the reward's text tower reads the captioner's tokens as they are.
 
 "reward": InfoNCE, ViT patch 8 width 192 depth 4, causal text tower width 192 depth 3; "judge": another seed, the
 sigmoid loss, ViT patch 16 on 96 px, a bidirectional mean-pooled text tower. From scratch on 6,091 images these
-are weak retrieval models (README "S5 captioning" gives their R@K): the pretrained LiT runs of configs/clip/
+are weak retrieval models (docs/captioning.md gives their R@K): the pretrained LiT runs of configs/clip/
 cannot be the reward, their MiniLM WordPiece text tower does not read the captioner's word tokens.
 """
 import ml_collections

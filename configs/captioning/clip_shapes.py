@@ -7,7 +7,7 @@ r"""The two-tower models of S5 on the shapes world: the SCST reward model and an
 "judge": another seed, another loss (SigLIP's sigmoid) and other towers (ViT patch 16 width 96 depth 4, a
 bidirectional text tower of width 96, mean-pooled), so the captioner's CLIP-S under it is not the score it was
 trained on. Both share the captioner's data (the default shapes world).
-Expected: README "S5 captioning" lists their retrieval figures.
+Expected: docs/captioning.md lists their retrieval figures.
 """
 import ml_collections
 

@@ -6,7 +6,7 @@ attribute-specific negatives (tasks/captioning/reward_model.py).
       --workdir=workdirs/s5_shapes_reward_grammar_attribute
 (after configs/captioning/clip_shapes.py:reward into workdirs/s5_shapes_clip; --config.init_from names another run).
 Variants: grammar | attribute | grammar_attribute, and tiny (tests: from the tiny clip run in config.init_from).
-Expected: README "S5 captioning" (grammar accuracy on held-out corruptions, retrieval kept).
+Expected: docs/captioning.md (grammar accuracy on held-out corruptions, retrieval kept).
 """
 import ml_collections
 

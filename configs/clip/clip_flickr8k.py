@@ -9,7 +9,7 @@ at run time, never copied):
 It runs on the dual_encoder task (the pretrained towers, their cuts and feature caches) with config.loss from
 tasks/retrieval/contrastive_objective.py; configs/clip/siglip_flickr8k.py is the same with SigLIP's loss.
 
-Expected: README "CLIP and SigLIP" has the measured val table (1,000 images, 5,000 captions), beside VSE++ over the
+Expected: docs/clip.md has the measured val table (1,000 images, 5,000 captions), beside VSE++ over the
 same towers, and the training time.
 """
 import ml_collections

@@ -8,7 +8,7 @@ Run (from the repo root):
       --config.mesh.shape='(8,1)'           # the ring form of the loss (needs 8 devices)
 Variants: `:tiny` (seconds; tests).
 
-Expected: see README "CLIP and SigLIP" for the measured table (acceptance bar: test image->text R@1 >= 80).
+Expected: see docs/clip.md for the measured table (acceptance bar: test image->text R@1 >= 80).
 """
 import ml_collections
 

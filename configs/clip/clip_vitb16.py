@@ -4,7 +4,7 @@ into a 512-d space; bfloat16 compute with float32 params and optimiser, every bl
 over the data axis (FSDP through the rule table), and the chunked (ring) loss: memory per device grows with B/n,
 not with the global batch B.
 
-Run once per host of a TPU VM slice (see README "Cloud TPU VMs" for preparing COCO):
+Run once per host of a TPU VM slice (see docs/tpu.md for preparing COCO):
   xmodal train --multihost --config=configs/clip/clip_vitb16.py --workdir=gs://BUCKET/runs/clip_b16 \
       --config.data.source=karpathy:$DATA/dataset_coco.json:$COCO --config.data.prepared_dir=$PREP/coco
   ... --config.loss.kind=sigmoid                          # SigLIP (Zhai et al. 2023)

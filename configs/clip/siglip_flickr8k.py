@@ -5,7 +5,7 @@ positives of that image).
 Run (from the repo root):
   xmodal train --config=configs/clip/siglip_flickr8k.py --workdir=workdirs/siglip_flickr8k
 
-Expected: README "CLIP and SigLIP" has the measured val table and the training time.
+Expected: docs/clip.md has the measured val table and the training time.
 """
 import ml_collections
 

@@ -104,7 +104,7 @@ def region_word_sections(config: ml_collections.ConfigDict, *, embed_dim: int, w
       salient_attention=True, num_heads=4,
       # False: self-attention only scores the regions (saliency weights, the global vector, the relation pairs);
       # the entity / relation layers align the FC's region features. True: they align the self-attended ones
-      # (measured worse: README, S2).
+      # (measured worse: docs/region_word.md).
       contextual_regions=False,
       global_pool="regions",  # regions: saliency-weighted (or mean) regions | image: the whole-image box
       relation=True, relation_regions=relation_regions,  # pairs among this many most salient regions

@@ -9,7 +9,7 @@ Variants: `:tiny` (seconds; tests), `:paper` (the paper's protocol: batch 24, Ad
 37,500 steps). Every field can be overridden, e.g. `--config.loss_weights.image=0 --config.model.separation.normalize=concat`.
 
 Same towers, data, optimiser and budget as configs/retrieval/vsepp_shapes.py; the generator works at 32 px (the
-shapes images are 64 px; set model.generator.image_size=64 for full size). README.md has the measured ablation.
+shapes images are 64 px; set model.generator.image_size=64 for full size). docs/vse.md has the measured ablation.
 """
 import ml_collections
 

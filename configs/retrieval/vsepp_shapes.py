@@ -8,7 +8,7 @@ Any field can be overridden, e.g. `--config.train.batch_size=64 --config.mesh.sh
 
 Expected (2-core CPU, default variant, 2,000 steps, ~6 min of training): test split (1,000 images,
 5,000 captions) image->text R@1 ~87%, text->image R@1 ~68% (acceptance bar: image->text R@1 >= 50%);
-README.md has the measured table.
+docs/vse.md has the measured table.
 """
 import ml_collections
 

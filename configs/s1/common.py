@@ -30,7 +30,7 @@ def s1_data(source: str) -> ml_collections.ConfigDict:
       query_max_count=0,        # > 0: keep only the most frequent
       taxonomy="flickr8k",      # class labels from the captions (data/taxonomy.py)
       label_min_votes=3,        # captions (of 5) that must name a class
-      # The seed's own inputs instead (folder:PATH sources; formats and checks: README "S1 inputs"):
+      # The seed's own inputs instead (folder:PATH sources; formats and checks: docs/classifier.md "S1 inputs"):
       query_clicks="",          # (image, query, clicks) log replacing the mined queries (data/query_clicks.py)
       query_pairs="",           # query-query association pairs for the text embedding (data/query_pairs.py)
       label_set=(),             # declared class names; with labels_file or labels_field replaces the taxonomy
@@ -77,7 +77,7 @@ def s1(source: str = "shapes", eval_splits: tuple[str, ...] = ("val", "test")) -
   stages.text_generator.loss = ml_collections.ConfigDict(dict(
       softmax="sampled",          # sampled | full
       num_samples=128,            # shared negatives per step (sampled)
-      # Proposal over query ids (sorted by train frequency): uniform | log_uniform. On Flickr8k (README) one
+      # Proposal over query ids (sorted by train frequency): uniform | log_uniform. On Flickr8k (docs/classifier.md) one
       # log_uniform run degenerated (rare rows, rarely drawn as negatives, drifted under Adam: val p@1 0.1%) and
       # another trained normally (p@1 34.3% vs 32.0% uniform); uniform has not failed, so it is the default.
       distribution="uniform",

