@@ -1,0 +1,1 @@
+"""Paper experiments and claim verdicts: outside the installed package (the library never imports this)."""
