@@ -58,13 +58,13 @@ def _worker(args) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from xmodal_jax import host_memory, tasks  # pylint: disable=import-outside-toplevel
+  from xmodal_jax import host_memory, systems  # pylint: disable=import-outside-toplevel
   from xmodal_jax.train import sharding, trainer  # pylint: disable=import-outside-toplevel
 
   config = _config(args)
   if args.worker == "ours_bf16":
     config.model.dtype = "bfloat16"
-  task = tasks.create(config, f"/tmp/xmodal_bench_clip_{os.getpid()}")
+  task = systems.create(config, f"/tmp/xmodal_bench_clip_{os.getpid()}")
   setup = trainer.build(task, jax.devices()[:1])
   step = trainer.make_train_step(setup)
   state = setup.init_state(jax.random.PRNGKey(0))

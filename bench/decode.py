@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from xmodal_jax.models.caption_decoder import build_decoder  # noqa: E402
-from xmodal_jax.decoding import beam_search, sampling  # noqa: E402
+from xmodal_jax.systems.captioning import beam_search, sampling  # noqa: E402
 
 EOS = 3
 

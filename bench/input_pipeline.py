@@ -40,7 +40,7 @@ def main() -> None:
 
   import numpy as np
   from PIL import Image
-  from xmodal_jax import tasks
+  from xmodal_jax import systems
   print(f"config: {args.config}  source: {config.data.source}  batch {config.train.batch_size}  "
         f"crop {config.data.image_size}  threads {config.data.num_threads}  ({os.cpu_count()} cores)")
 
@@ -55,7 +55,7 @@ def main() -> None:
     print(f"  raw decode of source JPEGs ({size[0]}x{size[1]}), 1 thread: {len(files) / dt:8.1f} images/s")
 
   workdir = f"/tmp/xmodal_bench_input_{os.getpid()}"
-  task = tasks.create(config, workdir)
+  task = systems.create(config, workdir)
   task.setup(training=True)
   iterator = task.train_iterator(process_index=0, process_count=1)
   next(iterator)  # start-up (threads, first epoch permutation)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from xmodal_jax import tasks
+from xmodal_jax import systems
 from xmodal_jax.evaluation import evaluator as evaluator_lib
 
 
@@ -25,7 +25,7 @@ def main() -> None:
   parser.add_argument("--rerank_ks", default="10,20,50")
   parser.add_argument("--pair_batch_size", type=int, default=1024)
   args = parser.parse_args()
-  loaded = tasks.load_run(args.workdir, mesh_shape=(-1, 1))
+  loaded = systems.load_run(args.workdir, mesh_shape=(-1, 1))
   task = loaded.task
   data = task.eval_data(args.split)
   n_texts = len(data.text_to_image)

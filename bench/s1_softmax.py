@@ -33,8 +33,8 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 import optax  # pylint: disable=wrong-import-position
 
-from xmodal_jax.objectives import sampled_softmax as ss  # pylint: disable=wrong-import-position
-from xmodal_jax.serving import phrase_lookup as pl  # pylint: disable=wrong-import-position
+from xmodal_jax.systems.classifier import phrase_lookup as pl  # pylint: disable=wrong-import-position
+from xmodal_jax.systems.classifier import sampled_softmax as ss  # pylint: disable=wrong-import-position
 from xmodal_jax.train import sparse_rows  # pylint: disable=wrong-import-position
 
 MB = 2.0 ** 20

@@ -26,7 +26,7 @@ def _worker(config_path: str, mesh: str, steps: int, warmup: int, overrides: lis
   from absl import flags
   from ml_collections import config_flags
 
-  from xmodal_jax import tasks
+  from xmodal_jax import systems
   from xmodal_jax.train import sharding, trainer
 
   argv = ["bench", f"--config={config_path}", f"--config.mesh.shape=({mesh.replace('x', ',')})", *overrides]
@@ -39,7 +39,7 @@ def _worker(config_path: str, mesh: str, steps: int, warmup: int, overrides: lis
   if "data.num_train" not in " ".join(overrides):
     config.data.num_train = min(config.data.num_train, needed)
   workdir = f"/tmp/xmodal_bench_{os.getpid()}"
-  setup = trainer.build(tasks.create(config, workdir))
+  setup = trainer.build(systems.create(config, workdir))
   step_fn = trainer.make_train_step(setup)
   state = setup.init_state(jax.random.PRNGKey(config.seed))
   data = setup.task.train_iterator(process_index=0, process_count=1)

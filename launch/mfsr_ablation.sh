@@ -20,11 +20,11 @@ case "$data" in
   shapes) config=configs/retrieval/mfsr_shapes.py; common+=(--config.evals.val.every=0) ;;
   flickr8k) config=configs/retrieval/mfsr_flickr8k.py
     # One run first, alone: it builds the feature caches every other run reads.
-    python -m xmodal_jax.tasks.retrieval.mfsr_ablation --config="$config" --workdir="workdirs/mfsr_ablation_${data}_b128" \
+    python -m xmodal_jax.systems.vse.mfsr_ablation --config="$config" --workdir="workdirs/mfsr_ablation_${data}_b128" \
       --rows=full --seeds=0 -- "${common[@]}" --config.train.batch_size=128 > /dev/null ;;
   *) echo "unknown data set '$data'; use shapes or flickr8k" >&2; exit 2 ;;
 esac
 for batch in ${BATCHES:-128 24}; do
-  python -m xmodal_jax.tasks.retrieval.mfsr_ablation --config="$config" --workdir="workdirs/mfsr_ablation_${data}_b${batch}" \
+  python -m xmodal_jax.systems.vse.mfsr_ablation --config="$config" --workdir="workdirs/mfsr_ablation_${data}_b${batch}" \
     --seeds=0,1,2 --parallel="${PARALLEL:-2}" -- "${common[@]}" --config.train.batch_size="$batch"
 done

@@ -22,7 +22,7 @@ if [ -n "$steps" ]; then
            --config.optimizer.warmup_steps=$(( steps / 10 )) --config.loss.max_violation_warmup_steps=$(( steps * 2 / 5 )))
 fi
 # One run first, alone: it builds the feature caches every other run reads.
-python -m xmodal_jax.tasks.retrieval.region_word_ablation --config="$config" --workdir="workdirs/s2_ablation_${data}" \
+python -m xmodal_jax.systems.region_word.ablation --config="$config" --workdir="workdirs/s2_ablation_${data}" \
   --rows=full --seeds=0 -- "${budget[@]}" > /dev/null
-python -m xmodal_jax.tasks.retrieval.region_word_ablation --config="$config" --workdir="workdirs/s2_ablation_${data}" \
+python -m xmodal_jax.systems.region_word.ablation --config="$config" --workdir="workdirs/s2_ablation_${data}" \
   --rows="$rows" --seeds=0,1,2 --parallel="${PARALLEL:-2}" "${more[@]}" -- "${budget[@]}"

@@ -39,4 +39,4 @@ for run_name in mle scst; do
     xmodal caption --workdir="workdirs/s5_${data}_${run_name}" --all --split=val > "workdirs/s5_${data}_${run_name}_caption.log" 2>&1
   fi
 done
-python -m xmodal_jax.tasks.captioning.report "$data"
+python -m xmodal_jax.systems.captioning.report "$data"

@@ -18,7 +18,7 @@ if [ -n "${STEPS:-}" ]; then
   budget+=(--config.train.num_steps="$STEPS" --config.train.checkpoint_every="$STEPS")
 fi
 # One run first, alone: it builds the feature caches every other run reads.
-python -m xmodal_jax.tasks.vlp.ablation --config="$config" --workdir="workdirs/s4_ablation_${data}" \
+python -m xmodal_jax.systems.single_stream.ablation --config="$config" --workdir="workdirs/s4_ablation_${data}" \
   --rows=coarse --seeds=0 -- "${budget[@]}" > /dev/null
-python -m xmodal_jax.tasks.vlp.ablation --config="$config" --workdir="workdirs/s4_ablation_${data}" \
+python -m xmodal_jax.systems.single_stream.ablation --config="$config" --workdir="workdirs/s4_ablation_${data}" \
   --rows="$rows" --seeds=0,1,2 --parallel="${PARALLEL:-2}" -- "${budget[@]}"

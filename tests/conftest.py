@@ -52,11 +52,11 @@ def clip_tiny_run(tmp_path_factory):
   """configs/clip/clip_shapes.py:tiny trained once per session on a 2x4 mesh (4 steps): (config, workdir, results).
   Shared by tests/test_clip.py, tests/test_export.py and tests/test_serving_end_to_end.py; read-only."""
   from tests.helpers import load_config
-  from xmodal_jax import tasks
+  from xmodal_jax import systems
   from xmodal_jax.train import trainer
   workdir = str(tmp_path_factory.mktemp("clip") / "run")
   config = load_config("configs/clip/clip_shapes.py:tiny", "--config.mesh.shape=(2,4)")
-  results = trainer.train_and_evaluate(tasks.create(config, workdir))
+  results = trainer.train_and_evaluate(systems.create(config, workdir))
   return config, workdir, results
 
 
@@ -66,7 +66,7 @@ def s5_tiny_runs(clip_tiny_run, tmp_path_factory):
   model with a grammar head and attribute negatives, and an SCST fine-tune under it: {name: (config, workdir,
   results)}. Shared by tests/test_captioning.py and tests/test_caption_cli.py; read-only."""
   from tests.helpers import load_config
-  from xmodal_jax import tasks
+  from xmodal_jax import systems
   from xmodal_jax.train import trainer
   _, clip_dir, _ = clip_tiny_run
   root = tmp_path_factory.mktemp("s5")
@@ -76,7 +76,7 @@ def s5_tiny_runs(clip_tiny_run, tmp_path_factory):
   def train(name, config_path, *overrides):
     workdir = str(root / name)
     config = load_config(config_path, "--config.mesh.shape=(2,4)", *overrides)
-    runs[name] = (config, workdir, trainer.train_and_evaluate(tasks.create(config, workdir)))
+    runs[name] = (config, workdir, trainer.train_and_evaluate(systems.create(config, workdir)))
 
   train("mle", "configs/captioning/captioner_shapes.py:tiny", f"--config.reward.workdir={clip_dir}", *scorers)
   train("reward", "configs/captioning/reward_shapes.py:tiny", f"--config.init_from={clip_dir}")

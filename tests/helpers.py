@@ -27,8 +27,8 @@ def load_config(path: str = "configs/retrieval/vsepp_shapes.py:tiny", *overrides
 
 def make_task(config, workdir):
   """The task of `config` in `workdir`, as the command line builds it."""
-  from xmodal_jax import tasks
-  return tasks.create(config, str(workdir))
+  from xmodal_jax import systems
+  return systems.create(config, str(workdir))
 
 
 def one_train_step(config, workdir, devices) -> dict[str, float]:

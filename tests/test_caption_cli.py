@@ -186,7 +186,7 @@ def test_search_by_embedding(runs, caption_db):
   _, db = caption_db
   body = _search(mle, "--by=embedding", "--k=4", "a large red circle")
   assert body["by"] == "embedding" and len(body["results"]) == 4
-  from xmodal_jax.tasks.captioning import image_captioner
+  from xmodal_jax.systems.captioning import image_captioner
   vector = image_captioner.embed_query(clip, "a large red circle")
   expected = db.search_by_embedding(vector, 4)
   assert [h["image_id"] for h in body["results"]] == [h["image_id"] for h in expected]

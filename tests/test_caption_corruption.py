@@ -4,8 +4,8 @@ import collections
 import numpy as np
 import pytest
 
-from xmodal_jax.data import caption_corruption as cc
 from xmodal_jax.data import shapes_world as sw
+from xmodal_jax.systems.captioning import caption_corruption as cc
 
 _CAPTION = "a large red circle is in the top left , a small blue square at the bottom".split()
 _SEEDS = range(200)

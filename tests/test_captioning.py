@@ -12,7 +12,7 @@ import pytest
 from flax import traverse_util
 
 from tests.helpers import load_config
-from xmodal_jax import errors, tasks
+from xmodal_jax import errors, systems
 
 _TINY = "configs/captioning/captioner_shapes.py:tiny"
 
@@ -32,8 +32,8 @@ def test_mle_captioner_trains_and_reports_caption_metrics(s5_tiny_runs):
 @pytest.mark.slow  # trains the tiny S5 runs (minutes on 2 cores)
 def test_reward_model_keeps_the_image_side_and_adds_a_grammar_head(s5_tiny_runs, clip_tiny_run):
   _, reward_dir, results = s5_tiny_runs["reward"]
-  loaded = tasks.load_run(reward_dir, mesh_shape=(8, 1))
-  base = tasks.load_run(clip_tiny_run[1], mesh_shape=(8, 1))
+  loaded = systems.load_run(reward_dir, mesh_shape=(8, 1))
+  base = systems.load_run(clip_tiny_run[1], mesh_shape=(8, 1))
   params = loaded.variables["params"]
   assert "grammar_head" in params and "image_tower" not in params  # the image side is frozen (not trained)
   frozen = traverse_util.flatten_dict(jax.device_get(loaded.variables["frozen"]["params"]["image_tower"]))
@@ -49,8 +49,8 @@ def test_reward_model_keeps_the_image_side_and_adds_a_grammar_head(s5_tiny_runs,
 def test_scst_updates_the_mle_params_and_logs_rewards(s5_tiny_runs):
   _, mle_dir, _ = s5_tiny_runs["mle"]
   config, scst_dir, results = s5_tiny_runs["scst"]
-  before = traverse_util.flatten_dict(jax.device_get(tasks.load_run(mle_dir, mesh_shape=(8, 1)).variables["params"]))
-  after = traverse_util.flatten_dict(jax.device_get(tasks.load_run(scst_dir, mesh_shape=(8, 1)).variables["params"]))
+  before = traverse_util.flatten_dict(jax.device_get(systems.load_run(mle_dir, mesh_shape=(8, 1)).variables["params"]))
+  after = traverse_util.flatten_dict(jax.device_get(systems.load_run(scst_dir, mesh_shape=(8, 1)).variables["params"]))
   assert before.keys() == after.keys()
   assert any(not np.array_equal(before[k], after[k]) for k in before)
   assert config.scst.baseline == "leave_one_out" and "val/grammar/grammar" in results["metrics"]
@@ -59,10 +59,10 @@ def test_scst_updates_the_mle_params_and_logs_rewards(s5_tiny_runs):
 def test_scst_needs_a_reward_model_and_a_warm_start(tmp_path):
   config = load_config(f"{_TINY}_scst")
   with pytest.raises(errors.ConfigError, match="reward.workdir"):
-    tasks.create(config, str(tmp_path))
+    systems.create(config, str(tmp_path))
   config = load_config(f"{_TINY}_scst", "--config.reward.workdir=/nowhere")
   with pytest.raises(errors.ConfigError, match="init_from"):
-    tasks.create(config, str(tmp_path))
+    systems.create(config, str(tmp_path))
 
 
 @pytest.mark.parametrize("override, message", [
@@ -73,18 +73,18 @@ def test_scst_needs_a_reward_model_and_a_warm_start(tmp_path):
 ])
 def test_bad_choices_name_the_field(tmp_path, override, message):
   with pytest.raises(errors.ConfigError, match=message):
-    tasks.create(load_config(_TINY, override), str(tmp_path))
+    systems.create(load_config(_TINY, override), str(tmp_path))
 
 
 def test_leave_one_out_needs_two_samples(tmp_path):
   config = load_config(f"{_TINY}_scst", "--config.reward.workdir=/r", "--config.init_from=/m",
                        "--config.scst.baseline=leave_one_out")
   with pytest.raises(errors.ConfigError, match="samples >= 2"):
-    tasks.create(config, str(tmp_path))
+    systems.create(config, str(tmp_path))
 
 
 def test_a_missing_reward_workdir_is_named(tmp_path):
   config = load_config(_TINY, f"--config.reward.workdir={tmp_path / 'none'}")
-  task = tasks.create(config, str(tmp_path / "run"))
+  task = systems.create(config, str(tmp_path / "run"))
   with pytest.raises(errors.MissingError, match="config.reward.workdir"):
     task.setup(training=True)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from xmodal_jax.data.text import SPECIALS, WordVocab
-from xmodal_jax.decoding import beam_search, sampling
-from xmodal_jax.models.captioner import Captioner
-from xmodal_jax.tasks.captioning.captioner import EOS, PAD, CaptioningTask, DecodeOptions
+from xmodal_jax.systems.captioning import beam_search, sampling
+from xmodal_jax.systems.captioning.captioner_model import Captioner
+from xmodal_jax.systems.captioning.captioner_task import CaptioningTask, DecodeOptions, EOS, PAD
 from tests.helpers import load_config
 
 _CONFIG = "configs/captioning/captioner_shapes.py"

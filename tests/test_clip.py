@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import load_config
-from xmodal_jax import errors, tasks
+from xmodal_jax import errors, systems
 from xmodal_jax.train import sharding, trainer
 
 _TINY = "configs/clip/clip_shapes.py:tiny"
@@ -40,7 +40,7 @@ def _one_step(config_args, workdir, batch_rows=None):
   """(metrics, new params, setup) of one train step of a fresh state built from `config_args` (same seed: same
   init)."""
   config = load_config(*config_args)
-  setup = trainer.build(tasks.create(config, workdir))
+  setup = trainer.build(systems.create(config, workdir))
   state = setup.init_state(jax.random.PRNGKey(config.seed))
   data = setup.task.train_iterator(process_index=0, process_count=1)
   batch = next(data)
@@ -80,12 +80,12 @@ def test_lit_locks_the_image_tower_of_a_finished_run(tiny_run, tmp_path):
   _, source, _ = tiny_run
   config = load_config(_TINY, f"--config.model.image.init_from={source}", "--config.model.image.locked=True",
                        "--config.train.num_steps=2")
-  task = tasks.create(config, str(tmp_path / "lit"))
+  task = systems.create(config, str(tmp_path / "lit"))
   results = trainer.train_and_evaluate(task)
   assert np.isfinite(results["metrics"]["val/rsum"])
   trainable = results["state"].params
   assert "image_tower" not in trainable and {"text_tower", "image_proj", "text_proj"} <= set(trainable)
-  original = tasks.load_run(source).variables["params"]["image_tower"]
+  original = systems.load_run(source).variables["params"]["image_tower"]
   locked = trainer.build(task).frozen["params"]["image_tower"]
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(original), jax.device_get(locked))
 
@@ -93,7 +93,7 @@ def test_lit_locks_the_image_tower_of_a_finished_run(tiny_run, tmp_path):
 @pytest.mark.slow  # `bash launch/test.sh -m slow` (docs/development.md)
 def test_vitb16_full_size_by_eval_shape_and_one_tiny_step_with_fsdp(tmp_path):
   from xmodal_jax.config_files import load_beside  # pylint: disable=import-outside-toplevel
-  from xmodal_jax.tasks.clip import clip  # pylint: disable=import-outside-toplevel
+  from xmodal_jax.systems.clip import clip_task as clip  # pylint: disable=import-outside-toplevel
   full = load_beside("configs/clip/clip_vitb16.py", "clip_vitb16.py").get_config()
   model = clip.build_model(full, vocab_size=full.model.text.vocab_size)
   size, length = full.data.image_size, full.data.max_len
@@ -122,7 +122,7 @@ def test_vitb16_full_size_by_eval_shape_and_one_tiny_step_with_fsdp(tmp_path):
 def test_config_errors_name_the_field(tmp_path, override, message):
   config = load_config(_TINY, override)
   with pytest.raises((errors.UserError, ValueError), match=message.replace("(", r"\(").replace(")", r"\)")):
-    trainer.build(tasks.create(config, str(tmp_path)))
+    trainer.build(systems.create(config, str(tmp_path)))
 
 
 @pytest.mark.slow  # `bash launch/test.sh -m slow` (docs/development.md)
@@ -135,7 +135,7 @@ def test_lit_siglip_over_the_pretrained_towers(tmp_path):
     pytest.skip(f"MiniLM weights unavailable: {why}")
   config = load_config("configs/clip/siglip_flickr8k.py:tiny")
   assert config.model.image.cut == "pooled" and config.loss.kind == "sigmoid"
-  results = trainer.train_and_evaluate(tasks.create(config, str(tmp_path)))
+  results = trainer.train_and_evaluate(systems.create(config, str(tmp_path)))
   params = results["state"].params
   assert set(params.get("image_tower", {})) == set()                      # locked: nothing of it trains
   assert float(params["logit_bias"]) != -10.0 and "text_tower" in params  # SigLIP's bias moved from its init

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from xmodal_jax import errors
-from xmodal_jax.data import compositional_foils as foils
 from xmodal_jax.data import shapes_world
 from xmodal_jax.evaluation import evaluator as evaluator_lib
 from xmodal_jax.evaluation.evaluator import EvalData, evaluator_config
+from xmodal_jax.systems.region_word import compositional_foils as foils
+from xmodal_jax.systems.region_word import pair_choice_evaluator  # noqa: F401  (registers "pair_choice")
 from xmodal_jax.train import sharding
 from xmodal_jax.train.runtime import Runtime
 

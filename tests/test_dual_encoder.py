@@ -13,7 +13,7 @@ from tests.helpers import load_config, make_task
 from xmodal_jax import errors
 from xmodal_jax.data import tokenizers
 from xmodal_jax.models import efficientnet_lite, efficientnet_weights, minilm
-from xmodal_jax.models.pretrained_dual_encoder import PretrainedDualEncoder
+from xmodal_jax.systems.vse.pretrained_dual_encoder import PretrainedDualEncoder
 from xmodal_jax.train import trainer
 from xmodal_jax.train.task import with_frozen
 

@@ -6,9 +6,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from xmodal_jax.evaluation import evaluator as evaluator_lib
-from xmodal_jax.evaluation import label_ranking, retrieval
+from xmodal_jax.evaluation import evaluator as evaluator_lib, retrieval
 from xmodal_jax.evaluation.evaluator import EvalData, evaluator_config
+from xmodal_jax.systems.classifier import label_ranking_evaluator as label_ranking
 from xmodal_jax.train import sharding
 from xmodal_jax.train.runtime import Runtime
 

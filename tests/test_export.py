@@ -9,9 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from xmodal_jax import errors, export, tasks
-from xmodal_jax.serving import embedding_export as fmt
-from xmodal_jax.serving import exported_encoder
+from xmodal_jax import errors, export, systems
+from xmodal_jax.serving import embedding_export as fmt, exported_encoder
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +39,7 @@ def _snapshot(out: str) -> dict[str, float]:
 
 def test_export_writes_the_split_as_the_in_library_encoders_see_it(clip_run, exported):
   out, summary = exported
-  model = tasks.load_run(clip_run, mesh_shape=(-1, 1))
+  model = systems.load_run(clip_run, mesh_shape=(-1, 1))
   task = model.task
   data, toks = task.split("val"), task.tokens("val")
   assert summary["written"] == {"images": 7, "texts": 32} and summary["kept"] == {"images": 0, "texts": 0}
@@ -66,7 +65,7 @@ def test_export_writes_the_split_as_the_in_library_encoders_see_it(clip_run, exp
 
 def test_stablehlo_encoders_equal_the_in_library_encoders(clip_run, exported):
   out, _ = exported
-  model = tasks.load_run(clip_run, mesh_shape=(-1, 1))
+  model = systems.load_run(clip_run, mesh_shape=(-1, 1))
   task = model.task
   encoders = exported_encoder.load_encoders(out, max_batch=16)  # 64 images: 4 calls, the last one full
   captions = ["a red square", "two blue circles left of a green triangle", "x " * 100]

@@ -13,12 +13,11 @@ from tests.helpers import load_config, make_task
 from xmodal_jax import errors
 from xmodal_jax.data.captions import teacher_forcing
 from xmodal_jax.models.caption_decoder import GRUCaptionDecoder
-from xmodal_jax.models.feature_separation import FeatureSeparation
-from xmodal_jax.objectives import feature_separation as fs
-from xmodal_jax.objectives import gan
 from xmodal_jax.objectives.contrastive_hinge import contrastive_hinge_loss
 from xmodal_jax.objectives.scst import teacher_forcing_loss
-from xmodal_jax.tasks.retrieval import ablation, mfsr_ablation
+from xmodal_jax.systems.vse import feature_separation_objective as fs, gan_objective as gan, mfsr_ablation
+from xmodal_jax.systems.vse.feature_separation_model import FeatureSeparation
+from xmodal_jax.task_bases import ablation
 from xmodal_jax.train import sharding, trainer
 
 SHAPES = "configs/retrieval/mfsr_shapes.py:tiny"
@@ -237,7 +236,7 @@ def test_ablation_rows_and_table(tmp_path):
 
 
 def test_image_grid_and_its_generated_cells():
-  from xmodal_jax.evaluation.image_reconstruction import generated_cells, image_grid
+  from xmodal_jax.systems.vse.image_reconstruction_evaluator import generated_cells, image_grid
   rng = np.random.default_rng(0)
   real = rng.integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
   fake = rng.integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from xmodal_jax.data import object_masking as om
+from xmodal_jax.systems.single_stream import object_masking as om
 
 # 0 and 1 overlap, 1 and 2 overlap (so 0-1-2 is one group), 3 is alone, 4 touches 3 only at an edge (no area),
 # 5 is padding.

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xmodal_jax.serving import phrase_lookup as pl
+from xmodal_jax.systems.classifier import phrase_lookup as pl
 
 
 def _unit(a):

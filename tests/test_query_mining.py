@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import REPO
-from xmodal_jax.data import query_mining as qm
 from xmodal_jax.data import taxonomy as tx
+from xmodal_jax.systems.classifier import query_mining as qm
 
 
 def test_stopwords_are_function_words():

@@ -12,9 +12,10 @@ import pytest
 
 from tests.helpers import load_config, make_task, one_train_step
 from xmodal_jax.data import regions
-from xmodal_jax.models import layers, relation_pairs
-from xmodal_jax.models.bigru_text import BiGRUWordEncoder
-from xmodal_jax.models.region_word_similarity import aggregate, cross_attention_similarity
+from xmodal_jax.models import layers
+from xmodal_jax.systems.region_word import relation_pairs
+from xmodal_jax.systems.region_word.bigru_text import BiGRUWordEncoder
+from xmodal_jax.systems.region_word.region_word_similarity import aggregate, cross_attention_similarity
 from xmodal_jax.train import sharding
 
 TINY = "configs/retrieval/region_word_shapes.py:tiny"
@@ -145,7 +146,7 @@ def test_pairwise_scorer_equals_a_loop_reference(tmp_path):
   # The training path: every pair of the batch at once.
   im_all = task.pair_image(variables, **image)
   tx_all = task.pair_text(variables, **text)
-  from xmodal_jax.models.region_word_alignment import alignment_similarities
+  from xmodal_jax.systems.region_word.region_word_model import alignment_similarities
   matrix = alignment_similarities(im_all, tx_all, config.similarity, all_pairs=True)["combined"]
   np.testing.assert_allclose(np.asarray(matrix), ref, atol=1e-5)
   # The evaluator (chunked pairwise scoring, small pair batches) gives the reference's ranks.
@@ -199,7 +200,8 @@ def test_config_errors_name_the_field(tmp_path):
 
 
 def test_ablation_rows_and_claims_table(tmp_path):
-  from xmodal_jax.tasks.retrieval import ablation, region_word_ablation as rwa_ablation
+  from xmodal_jax.systems.region_word import ablation as rwa_ablation
+  from xmodal_jax.task_bases import ablation
   config = load_config(TINY)
   vsepp = rwa_ablation.ROWS["vsepp"].flags(config)
   assert "--config.similarity.weights.entity=0.0" in vsepp and "--config.model.global_pool=image" in vsepp

@@ -20,8 +20,7 @@ from tests import helpers
 from tests.helpers import REPO, load_config, make_task
 from xmodal_jax import errors
 from xmodal_jax.data import prepared, records, sources
-from xmodal_jax.train import checkpointing, trainer
-from xmodal_jax.train import workdir as workdir_lib
+from xmodal_jax.train import checkpointing, trainer, workdir as workdir_lib
 
 CLI = helpers.CLI
 TINY = helpers.TINY
@@ -298,7 +297,7 @@ def test_sigkill_during_an_async_checkpoint_write_resumes_to_the_uninterrupted_r
   a = json.load(open(tmp_path / "killed" / "results.json"))
   b = json.load(open(tmp_path / "straight" / "results.json"))
   assert a["step"] == b["step"] == 6 and a["metrics"] == b["metrics"]
-  from xmodal_jax import tasks
-  for x, y in zip(jax.tree.leaves(tasks.load_run(str(tmp_path / "killed"), mesh_shape=(-1, 1)).variables),
-                  jax.tree.leaves(tasks.load_run(str(tmp_path / "straight"), mesh_shape=(-1, 1)).variables)):
+  from xmodal_jax import systems
+  for x, y in zip(jax.tree.leaves(systems.load_run(str(tmp_path / "killed"), mesh_shape=(-1, 1)).variables),
+                  jax.tree.leaves(systems.load_run(str(tmp_path / "straight"), mesh_shape=(-1, 1)).variables)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

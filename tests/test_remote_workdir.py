@@ -163,11 +163,11 @@ def test_fileio_on_a_non_posix_filesystem(ram_gcs):
 
 
 def test_workdir_files_and_tokenizer_on_a_non_posix_filesystem(ram_gcs):
-  from xmodal_jax.data import tokenizers
-  from xmodal_jax.data.ngrams import NgramVocab
-  from xmodal_jax.data.text import WordVocab
-  from xmodal_jax.train import inference, workdir as workdir_lib
   from xmodal_jax import errors
+  from xmodal_jax.data import tokenizers
+  from xmodal_jax.data.text import WordVocab
+  from xmodal_jax.systems.classifier.ngrams import NgramVocab
+  from xmodal_jax.train import inference, workdir as workdir_lib
   run = f"gs://{BUCKET}/runs/b"
   workdir_lib.check_resume_config(run, {"task": "x"}, allow_change=False)  # no config.json yet: nothing to check
   workdir_lib.write_config(run, {"task": "x", "seed": 1})
@@ -204,7 +204,7 @@ def test_train_resume_eval_and_load_with_a_gs_workdir(dir_gcs):
   """A real run in gs://BUCKET/runs/x: stopped at step 2, resumed to 4 (max_to_keep=1, so orbax deletes the
   old checkpoint on "GCS"), then evaluated and loaded for inference from the URL alone."""
   local, kvstores = dir_gcs
-  from xmodal_jax import tasks
+  from xmodal_jax import systems
   from xmodal_jax.train import trainer
   run = f"gs://{BUCKET}/runs/x"
   config = load_config("configs/retrieval/vsepp_shapes.py:tiny", "--config.train.num_steps=4",
@@ -227,7 +227,7 @@ def test_train_resume_eval_and_load_with_a_gs_workdir(dir_gcs):
 
   evaluated = trainer.evaluate_checkpoint(make_task(config, run))
   assert evaluated["step"] == 4 and evaluated["metrics"] == pytest.approx(resumed["metrics"], abs=1e-5)
-  model = tasks.load_run(run, mesh_shape=(-1, 1))
+  model = systems.load_run(run, mesh_shape=(-1, 1))
   texts = model.predict("embed_text", model.task.encode_texts(["a small red circle"]))
   assert model.step == 4 and np.allclose(np.linalg.norm(np.asarray(texts), axis=-1), 1.0, atol=1e-4)
 

@@ -9,7 +9,8 @@ from PIL import Image
 
 from tests.helpers import load_config
 from xmodal_jax import errors, pipeline
-from xmodal_jax.data import image_labels, query_annotations, query_clicks, query_pairs, records, sources
+from xmodal_jax.data import records, sources
+from xmodal_jax.systems.classifier import image_labels, query_annotations, query_clicks, query_pairs
 
 COLORS = ("red", "green", "blue", "yellow")
 

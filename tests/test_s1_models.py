@@ -6,14 +6,15 @@ import pytest
 from flax import linen as nn
 
 from tests.helpers import load_config
-from xmodal_jax.data import query_annotations, sources
-from xmodal_jax.data.ngrams import UNK_ID, NgramVocab, phrase_ngrams
+from xmodal_jax.data import sources
 from xmodal_jax.evaluation.classification import classification_metrics
-from xmodal_jax.models.classifier_heads import BottleneckClassifier, FusionClassifier
-from xmodal_jax.models.ngram_embedding import SiameseQueryEmbedding
 from xmodal_jax.models.resnet import ResNetEncoder
-from xmodal_jax.models.text_generator import TextGenerator
 from xmodal_jax.objectives.contrastive_softmax import symmetric_infonce
+from xmodal_jax.systems.classifier import query_annotations
+from xmodal_jax.systems.classifier.classifier_heads import BottleneckClassifier, FusionClassifier
+from xmodal_jax.systems.classifier.ngram_embedding import SiameseQueryEmbedding
+from xmodal_jax.systems.classifier.ngrams import NgramVocab, phrase_ngrams, UNK_ID
+from xmodal_jax.systems.classifier.text_generator_model import TextGenerator
 from xmodal_jax.train import sharding
 
 

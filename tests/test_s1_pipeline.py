@@ -126,7 +126,7 @@ def test_classify_cli_prints_label_probability_and_phrases(tiny_run, tmp_path):
 
 
 def test_fusion_stage_without_features_names_the_fix(tmp_path):
-  from xmodal_jax.tasks.s1.fusion import FusionTask
+  from xmodal_jax.systems.classifier.fusion import FusionTask
   config = stages.stage_config(load_config("configs/s1/shapes.py:tiny"), "fusion")
   with pytest.raises(FileNotFoundError, match="run the features stage first"):
     FusionTask(config, str(tmp_path / "fusion")).setup(training=True)
@@ -149,18 +149,18 @@ def test_minilm_text_features_option(tiny_run, tmp_path):
     assert np.all(norms <= 1 + 1e-5) and np.all(norms > 0.3)
   assert "test/accuracy" in out["stages"]["text_only"]["metrics"]
   # `fusion` was not re-run: its checkpoint no longer fits the features, and loading it says so.
-  from xmodal_jax.tasks.s1.classifier import MultimodalClassifier
+  from xmodal_jax.systems.classifier.classifier import MultimodalClassifier
   with pytest.raises(errors.WorkdirError, match="Re-run the pipeline"):
     MultimodalClassifier(config, workdir)
 
 
 def test_pixel_embedding_is_the_pretrained_tower_by_default_and_from_scratch_on_request(tiny_run, tmp_path):
-  from xmodal_jax import tasks
+  from xmodal_jax import systems
   config, shared, _ = tiny_run
   # Default: the frozen ImageNet EfficientNet-Lite0 (cached pooled features) + a trained bottleneck and head.
   assert config.stages.pixel_embedding.model.pretrained_image == "efficientnet-lite0"
   assert json.load(open(os.path.join(shared, "pixel_embedding_fold0", "frozen_params.json")))["arrays"] > 100
-  loaded = tasks.load_run(os.path.join(shared, "pixel_embedding_fold0"), mesh_shape=(-1, 1))
+  loaded = systems.load_run(os.path.join(shared, "pixel_embedding_fold0"), mesh_shape=(-1, 1))
   assert set(loaded.variables["params"]) == {"bottleneck", "head"}
   assert "backbone" in loaded.variables["frozen"]["params"]
   # The from-scratch option: a ResNet trained on the target labels, its bottleneck the pixel feature.
@@ -171,7 +171,7 @@ def test_pixel_embedding_is_the_pretrained_tower_by_default_and_from_scratch_on_
                        "--config.stages.pixel_embedding.model.cache=False")
   out = pipeline.run_pipeline(config, workdir, only=("pixel_embedding", "features", "pixel_only"))
   assert "test/accuracy" in out["stages"]["pixel_only"]["metrics"]
-  loaded = tasks.load_run(os.path.join(workdir, "pixel_embedding_fold1"), mesh_shape=(-1, 1))
+  loaded = systems.load_run(os.path.join(workdir, "pixel_embedding_fold1"), mesh_shape=(-1, 1))
   assert {"backbone", "bottleneck", "head"} <= set(loaded.variables["params"])
   with np.load(os.path.join(workdir, "features", "val.npz")) as f:
     assert f["pixel"].shape == (64, config.stages.pixel_embedding.model.bottleneck_dim)
@@ -181,7 +181,7 @@ def test_pixel_embedding_is_the_pretrained_tower_by_default_and_from_scratch_on_
 
 
 def test_add_queries_from_prototypes_without_retraining(tiny_run):
-  from xmodal_jax.tasks.s1.classifier import MultimodalClassifier
+  from xmodal_jax.systems.classifier.classifier import MultimodalClassifier
   config, workdir, _ = tiny_run
   model = MultimodalClassifier(config, workdir)
   world = shapes_world.generate_split("test", 8, seed=0)
@@ -204,7 +204,7 @@ def test_classifier_loads_from_the_workdir_alone(tiny_run, monkeypatch):
   """`xmodal classify`'s loader reads params, query vocabulary and n-grams from the run: no data source (the
   30K-image shapes train split of a default run would take seconds to generate)."""
   from xmodal_jax.data import sources
-  from xmodal_jax.tasks.s1.classifier import MultimodalClassifier
+  from xmodal_jax.systems.classifier.classifier import MultimodalClassifier
   _, workdir, _ = tiny_run
   world = shapes_world.generate_split("test", 3, seed=0)
 

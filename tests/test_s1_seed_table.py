@@ -5,7 +5,7 @@ import os
 import pytest
 
 from xmodal_jax import errors
-from xmodal_jax.tasks.s1 import seed_table
+from xmodal_jax.systems.classifier import seed_table
 
 
 def _run(root, name, pixel, text, fusion):

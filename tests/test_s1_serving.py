@@ -13,8 +13,7 @@ from PIL import Image
 from tests.helpers import REPO
 from xmodal_jax import errors
 from xmodal_jax.data import shapes_world
-from xmodal_jax.serving import phrase_lookup
-from xmodal_jax.tasks.s1 import added_queries
+from xmodal_jax.systems.classifier import added_queries, phrase_lookup
 
 def _softmax(logits):
   e = np.exp(logits - logits.max(axis=-1, keepdims=True))
@@ -35,7 +34,7 @@ def tiny_run(s1_tiny_run):
 
 @pytest.fixture(scope="module")
 def classifier(tiny_run):
-  from xmodal_jax.tasks.s1.classifier import MultimodalClassifier
+  from xmodal_jax.systems.classifier.classifier import MultimodalClassifier
   return MultimodalClassifier.from_workdir(tiny_run[1], mesh_shape=(-1, 1))
 
 
@@ -140,7 +139,7 @@ def test_new_phrase_of_known_words_is_embedded_from_them_not_from_unk(classifier
 
 
 def test_add_queries_to_run_errors_name_the_entry(tiny_run, world, tmp_path):
-  from xmodal_jax.tasks.s1.classifier import MultimodalClassifier
+  from xmodal_jax.systems.classifier.classifier import MultimodalClassifier
   workdir = str(tmp_path / "run")
   shutil.copytree(tiny_run[1], workdir)
   model = MultimodalClassifier.from_workdir(workdir, mesh_shape=(-1, 1))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from xmodal_jax.objectives import sampled_softmax as ss
+from xmodal_jax.systems.classifier import sampled_softmax as ss
 from xmodal_jax.train.sharding import create_mesh
 
 

@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xmodal_jax.decoding import sampling
-from xmodal_jax.objectives import scst
 from xmodal_jax.data.captions import teacher_forcing
-from xmodal_jax.tasks.captioning.captioner import BOS, EOS, PAD
+from xmodal_jax.objectives import scst
+from xmodal_jax.systems.captioning import sampling
+from xmodal_jax.systems.captioning.captioner_task import BOS, EOS, PAD
 
 
 def test_scst_loss_on_a_hand_made_case():

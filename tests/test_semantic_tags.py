@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from xmodal_jax import errors
-from xmodal_jax.data import semantic_tags
 from xmodal_jax.evaluation import evaluator as evaluator_lib
 from xmodal_jax.evaluation.evaluator import EvalData, evaluator_config
+from xmodal_jax.systems.region_word import multilabel_evaluator  # noqa: F401  (registers "multilabel")
+from xmodal_jax.systems.region_word import semantic_tags
 from xmodal_jax.train import sharding
 from xmodal_jax.train.runtime import Runtime
 

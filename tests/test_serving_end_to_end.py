@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import REPO
-from xmodal_jax import tasks
-from xmodal_jax.serving import embedding_export as fmt
-from xmodal_jax.serving import search_service
+from xmodal_jax import systems
+from xmodal_jax.serving import embedding_export as fmt, search_service
 
 
 def _xmodal(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -55,7 +54,7 @@ def server(clip_tiny_run, tmp_path_factory):
 
 def test_a_test_caption_finds_its_own_image_first_through_the_http_api(server):
   url, out, workdir = server
-  model = tasks.load_run(workdir, mesh_shape=(-1, 1))
+  model = systems.load_run(workdir, mesh_shape=(-1, 1))
   task = model.task
   data, toks = task.split("test"), task.tokens("test")
   images = model.predict("embed_image", {"images": task.eval_images("test")})

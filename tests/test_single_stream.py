@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 
 from tests.helpers import load_config, make_task, one_train_step
-from xmodal_jax.data import object_masking, seed_library
-from xmodal_jax.models.single_stream_transformer import SingleStreamTransformer
-from xmodal_jax.objectives import image_text_matching
-from xmodal_jax.tasks.vlp import masking
+from xmodal_jax.systems.single_stream import image_text_matching, masking, object_masking, seed_library
+from xmodal_jax.systems.single_stream import masked_prediction_evaluator  # noqa: F401  (registers "masked_prediction")
+from xmodal_jax.systems.single_stream.single_stream_transformer import SingleStreamTransformer
 from xmodal_jax.train import sharding
 
 TINY = "configs/vlp/single_stream_shapes.py:tiny"
@@ -199,8 +198,8 @@ def test_config_errors_name_the_field(tmp_path):
 
 
 def test_ablation_tables_convergence_and_claims(tmp_path, monkeypatch):
-  from xmodal_jax.tasks.vlp import ablation as s4_ablation
-  from xmodal_jax.tasks.retrieval import ablation
+  from xmodal_jax.systems.single_stream import ablation as s4_ablation
+  from xmodal_jax.task_bases import ablation
   curves = {"coarse": [(100, 20.0), (200, 40.0), (300, 50.0)], "token": [(100, 10.0), (200, 30.0), (300, 45.0)]}
   r1 = {"coarse": 60.0, "token": 55.0, "random_objects": 61.0, "library": 58.0}
   for row in s4_ablation.ROWS:

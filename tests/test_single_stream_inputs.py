@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xmodal_jax.models import single_stream_inputs as ssi
+from xmodal_jax.systems.single_stream import single_stream_inputs as ssi
 
 
 def test_sequence_ids():

@@ -20,8 +20,7 @@ from tests.helpers import REPO, load_config, make_task
 from xmodal_jax import errors
 from xmodal_jax.data.iterator import EpochBatchIterator
 from xmodal_jax.models import layers
-from xmodal_jax.train import checkpointing, inference, sharding, trainer
-from xmodal_jax.train import optimizer as optimizer_lib
+from xmodal_jax.train import checkpointing, inference, optimizer as optimizer_lib, sharding, trainer
 from xmodal_jax.train.defaults import trainer_config
 from xmodal_jax.train.state import TrainState
 from xmodal_jax.train.task import Task
@@ -201,7 +200,7 @@ def test_final_figures_from_the_best_validation_checkpoint(tmp_path):
 
 
 BUILDING_BLOCKS = ("models", "objectives", "data", "evaluation", "serving")
-APPLICATION = ("xmodal_jax.tasks", "xmodal_jax.pipeline", "xmodal_jax.main")
+APPLICATION = ("xmodal_jax.systems", "xmodal_jax.pipeline", "xmodal_jax.main")
 
 
 def _imports(path: pathlib.Path) -> set[str]:
@@ -228,7 +227,7 @@ def test_imports_go_one_way():
   assert not offenders, offenders
   # And at run time: loading the trainer loads no task.
   code = ("import sys, xmodal_jax.train.trainer, xmodal_jax.train.inference; "
-          "print(sorted(m for m in sys.modules if m.startswith(('xmodal_jax.tasks', 'xmodal_jax.pipeline'))))")
+          "print(sorted(m for m in sys.modules if m.startswith(('xmodal_jax.systems', 'xmodal_jax.pipeline'))))")
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert out.returncode == 0, out.stderr[-2000:]
@@ -237,7 +236,7 @@ def test_imports_go_one_way():
 
 def test_a_run_loads_for_inference_without_any_data_source(tmp_path, monkeypatch):
   from tests.test_sources import _caption_folder
-  from xmodal_jax import tasks
+  from xmodal_jax import systems
   from xmodal_jax.data import records, sources
   data_dir, prepared_dir, workdir = tmp_path / "data", tmp_path / "prepared", str(tmp_path / "run")
   _caption_folder(str(data_dir), n_train=16, n_val=8)
@@ -255,7 +254,7 @@ def test_a_run_loads_for_inference_without_any_data_source(tmp_path, monkeypatch
     raise AssertionError("inference read a data source")
 
   monkeypatch.setattr(sources, "load_split", no_data)
-  model = tasks.load_run(workdir, mesh_shape=(-1, 1))
+  model = systems.load_run(workdir, mesh_shape=(-1, 1))
   assert model.step == 3 and set(model.variables) == {"params"}
   for a, b in zip(jax.tree.leaves(model.variables["params"]), jax.tree.leaves(results["state"].params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the final params, no optimiser state
@@ -265,7 +264,7 @@ def test_a_run_loads_for_inference_without_any_data_source(tmp_path, monkeypatch
   np.testing.assert_allclose(np.linalg.norm(text, axis=1), 1.0, rtol=1e-5)
   # Params only: the optimiser part of the checkpoint is not needed.
   shutil.rmtree(os.path.join(workdir, "checkpoints", "3", "train"))
-  again = tasks.load_run(workdir, mesh_shape=(-1, 1))
+  again = systems.load_run(workdir, mesh_shape=(-1, 1))
   np.testing.assert_array_equal(again.predict("embed_image", {"images": images}), image)
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from xmodal_jax.data import text_masking as tm
+from xmodal_jax.systems.single_stream import text_masking as tm
 
 TOKENS = np.array([5, 6, 7, 8, 9, 10, 11, 12, 0, 0])
 VALID = TOKENS > 0

@@ -35,7 +35,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from xmodal_jax import disk_space, errors, tasks
+from xmodal_jax import disk_space, errors, systems
 from xmodal_jax.data import tokenizers
 from xmodal_jax.serving import embedding_export as fmt
 from xmodal_jax.serving import exported_encoder
@@ -175,7 +175,7 @@ def export_run(workdir: str, out_dir: str, *, split: str = "val", source: str | 
   if source:
     with config.unlocked():
       config.data.source = source
-  task = tasks.create(config, workdir)
+  task = systems.create(config, workdir)
   t0 = time.time()
   model = inference.load_model(task, which=which, mesh_shape=mesh_shape)
   fns = task.predict_fns()

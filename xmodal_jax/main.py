@@ -248,9 +248,9 @@ def _run_command(argv: list[str]) -> int:
   validation.check_values(FLAGS.config)  # every numeric field, before anything is built
   if stages.is_pipeline(FLAGS.config):
     return _run_pipeline(argv[1], FLAGS.config)
-  from xmodal_jax import tasks
+  from xmodal_jax import systems
   from xmodal_jax.train import trainer
-  task = tasks.create(FLAGS.config, FLAGS.workdir)
+  task = systems.create(FLAGS.config, FLAGS.workdir)
   if argv[1] == "train":
     results = trainer.train_and_evaluate(task, stop_at_step=FLAGS.stop_at_step,
                                          allow_config_change=FLAGS.allow_config_change)
@@ -318,8 +318,8 @@ def _classify(paths: list[str]) -> int:
   if FLAGS.similar_to and FLAGS.pairwise:
     raise app.UsageError("classify: --similar_to and --pairwise are two ways to compare images; pass one.",
                          exitcode=errors.EXIT_USAGE)
-  from xmodal_jax.tasks.s1 import added_queries
-  from xmodal_jax.tasks.s1.classifier import MultimodalClassifier
+  from xmodal_jax.systems.classifier import added_queries
+  from xmodal_jax.systems.classifier.classifier import MultimodalClassifier
   requests = added_queries.read_request(FLAGS.add_queries) if FLAGS.add_queries else None  # before loading
   model = MultimodalClassifier.from_workdir(FLAGS.workdir, mesh_shape=(-1, 1))
   if requests:
@@ -394,7 +394,7 @@ def _caption_db_dir() -> str:
 
 def _read_image_files(paths: list[str], data_config) -> tuple[list[str], list, int]:
   """(readable paths, their uint8 images, how many could not be read); each unreadable one reported on stderr."""
-  from xmodal_jax.tasks.captioning import image_captioner  # pylint: disable=import-outside-toplevel
+  from xmodal_jax.systems.captioning import image_captioner  # pylint: disable=import-outside-toplevel
   names, images, failed = [], [], 0
   for path in paths:
     try:
@@ -413,7 +413,7 @@ def _caption(paths: list[str]) -> int:
                          "--all [--split=val]  (RUN: a captioning run)", exitcode=errors.EXIT_USAGE)
   if FLAGS.split and len(FLAGS.split) != 1:
     raise app.UsageError(f"caption --all takes one --split (got {','.join(FLAGS.split)}).", exitcode=errors.EXIT_USAGE)
-  from xmodal_jax.tasks.captioning import image_captioner  # pylint: disable=import-outside-toplevel
+  from xmodal_jax.systems.captioning import image_captioner  # pylint: disable=import-outside-toplevel
   config = image_captioner.read_captioning_config(FLAGS.workdir, "caption")  # before loading anything
   names, images, failed = _read_image_files(paths, config.data) if paths else ([], [], 0)
   if paths and not names:
@@ -458,7 +458,7 @@ def _search(words: list[str]) -> int:
   if FLAGS.image and not FLAGS.workdir:
     raise app.UsageError("search --image needs --workdir=RUN: the run captions the image.", exitcode=errors.EXIT_USAGE)
   from xmodal_jax.serving import caption_search  # pylint: disable=import-outside-toplevel
-  from xmodal_jax.tasks.captioning import image_captioner  # pylint: disable=import-outside-toplevel
+  from xmodal_jax.systems.captioning import image_captioner  # pylint: disable=import-outside-toplevel
   config = image_captioner.read_captioning_config(FLAGS.workdir, "search") if FLAGS.workdir else None
   image = None
   if FLAGS.image:  # read before loading anything

@@ -7,7 +7,7 @@ finished is skipped on the next run; one that was interrupted resumes from its c
 command resumes the whole pipeline. A stage whose config changed, or that reads (names in its config) a stage
 whose config changed, is moved to <stage>.old and re-run.
 
-This module sits beside `main.py`: it resolves stage configs to tasks (`xmodal_jax.tasks`) and hands them to
+This module sits beside `main.py`: it resolves stage configs to tasks (`xmodal_jax.systems`) and hands them to
 the trainer, which knows neither.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import ml_collections
 from absl import logging
 
 from xmodal_jax import errors, fileio
-from xmodal_jax import tasks
+from xmodal_jax import systems
 from xmodal_jax.train import stages, trainer
 from xmodal_jax.train import workdir as workdir_lib
 
@@ -122,9 +122,9 @@ def _run_stage(config: ml_collections.ConfigDict, workdir: str, name: str, fold:
   logging.info("Stage %s -> %s", label, path)
   start = time.time()
   if "job" in cfg:
-    out = tasks.get_job(cfg.job)(config, workdir, name)
+    out = systems.get_job(cfg.job)(config, workdir, name)
   else:
-    out = trainer.train_and_evaluate(tasks.create(cfg, path), stop_at_step=stop_at_step,
+    out = trainer.train_and_evaluate(systems.create(cfg, path), stop_at_step=stop_at_step,
                                      allow_config_change=allow_config_change)
     out.pop("state", None)
     if out["stopped_early"]:
@@ -144,7 +144,7 @@ def evaluate_pipeline(config: ml_collections.ConfigDict, workdir: str, *, only: 
     if (only and name not in only) or "job" in config.stages[name]:
       continue
     for fold in stages.stage_folds(config, name):
-      task = tasks.create(stages.stage_config(config, name, fold), stages.stage_dir(workdir, name, fold))
+      task = systems.create(stages.stage_config(config, name, fold), stages.stage_dir(workdir, name, fold))
       out.append((name if fold < 0 else f"{name}_fold{fold}",
                   trainer.evaluate_checkpoint(task, splits=splits, which=which)))
   return out

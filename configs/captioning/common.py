@@ -5,7 +5,7 @@ Loaded by the configs beside it: `common = config_files.load_beside(__file__, "c
 import ml_collections
 
 from xmodal_jax.evaluation.evaluator import evaluator_config
-from xmodal_jax.tasks.captioning import evaluators  # noqa: F401  (registers the "s5_reward_model" evaluator type)
+from xmodal_jax.systems.captioning import evaluators  # noqa: F401  (registers the "s5_reward_model" evaluator type)
 from xmodal_jax.train.defaults import trainer_config
 
 

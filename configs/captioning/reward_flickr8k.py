@@ -1,5 +1,5 @@
 r"""S5's reward model on Flickr8k: the CLIP reward run's text side fine-tuned with a grammar head and / or colour and
-background negatives (tasks/captioning/reward_model.py).
+background negatives (systems/captioning/reward_model.py).
 
   xmodal train --config=configs/captioning/reward_flickr8k.py:grammar --workdir=workdirs/s5_flickr8k_reward_grammar
   xmodal train --config=configs/captioning/reward_flickr8k.py:grammar_attribute \

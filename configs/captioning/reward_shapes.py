@@ -1,5 +1,5 @@
 r"""S5's reward model on the shapes world: the CLIP reward run's text side fine-tuned with a grammar head and / or
-attribute-specific negatives (tasks/captioning/reward_model.py).
+attribute-specific negatives (systems/captioning/reward_model.py).
 
   xmodal train --config=configs/captioning/reward_shapes.py:grammar --workdir=workdirs/s5_shapes_reward_grammar
   xmodal train --config=configs/captioning/reward_shapes.py:grammar_attribute \

@@ -7,7 +7,7 @@ at run time, never copied):
   xmodal train --config=configs/clip/clip_flickr8k.py --workdir=workdirs/clip_flickr8k
   ... --config.data.source=folder:/path/to/flickr8k
 It runs on the dual_encoder task (the pretrained towers, their cuts and feature caches) with config.loss from
-tasks/retrieval/contrastive_objective.py; configs/clip/siglip_flickr8k.py is the same with SigLIP's loss.
+task_bases/contrastive_objective.py; configs/clip/siglip_flickr8k.py is the same with SigLIP's loss.
 
 Expected: docs/clip.md has the measured val table (1,000 images, 5,000 captions), beside VSE++ over the
 same towers, and the training time.

@@ -6,7 +6,7 @@ import ml_collections
 
 from xmodal_jax.data.config import caption_fields, data_config
 from xmodal_jax.evaluation.evaluator import evaluator_config
-from xmodal_jax.tasks.retrieval.contrastive_objective import loss_config
+from xmodal_jax.task_bases.contrastive_objective import loss_config
 from xmodal_jax.train.defaults import trainer_config
 
 __all__ = ["loss_config"]

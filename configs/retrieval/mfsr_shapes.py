@@ -3,7 +3,7 @@ r"""mFSR (feature separation + image and caption reconstruction over VSE++) on t
 Run (from the repo root):
   xmodal train --config=configs/retrieval/mfsr_shapes.py --workdir=workdirs/mfsr_shapes
 The paper's ablation (VSE++, +mo, +sp, +mo+sp, +mo+sp+img-re, +mo+sp+cap-re, full; 3 seeds):
-  python -m xmodal_jax.tasks.retrieval.mfsr_ablation --config=configs/retrieval/mfsr_shapes.py \
+  python -m xmodal_jax.systems.vse.mfsr_ablation --config=configs/retrieval/mfsr_shapes.py \
       --workdir=workdirs/mfsr_ablation_shapes --seeds=0,1,2
 Variants: `:tiny` (seconds; tests), `:paper` (the paper's protocol: batch 24, Adam 2e-4 for 15 epochs, 2e-5 for 15;
 37,500 steps). Every field can be overridden, e.g. `--config.loss_weights.image=0 --config.model.separation.normalize=concat`.

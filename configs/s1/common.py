@@ -2,7 +2,7 @@
 features -> fusion (+ pixel-only and text-only ablations) -> ablation table. Each training stage is a complete
 trainer config; `seed`, `data`, `mesh` and `partition` are shared by all stages (xmodal_jax/train/stages.py).
 
-`partition` (xmodal_jax/tasks/s1/partition.py) says which train images each model learns from: by default every
+`partition` (xmodal_jax/systems/classifier/partition.py) says which train images each model learns from: by default every
 train image is image-query data and labelled (today's regime), and the three models before the fusion head are
 cross-fitted over 2 folds of the labelled images, so the fusion head trains on out-of-sample features.
 `partition.labelled_images=N` is the seed's regime: N labelled images, disjoint from the (larger) image-query set.
@@ -13,8 +13,8 @@ import ml_collections
 
 from xmodal_jax.data.config import data_config
 from xmodal_jax.evaluation.evaluator import evaluator_config
-from xmodal_jax.tasks.s1 import evaluators  # pylint: disable=unused-import  (registers the "query_association" evaluator type)
-from xmodal_jax.tasks.s1.partition import partition_config
+from xmodal_jax.systems.classifier import evaluators  # pylint: disable=unused-import  (registers the "query_association" evaluator type)
+from xmodal_jax.systems.classifier.partition import partition_config
 from xmodal_jax.train.defaults import trainer_config
 
 IMAGE = dict(stem_width=32, stem_stride=4, stage_widths=(32, 64, 128), blocks_per_stage=(1, 1, 1), norm_groups=8)
@@ -24,17 +24,17 @@ def s1_data(source: str) -> ml_collections.ConfigDict:
   """The data section plus S1's rules for queries and labels on captioned data (shapes world has its own)."""
   return data_config(
       source,
-      query_min_images=20,      # a query = an n-gram (rules: data/query_mining.py) in >= this many train images
+      query_min_images=20,      # a query = an n-gram (rules: systems/classifier/query_mining.py) in >= this many train images
       query_max_fraction=0.5,   # ... and in at most this fraction of them
       query_max_n=3,            # longest n-gram
       query_max_count=0,        # > 0: keep only the most frequent
       taxonomy="flickr8k",      # class labels from the captions (data/taxonomy.py)
       label_min_votes=3,        # captions (of 5) that must name a class
       # The seed's own inputs instead (folder:PATH sources; formats and checks: docs/classifier.md "S1 inputs"):
-      query_clicks="",          # (image, query, clicks) log replacing the mined queries (data/query_clicks.py)
-      query_pairs="",           # query-query association pairs for the text embedding (data/query_pairs.py)
+      query_clicks="",          # (image, query, clicks) log replacing the mined queries (systems/classifier/query_clicks.py)
+      query_pairs="",           # query-query association pairs for the text embedding (systems/classifier/query_pairs.py)
       label_set=(),             # declared class names; with labels_file or labels_field replaces the taxonomy
-      labels_file="",           # image -> label file (data/image_labels.py)
+      labels_file="",           # image -> label file (systems/classifier/image_labels.py)
       labels_field="")          # ... or a field of each captions.jsonl record
 
 
@@ -66,7 +66,7 @@ def s1(source: str = "shapes", eval_splits: tuple[str, ...] = ("val", "test")) -
   config.seed = 0
   config.data = s1_data(source)
   config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1), fsdp=False))
-  # Which train images each model learns from; cross-fitting folds (tasks/s1/partition.py, module docstring).
+  # Which train images each model learns from; cross-fitting folds (systems/classifier/partition.py, module docstring).
   config.partition = partition_config(labelled_images=0, folds=2)
   config.pipeline = ("text_generator", "text_embedding", "pixel_embedding", "features",
                      "fusion", "pixel_only", "text_only", "ablation")

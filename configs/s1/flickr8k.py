@@ -1,7 +1,7 @@
 r"""S1, the multimodal image classifier, on real photos: Flickr8k (6,091 train / 1,000 val images x 5 captions).
 
 Flickr8k has neither search queries nor classes, so both come from the captions by documented rules:
-queries = n-grams (1-3 words, no stopword at either end) found in >= 20 train images (data/query_mining.py;
+queries = n-grams (1-3 words, no stopword at either end) found in >= 20 train images (systems/classifier/query_mining.py;
 ~1,200 queries), labels = the first of 9 concepts (dog, snow, water, bike, skateboard, ball sport, child,
 woman, man) named by >= 3 of an image's 5 captions, else unlabelled (data/taxonomy.py; ~11% unlabelled).
 

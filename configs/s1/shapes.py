@@ -10,7 +10,7 @@ One stage: `--stages=fusion`. Any field: `--config.stages.text_generator.train.n
 Variants: `:tiny` (seconds; tests), `:resnet101` (alias `:full`: ResNet-101 backbones, bottleneck blocks
 (3, 4, 23, 3), 7x7 stem + max-pool, GroupNorm, 224 px, bfloat16: for accelerators, not run here).
 
-Partition (tasks/s1/partition.py): every train image is image-query data and labelled; the generator, the
+Partition (systems/classifier/partition.py): every train image is image-query data and labelled; the generator, the
 text embedding and the pixel embedding are cross-fitted over 2 folds, so the fusion head trains on features of
 models that never saw the image. The pixel embedding is the frozen ImageNet EfficientNet-Lite0 at 128 px + a
 1024-d bottleneck. `:seed_regime` instead keeps 2,000 labelled images apart from 28,000 image-query images.

@@ -15,7 +15,7 @@ def data(source: str, **fields) -> ml_collections.ConfigDict:
 
 def single_stream_sections(config: ml_collections.ConfigDict, *, width: int, num_layers: int,
                            object_target: str) -> ml_collections.ConfigDict:
-  """S4's sections (task "single_stream_vlp", xmodal_jax/tasks/vlp/single_stream.py) beside config.data / train /
+  """S4's sections (task "single_stream_vlp", xmodal_jax/systems/single_stream/single_stream_task.py) beside config.data / train /
   optimizer. The data-set configs set the tower's cut and the regions."""
   config.task = "single_stream_vlp"
   config.image_tower = ml_collections.ConfigDict(dict(

@@ -9,14 +9,15 @@ An evaluator never sees a task. The trainer hands it the task's predict function
 fn(variables, **inputs)), the variables, the task's `EvalData` of its split and the runtime that runs
 functions sharded over the mesh; it returns flat metrics {name: float}, logged as "<prefix>/<name>".
 
-Types: "retrieval" (evaluation/retrieval_evaluator.py), "classification" (evaluation/classification.py),
-"label_ranking" (evaluation/label_ranking.py), "multilabel" (evaluation/multilabel.py: F1 of thresholded tag logits,
-S2's semantic tags), "zero_shot" (evaluation/zero_shot.py: CLIP-style classification by
-embedded class prompts), "captioning" (evaluation/captioning.py: caption metrics, CLIP-S under scorer models), "image_reconstruction" (evaluation/image_reconstruction.py: generated vs real
-images, and a PNG grid of them), "pair_choice" (evaluation/pair_choice.py: true caption vs a foil by
-score_pairs, e.g. compositional foils), "masked_prediction" (evaluation/masked_prediction.py: accuracy of
-masked words / objects under fixed protocols, S4); a project may register more with `register` (S1 does, in tasks/s1/evaluators.py).
-Built-in types are imported on first use.
+Shared types (used by two or more systems): "retrieval" (evaluation/retrieval_evaluator.py), "classification"
+(evaluation/classification.py), "zero_shot" (evaluation/zero_shot.py: CLIP-style classification by embedded class
+prompts), "captioning" (evaluation/captioning.py: caption metrics, CLIP-S under scorer models). A system's own
+types live in its folder and register when its task module is imported (`register`): "label_ranking" and
+"query_association" (systems/classifier/), "multilabel" and "pair_choice" (systems/region_word/: S2's semantic
+tags, true caption vs a compositional foil), "image_reconstruction" (systems/vse/: MFSR's generated vs real
+images), "masked_prediction" (systems/single_stream/: S4's masked words / objects), "s5_reward_model"
+(systems/captioning/).
+The shared types are imported on first use.
 """
 from __future__ import annotations
 
@@ -33,13 +34,8 @@ from xmodal_jax import errors
 _BUILTIN = {
     "retrieval": "xmodal_jax.evaluation.retrieval_evaluator",
     "classification": "xmodal_jax.evaluation.classification",
-    "label_ranking": "xmodal_jax.evaluation.label_ranking",
-    "multilabel": "xmodal_jax.evaluation.multilabel",
     "zero_shot": "xmodal_jax.evaluation.zero_shot",
     "captioning": "xmodal_jax.evaluation.captioning",
-    "image_reconstruction": "xmodal_jax.evaluation.image_reconstruction",
-    "pair_choice": "xmodal_jax.evaluation.pair_choice",
-    "masked_prediction": "xmodal_jax.evaluation.masked_prediction",
 }
 _REGISTRY: dict[str, type["Evaluator"]] = {}
 

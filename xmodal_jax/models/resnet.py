@@ -85,7 +85,7 @@ class ResNetEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, *, deterministic: bool = True) -> jnp.ndarray:
-    del deterministic  # no dropout: the image encoders' common call (models/captioner.py)
+    del deterministic  # no dropout: the image encoders' common call (systems/captioning/captioner_model.py)
     if self.block not in BLOCKS:
       raise ValueError(f"ResNetEncoder: block={self.block!r}; use one of {sorted(BLOCKS)}.")
     if len(self.stage_widths) != len(self.blocks_per_stage):

@@ -1,7 +1,7 @@
 """A run loaded for inference from its workdir alone: the checkpoint's params (no optimiser state), the task's
 assets (tokenizer, vocabularies: written there by training) and its frozen params. No data source is read.
 
-  task = ...                         # the run's task, e.g. tasks.create(config, workdir) (see tasks.load_run)
+  task = ...                         # the run's task, e.g. systems.create(config, workdir) (see systems.load_run)
   model = load_model(task, mesh_shape=(-1, 1))
   embeddings = model.predict("embed_image", {"images": uint8_images})
 """

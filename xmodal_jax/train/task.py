@@ -1,6 +1,6 @@
 """The Task interface: everything the one trainer needs from a system, and nothing system-specific.
 
-The trainer (`train/trainer.py`) imports this module and nothing under `xmodal_jax.tasks`; systems implement
+The trainer (`train/trainer.py`) imports this module and nothing under `xmodal_jax.systems`; systems implement
 it in their project folders (`xmodal_jax/tasks/<project>/`), and the command line resolves `config.task` to a
 class and hands the instance over. A task wires, for one system:
 

@@ -1,6 +1,6 @@
 """The one trainer: mesh, sharded state, jitted step, loop, logs, checkpoints, evaluators.
 
-It knows only the `Task` interface (train/task.py) and never imports `xmodal_jax.tasks`: the command line
+It knows only the `Task` interface (train/task.py) and never imports `xmodal_jax.systems`: the command line
 (or a pipeline) builds the task from the config and hands it over, as the Flax examples hand a config to
 `train_and_evaluate`.
 

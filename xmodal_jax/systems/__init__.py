@@ -1,0 +1,82 @@
+"""The systems, one folder per project (retrieval/, clip/, s1/, captioning/, ...): config.task (a name) -> Task class, and the
+pipeline jobs (stages that do not train). Imports are lazy so one system's dependencies do not load others.
+
+Nothing under `xmodal_jax/train`, `models`, `objectives`, `data` or `evaluation` imports this package: the
+command line (and `xmodal_jax/pipeline.py`) resolve a config to a task here and hand it to the trainer.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Sequence
+
+import ml_collections
+
+from xmodal_jax import errors
+
+_TASKS = {
+    "vsepp": "xmodal_jax.systems.vse.vsepp_task:VSEPPTask",
+    "dual_encoder": "xmodal_jax.systems.vse.dual_encoder_task:DualEncoderTask",
+    "mfsr": "xmodal_jax.systems.vse.mfsr_task:MFSRTask",
+    "region_word_alignment": "xmodal_jax.systems.region_word.region_word_task:RegionWordAlignmentTask",
+    "single_stream_vlp": "xmodal_jax.systems.single_stream.single_stream_task:SingleStreamTask",
+    "clip": "xmodal_jax.systems.clip.clip_task:ClipTask",
+    "captioning": "xmodal_jax.systems.captioning.captioner_task:CaptioningTask",
+    "s5_reward_model": "xmodal_jax.systems.captioning.reward_model:RewardModelTask",
+    "s1_text_generator": "xmodal_jax.systems.classifier.text_generator_task:TextGeneratorTask",
+    "s1_text_embedding": "xmodal_jax.systems.classifier.text_embedding:TextEmbeddingTask",
+    "s1_pixel_embedding": "xmodal_jax.systems.classifier.pixel_embedding:PixelEmbeddingTask",
+    "s1_fusion": "xmodal_jax.systems.classifier.fusion:FusionTask",
+}
+
+# Pipeline jobs (stages that do not train): config.stages.<name>.job -> fn(pipeline_config, workdir, stage).
+_JOBS = {
+    "s1_features": "xmodal_jax.systems.classifier.features:extract_features",
+    "s1_ablation": "xmodal_jax.systems.classifier.ablation:write_ablation",
+}
+
+
+def _load(table: dict[str, str], name: str, what: str):
+  if name not in table:
+    raise errors.ConfigError(f"Unknown {what} {name!r}; available {what}s: {sorted(table)}.")
+  module, attr = table[name].split(":")
+  return getattr(importlib.import_module(module), attr)
+
+
+def get_task_class(name: str):
+  return _load(_TASKS, name, "task")
+
+
+def get_job(name: str):
+  return _load(_JOBS, name, "pipeline job")
+
+
+def available_tasks() -> list[str]:
+  return sorted(_TASKS)
+
+
+def create(config: ml_collections.ConfigDict, workdir: str):
+  """The task of `config` (config.task) working in `workdir`. Reads no data."""
+  if "task" not in config:
+    raise errors.ConfigError(f"The config has no `task` field; set config.task to one of {available_tasks()}.")
+  return get_task_class(config.task)(config, workdir)
+
+
+def load_run(workdir: str, *, which: str = "latest", mesh_shape: Sequence[int] | None = None):
+  """A trained run loaded for inference from its workdir alone (its config.json, assets and checkpoint's
+  params; no optimiser state, no data source): a `train.inference.LoadedModel`."""
+  from xmodal_jax.train import inference  # pylint: disable=import-outside-toplevel  (keeps jax off the registry's import)
+  config = inference.read_run_config(workdir)
+  return inference.load_model(create(config, workdir), which=which, mesh_shape=mesh_shape)
+
+
+def load_init_run(init_from: str, *, task: str, mesh_shape: Sequence[int] | None = None):
+  """The run a fine-tuning run starts from (config.init_from): loaded as by `load_run`; a missing workdir or a
+  run of another task than `task` is a user error naming config.init_from."""
+  try:
+    loaded = load_run(str(init_from), mesh_shape=mesh_shape)
+  except FileNotFoundError as e:
+    raise errors.MissingError(f"config.init_from={init_from!r}: {e}") from None
+  if loaded.task.config.task != task:
+    raise errors.ConfigError(f"config.init_from={init_from!r} is a {loaded.task.config.task!r} run; this run "
+                             f"starts from a {task!r} run.")
+  return loaded

@@ -1,0 +1,433 @@
+"""S5: an image captioner trained by maximum likelihood, then by self-critical RL under a contrastive reward.
+
+Model (systems/captioning/captioner_model.py): an image encoder giving a feature grid (`model.encoder.kind`: "cnn" a small ResNet from
+scratch, "vit" a ViT's patch tokens from scratch, "efficientnet" the frozen ImageNet EfficientNet-Lite before its
+pooling, whose train-split grid is cached once: data/feature_cache.py) -> a projection -> a decoder
+(`model.decoder.kind`: "transformer" with cross attention, or "gru").
+
+Objectives (`train.objective`):
+  "mle":  teacher forcing on one human caption per image per epoch (objectives/scst.py: teacher_forcing_loss);
+  "scst": self-critical sequence training (objectives/scst.py), warm-started from an MLE run (`init_from`): per
+          image `scst.samples` captions sampled from the policy (temperature / top-k / top-p), rewarded by
+          R = w * max(cos(f_I, f_T), 0) under the frozen reward model (`reward.workdir`: a `clip` run or an S5
+          reward-model run of systems/captioning/reward_model.py) plus lambda * g(c) when that model has a grammar
+          head (`scst.grammar_weight`), against the greedy caption's reward ("greedy", the seed's default) or the
+          leave-one-out mean of the other samples ("leave_one_out", needs samples >= 2). Sampling, the greedy
+          baseline, the reward and the update are one jitted step.
+The reward model's image embeddings of the train images are computed once (centre crops) and travel with the
+batches; its text tower runs inside the step on the sampled captions. The captioner uses the reward model's
+tokenizer (copied into this workdir), so sampled tokens are the reward's text input as they are.
+
+Decoding (`decode`): greedy, sampling or beam search (decoding/), over the decoder's cache, EOS-aware; the
+`caption` predict function returns tokens [batch, data.max_len + 1] (words, <eos>, padding).
+
+Evaluation: the shared "captioning" evaluator (evaluation/captioning.py) with BLEU / METEOR / ROUGE-L / CIDEr-D,
+text statistics, CLIP-S / RefCLIP-S / grammar score under the scorer models of `config.scorers` (an independent
+judge, the base reward model, the grammar model), and on shapes world attribute recall / precision and the grammar
+parse rate.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xmodal_jax import errors, fileio
+from xmodal_jax.data import feature_cache, shapes_caption_grammar, sources, tokenizers
+from xmodal_jax.data.captions import TokenizedCaptions, teacher_forcing, tokenize_captions
+from xmodal_jax.data.iterator import EpochBatchIterator
+from xmodal_jax.data.preprocess import normalize_images
+from xmodal_jax.evaluation.evaluator import EvalData
+from xmodal_jax.models import efficientnet_lite, efficientnet_weights, vit as vit_lib
+from xmodal_jax.models.caption_decoder import DECODERS, build_decoder
+from xmodal_jax.models.resnet import ResNetEncoder
+from xmodal_jax.objectives import scst
+from xmodal_jax.systems.captioning import beam_search, sampling, scorers
+from xmodal_jax.systems.captioning.captioner_model import Captioner
+from xmodal_jax.task_bases.base import ImageTextTask
+from xmodal_jax.train import optimizer as optimizer_lib
+from xmodal_jax.train.task import with_frozen
+
+ENCODERS = ("cnn", "vit", "efficientnet")
+OBJECTIVES = ("mle", "scst")
+BASELINES = ("greedy", "leave_one_out")
+DECODE_METHODS = ("greedy", "beam", "sample")
+BOS, EOS, PAD = tokenizers.TokenizerBase.bos_id, tokenizers.TokenizerBase.eos_id, tokenizers.TokenizerBase.pad_id
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+  """How captions are decoded (config.decode, or SCST's sampling): method, beam_size, alpha (length penalty),
+  temperature, top_k, top_p."""
+  method: str = "greedy"
+  beam_size: int = 3
+  alpha: float = 0.0
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+
+
+def _check(config) -> None:
+  model, train = config.model, config.train
+  for where, value, choices in (("model.encoder.kind", model.encoder.kind, ENCODERS),
+                                ("model.decoder.kind", model.decoder.kind, DECODERS),
+                                ("train.objective", train.objective, OBJECTIVES),
+                                ("scst.baseline", config.scst.baseline, BASELINES),
+                                ("decode.method", config.decode.method, DECODE_METHODS)):
+    if value not in choices:
+      raise errors.ConfigError(f"config.{where}={value!r}; use one of {choices}.")
+  if train.objective == "scst":
+    if not config.reward.workdir:
+      raise errors.ConfigError("config.train.objective='scst' needs config.reward.workdir: a finished `clip` run (or an "
+                               "S5 reward-model run) whose frozen towers give the reward.")
+    if not config.init_from:
+      raise errors.ConfigError("config.train.objective='scst' needs config.init_from=WORKDIR of an MLE captioning run "
+                               "(SCST starts from a trained captioner).")
+    if config.scst.baseline == "leave_one_out" and int(config.scst.samples) < 2:
+      raise errors.ConfigError(f"config.scst.baseline='leave_one_out' needs config.scst.samples >= 2 (got "
+                               f"{config.scst.samples}).")
+  if int(config.scst.samples) < 1:
+    raise errors.ConfigError(f"config.scst.samples={config.scst.samples}: at least 1.")
+  if int(config.decode.beam_size) < 1:
+    raise errors.ConfigError(f"config.decode.beam_size={config.decode.beam_size}: at least 1.")
+  width, heads = int(model.decoder.width), int(model.decoder.num_heads)
+  if model.decoder.kind == "transformer" and width % heads:
+    raise errors.ConfigError(f"config.model.decoder.width={width} is not divisible by num_heads={heads}.")
+
+
+class CaptioningTask(ImageTextTask):
+  """Predict functions: caption (uint8 images [b, H, W, 3] -> tokens [b, max_len + 1]), caption_log_probs
+  (images, tokens -> summed log p [b]: scores of given captions), encode_context (images -> [b, ctx, width])."""
+
+  def __init__(self, config, workdir):
+    super().__init__(config, workdir)
+    _check(config)
+    self.tokenizer = None
+    self.model: Captioner | None = None
+    self.decode_model: Captioner | None = None
+    self._tokens: dict[str, TokenizedCaptions] = {}
+    self._reward: scorers.Scorer | None = None
+    self._reward_image_emb: np.ndarray | None = None
+    self._encoder_weights: dict | None = None
+    self._cache: feature_cache.FeatureCache | None = None
+    self._predict = {"caption": self.caption, "caption_log_probs": self.caption_log_probs,
+                     "encode_context": self.encode_context}
+
+  # ---- assets and model
+  @property
+  def seq_len(self) -> int:
+    """Decoder positions: the caption's words (data.max_len) + <eos> (inputs: <bos> + words)."""
+    return int(self.config.data.max_len) + 1
+
+  @property
+  def objective(self) -> str:
+    return str(self.config.train.objective)
+
+  def setup(self, *, training: bool) -> None:
+    if self.model is not None:
+      return
+    cfg = self.config
+    if cfg.reward.workdir and (training or self.objective == "scst"):
+      self._reward = scorers.load_scorer(str(cfg.reward.workdir), "config.reward.workdir",
+                                         mesh_shape=tuple(cfg.mesh.shape))
+    self.tokenizer = self._load_or_build_tokenizer(training)
+    self.model, self.decode_model = self._build(decode=False), self._build(decode=True)
+    if cfg.model.encoder.kind == "efficientnet":
+      weights = efficientnet_weights.load(cfg.model.encoder.efficientnet.variant)
+      self._encoder_weights = {"params": {"encoder": {k: v for k, v in weights["params"].items()
+                                                      if k != "classifier"}},
+                               "batch_stats": {"encoder": weights["batch_stats"]}}
+    if training:
+      self.check_eval_splits()
+
+  def _load_or_build_tokenizer(self, training: bool):
+    """The reward model's tokenizer when there is one (sampled tokens are its text input), else one built on the
+    train captions; stored in this workdir either way."""
+    path = tokenizers.tokenizer_path(self.workdir)
+    if fileio.exists(path) or not training:
+      tokenizer = tokenizers.load_tokenizer(path)
+    elif self._reward is not None:
+      tokenizer = self._reward.tokenizer
+      if jax.process_index() == 0:
+        tokenizer.save(path)
+    else:
+      cfg = self.config.data
+      options = {"word": {"min_count": cfg.vocab_min_count}, "sentencepiece": {"vocab_size": cfg.vocab_size}}
+      tokenizer = tokenizers.build_tokenizer(cfg.tokenizer, (c for caps in self.split("train").captions for c in caps),
+                                             **options.get(cfg.tokenizer, {}))
+      if jax.process_index() == 0:
+        tokenizer.save(path)
+    if self._reward is not None and not scorers.same_tokenizer(tokenizer, self._reward.tokenizer):
+      raise errors.ConfigError(f"The tokenizer of {self.workdir} differs from the reward model's "
+                               f"({self.config.reward.workdir}): SCST feeds sampled tokens to the reward's text tower "
+                               "as they are. Train the MLE run with the same config.reward.workdir.")
+    return tokenizer
+
+  def _build(self, decode: bool) -> Captioner:
+    cfg = self.config.model
+    dtype = jnp.dtype(cfg.dtype)
+    kind = cfg.encoder.kind
+    if kind == "cnn":
+      encoder = ResNetEncoder(**dict(cfg.encoder.cnn), dtype=dtype)
+    elif kind == "vit":
+      fields = {k: cfg.encoder.vit[k] for k in cfg.encoder.vit}
+      encoder = vit_lib.ViT(**dict(fields, mlp_dim=fields.get("mlp_dim") or None, pool="none"), dtype=dtype)
+    else:
+      encoder = efficientnet_lite.EfficientNetLite(cfg.encoder.efficientnet.variant, dtype=dtype)
+    decoder = build_decoder(cfg.decoder.kind, vocab_size=len(self.tokenizer), max_len=self.seq_len,
+                            **{k: cfg.decoder[k] for k in cfg.decoder if k != "kind"}, decode=decode, dtype=dtype)
+    return Captioner(encoder, decoder, width=int(cfg.decoder.width), dtype=dtype,
+                     encoder_call=(("pool", False),) if kind == "efficientnet" else ())
+
+  def _normalize(self, images):
+    if self.config.model.encoder.kind == "efficientnet":
+      return efficientnet_lite.normalize_images(images)
+    return normalize_images(images, jnp.dtype(self.config.model.dtype))
+
+  def init_variables(self, rng):
+    size = int(self.config.data.image_size)
+    variables = self.model.init({"params": rng, "dropout": rng}, jnp.zeros((1, size, size, 3)),
+                                jnp.zeros((1, self.seq_len), jnp.int32))
+    params = dict(variables["params"])
+    if self._encoder_weights is not None:
+      params.pop("encoder")
+    return {"params": params}
+
+  def frozen_params(self):
+    out = {}
+    if self._encoder_weights is not None:
+      out["captioner"] = self._encoder_weights
+    if self._reward is not None and self.objective == "scst":
+      out["reward"] = jax.device_get(self._reward.loaded.variables)
+    return out or None
+
+  def pretrained_params(self):
+    """SCST starts from the MLE run's params (init_from)."""
+    if not self.config.init_from:
+      return None
+    from xmodal_jax import systems  # pylint: disable=import-outside-toplevel  (the registry, to load another run)
+    loaded = systems.load_init_run(self.config.init_from, task="captioning", mesh_shape=tuple(self.config.mesh.shape))
+    if not scorers.same_tokenizer(loaded.task.tokenizer, self.tokenizer):
+      raise errors.ConfigError(f"config.init_from={self.config.init_from!r} has another tokenizer than this run's.")
+    return jax.device_get(loaded.variables["params"])
+
+  def _captioner_variables(self, params, frozen):
+    return with_frozen(params, (frozen or {}).get("captioner"))
+
+  # ---- data
+  def tokens(self, name: str) -> TokenizedCaptions:
+    if name not in self._tokens:
+      self._tokens[name] = tokenize_captions(self.split(name).captions, self.tokenizer, int(self.config.data.max_len),
+                                             name)
+    return self._tokens[name]
+
+  def _features_cache(self) -> feature_cache.FeatureCache:
+    """The frozen EfficientNet-Lite grid of every train image (centre crop), computed once."""
+    if self._cache is None:
+      cfg = self.config
+      data = self.split("train")
+      variant = cfg.model.encoder.efficientnet.variant
+      variables = jax.device_put(self._encoder_weights)
+      apply = jax.jit(lambda v, x: self.model.apply(v, x, method=Captioner.features))
+      key = {"side": "image_grid", "source": sources.source_fingerprint(cfg.data), "split": "train", "tower": variant,
+             "weights": efficientnet_weights.file_sha256(str(efficientnet_weights.source_file(variant))),
+             "image_size": cfg.data.image_size, "prepare_size": cfg.data.prepare_size, "views": 1}
+
+      def encode(split, rows, view):
+        del split, view
+        images = data.load_images(rows, int(cfg.data.image_size))
+        return np.asarray(apply(variables, efficientnet_lite.normalize_images(images)))
+
+      self._cache = feature_cache.ensure(key, {"train": feature_cache.SplitPlan(len(data), 1)}, encode,
+                                         directory=cfg.cache.dir, dtype=cfg.cache.dtype,
+                                         batch_size=int(cfg.cache.batch_size))
+    return self._cache
+
+  def _uses_cache(self) -> bool:
+    return self.config.model.encoder.kind == "efficientnet" and bool(self.config.cache.enabled)
+
+  def reward_image_embeddings(self) -> np.ndarray:
+    """The reward model's embeddings of every train image (centre crops at its own size), computed once."""
+    if self._reward_image_emb is None:
+      self._reward_image_emb = self._reward.embed_images(self.split("train"), self.config.data)
+    return self._reward_image_emb
+
+  def train_iterator(self, *, process_index: int, process_count: int) -> EpochBatchIterator:
+    cfg = self.config
+    data, toks = self.split("train"), self.tokens("train")
+    # Built here, before any loader thread runs (building inside `load` would race between threads).
+    cache = self._features_cache() if self._uses_cache() else None
+    reward_emb = self.reward_image_embeddings() if self.objective == "scst" else None
+
+    def load(indices, keys):
+      if cache is not None:
+        batch = {"features": cache.read("train", indices)}
+      else:
+        batch = {"images": data.load_images(indices, int(cfg.data.image_size), keys=keys, flip=bool(cfg.data.flip))}
+      if self.objective == "mle":
+        rows = toks.sample_one_per_image(indices, keys)
+        batch.update(teacher_forcing(toks.tokens[rows], self.seq_len))
+      else:
+        batch["reward_image_emb"] = reward_emb[indices]
+      return batch
+
+    return EpochBatchIterator(len(data), cfg.train.batch_size, load, seed=cfg.seed, process_index=process_index,
+                              process_count=process_count, num_threads=cfg.data.num_threads,
+                              prefetch=cfg.data.prefetch)
+
+  # ---- the model's pieces as pure functions
+  def _context(self, variables, batch, rng=None):
+    """A batch's images (or cached encoder features) -> context [b, ctx_len, width]; rng: dropout on."""
+    rngs, deterministic = (None, True) if rng is None else ({"dropout": rng}, False)
+    if "features" in batch:
+      return self.model.apply(variables, features=batch["features"], deterministic=deterministic,
+                              method=Captioner.encode, rngs=rngs)
+    return self.model.apply(variables, self._normalize(batch["images"]), deterministic=deterministic,
+                            method=Captioner.encode, rngs=rngs)
+
+  def _logits(self, variables, inputs, context, *, rng=None):
+    return self.model.apply(variables, inputs, context, deterministic=rng is None, method=Captioner.logits,
+                            rngs=None if rng is None else {"dropout": rng})
+
+  def _step_fn(self, variables, context):
+    """decoding/'s step function over the decode model's cache, for `context` [n, ctx, width]."""
+    def step(tokens, cache, position):
+      logits, mutated = self.decode_model.apply(dict(variables, cache=cache), tokens, context, positions=position,
+                                                method=Captioner.logits, mutable=["cache"])
+      return logits[:, -1], mutated["cache"]
+    return step
+
+  def _empty_cache(self, variables, context):
+    """A zero cache for len(context) rows (shapes from an abstract evaluation: no decoder pass is run)."""
+    n = context.shape[0]
+    shapes = jax.eval_shape(lambda: self.decode_model.apply(
+        variables, jnp.zeros((n, self.seq_len), jnp.int32), context, method=Captioner.logits,
+        mutable=["cache"])[1]["cache"])
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+  def decode(self, variables, context, options: DecodeOptions, rng=None, *, cached: bool = True):
+    """Captions of `context` [n, ctx, width] -> tokens int32 [n, seq_len] (decoding/)."""
+    n = context.shape[0]
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    common = dict(bos_id=BOS, eos_id=EOS, pad_id=PAD)
+    if options.method == "beam":
+      k = int(options.beam_size)
+      beams = jnp.repeat(context, k, axis=0)
+      tokens, _ = beam_search.beam_search(self._step_fn(variables, beams), self._empty_cache(variables, beams), n, k,
+                                          self.seq_len, alpha=float(options.alpha), **common)
+      return tokens
+    sample = dict(greedy=options.method == "greedy", temperature=float(options.temperature),
+                  top_k=int(options.top_k), top_p=float(options.top_p))
+    if not cached:
+      return sampling.sample_recomputing(lambda inputs: self._logits(variables, inputs, context), n, self.seq_len,
+                                         rng, **common, **sample)
+    return sampling.sample(self._step_fn(variables, context), self._empty_cache(variables, context), n,
+                           self.seq_len, rng, **common, **sample)
+
+  # ---- objectives
+  def loss_fn(self, params, batch, rng, ctx):
+    variables = self._captioner_variables(params, ctx.frozen)
+    drop_context, drop_decoder = jax.random.split(rng)
+    context = self._context(variables, batch, drop_context)
+    logits = self._logits(variables, batch["inputs"], context, rng=drop_decoder)
+    return scst.teacher_forcing_loss(logits, batch["targets"], batch["targets"] != PAD)
+
+  def train_step(self, state, batch, rng, ctx):
+    if self.objective == "mle":
+      return super().train_step(state, batch, rng, ctx)
+    cfg = self.config.scst
+    k = int(cfg.samples)
+    frozen_reward = ctx.frozen["reward"]
+    variables = self._captioner_variables(state.params, ctx.frozen)
+    context = jax.lax.stop_gradient(self._context(variables, batch))
+    options = DecodeOptions("sample", temperature=float(cfg.temperature), top_k=int(cfg.top_k), top_p=float(cfg.top_p))
+    sampled = self.decode(variables, jnp.repeat(context, k, axis=0), options, rng)   # [b*k, T]
+    image_emb = jnp.repeat(batch["reward_image_emb"], k, axis=0)
+    reward, reward_metrics = self._reward_of(frozen_reward, sampled, image_emb)
+    if cfg.baseline == "greedy":
+      greedy = self.decode(variables, context, DecodeOptions("greedy"))
+      greedy_reward, _ = self._reward_of(frozen_reward, greedy, batch["reward_image_emb"])
+      baseline = jnp.repeat(greedy_reward, k, axis=0)
+      reward_metrics["greedy_reward"] = jnp.mean(greedy_reward)
+    else:
+      baseline = scst.leave_one_out_baseline(reward.reshape(-1, k)).reshape(-1)
+    inputs = jnp.concatenate([jnp.full((sampled.shape[0], 1), BOS, jnp.int32), sampled[:, :-1]], axis=1)
+    mask = sampling.caption_mask(sampled, EOS, PAD)
+
+    def loss_of(params):
+      v = self._captioner_variables(params, ctx.frozen)
+      c = jnp.repeat(self._context(v, batch), k, axis=0)
+      return scst.scst_loss(scst.token_log_probs(self._logits(v, inputs, c), sampled), mask, reward, baseline)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    metrics = dict(metrics, **reward_metrics, loss=loss, grad_norm=optimizer_lib.gradient_norm(grads))
+    return state.apply_gradients(grads), metrics
+
+  def _reward_of(self, reward_variables, tokens, image_emb):
+    """(R [n], metrics) of decoded `tokens` [n, T] under the frozen reward model: w * max(cos, 0) + lambda * g(c);
+    an empty caption (immediate <eos>) gets 0."""
+    cfg = self.config.scst
+    words, mask = sampling.words_only(tokens, EOS, PAD)
+    words, mask = self._reward.fit_length(words, mask)
+    text_emb = self._reward.embed_text_fn(reward_variables, words, mask)
+    reward = scst.clip_reward(image_emb, text_emb, float(cfg.reward_weight))
+    metrics = {"clip_reward": jnp.mean(reward)}
+    if float(cfg.grammar_weight) and self._reward.has_grammar:
+      g = self._reward.grammar_fn(reward_variables, words, mask)
+      reward = reward + float(cfg.grammar_weight) * g
+      metrics["grammar"] = jnp.mean(g)
+    reward = jnp.where(jnp.any(mask, axis=1), reward, 0.0)
+    return reward, dict(metrics, reward=jnp.mean(reward))
+
+  # ---- predict functions and evaluation data
+  def predict_fns(self):
+    return self._predict
+
+  def _decode_options(self) -> DecodeOptions:
+    d = self.config.decode
+    return DecodeOptions(str(d.method), int(d.beam_size), float(d.alpha), float(d.temperature), int(d.top_k),
+                         float(d.top_p))
+
+  def encode_context(self, variables, images):
+    """uint8 images [b, H, W, 3] -> context [b, ctx_len, width] (the whole encoder, frozen parts included)."""
+    v = self._captioner_variables(variables["params"], variables.get("frozen"))
+    return self._context(v, {"images": images})
+
+  def caption(self, variables, images):
+    """uint8 images [b, H, W, 3] -> tokens int32 [b, max_len + 1] by config.decode."""
+    v = self._captioner_variables(variables["params"], variables.get("frozen"))
+    return self.decode(v, self._context(v, {"images": images}), self._decode_options())
+
+  def caption_log_probs(self, variables, images, tokens):
+    """images [b, H, W, 3], decoded tokens [b, max_len + 1] -> float32 [b], sum of log p over words + <eos>."""
+    v = self._captioner_variables(variables["params"], variables.get("frozen"))
+    context = self._context(v, {"images": images})
+    inputs = jnp.concatenate([jnp.full((tokens.shape[0], 1), BOS, jnp.int32), tokens[:, :-1]], axis=1)
+    logp = scst.token_log_probs(self._logits(v, inputs, context), tokens)
+    return jnp.sum(jnp.where(sampling.caption_mask(tokens, EOS, PAD), logp, 0.0), axis=-1)
+
+  def decode_text(self, tokens: np.ndarray) -> list[str]:
+    """Decoded token rows -> caption strings (words before the first <eos>)."""
+    out = []
+    for row in np.asarray(tokens):
+      ids = []
+      for t in row.tolist():
+        if t in (EOS, PAD):
+          break
+        ids.append(t)
+      out.append(self.tokenizer.decode(ids))
+    return out
+
+  def make_eval_data(self, split: str) -> EvalData:
+    data = self.split(split)
+    extras: dict[str, Any] = {"references": [list(c) for c in data.captions], "decode_text": self.decode_text,
+                              "scorers": scorers.eval_scorers(self.config, data)}
+    if str(self.config.data.source) == "shapes":
+      extras["true_pairs"] = shapes_caption_grammar.true_pairs_of(data.extras)
+      extras["parses"] = shapes_caption_grammar.parses
+    return EvalData(image_inputs={"images": self.eval_images(split)}, extras=extras,
+                    title=f"{self.config.data.source} {split}: {len(data)} images")
