@@ -199,7 +199,7 @@ def test_final_figures_from_the_best_validation_checkpoint(tmp_path):
     assert results["metrics"][key] == pytest.approx(value, abs=1e-6), key
 
 
-BUILDING_BLOCKS = ("models", "objectives", "data", "evaluation", "serving")
+BUILDING_BLOCKS = ("models", "objectives", "data", "evaluation", "serving", "task_bases")
 APPLICATION = ("xmodal_jax.systems", "xmodal_jax.pipeline", "xmodal_jax.main")
 
 
