@@ -6,6 +6,7 @@ import ml_collections
 
 from xmodal_jax.data.config import caption_fields, data_config
 from xmodal_jax.evaluation.evaluator import evaluator_config
+from xmodal_jax.systems.region_word import multilabel_evaluator, pair_choice_evaluator  # noqa: F401  (S2's types)
 
 
 def data(source: str, **fields) -> ml_collections.ConfigDict:

@@ -15,6 +15,7 @@ import ml_collections
 
 from xmodal_jax.config_files import load_beside
 from xmodal_jax.evaluation.evaluator import evaluator_config
+from xmodal_jax.systems.vse import image_reconstruction_evaluator  # noqa: F401  (registers it)
 from xmodal_jax.train.defaults import trainer_config
 
 common = load_beside(__file__, "common.py")

@@ -6,6 +6,7 @@ import ml_collections
 
 from xmodal_jax.data.config import caption_fields, data_config
 from xmodal_jax.evaluation.evaluator import evaluator_config
+from xmodal_jax.systems.single_stream import masked_prediction_evaluator  # noqa: F401  (registers it)
 
 
 def data(source: str, **fields) -> ml_collections.ConfigDict:
