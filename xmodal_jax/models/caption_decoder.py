@@ -1,6 +1,6 @@
 """Caption decoders: tokens so far + image context -> next-token logits, teacher-forced or one step at a time.
 
-Two decoders with one calling convention, so the decoding algorithms (xmodal_jax/decoding/) and the captioning
+Two decoders with one calling convention, so the decoding algorithms (systems/captioning/sampling.py, beam_search.py) and the captioning
 task never ask which one they drive:
 
   logits = decoder(tokens [batch, len], context [batch, ctx_len, width], context_mask [batch, ctx_len] | None,

@@ -1,7 +1,10 @@
-"""The systems, one folder per project (retrieval/, clip/, s1/, captioning/, ...): config.task (a name) -> Task class, and the
-pipeline jobs (stages that do not train). Imports are lazy so one system's dependencies do not load others.
+"""The systems, one folder each (classifier/ = S1, region_word/ = S2, vse/ = S3, single_stream/ = S4, captioning/ =
+S5, clip/): config.task (a name) -> Task class, and the pipeline jobs (stages that do not train). Imports are lazy so
+one system's dependencies do not load others. A system's folder holds every module only it uses; what two or more
+use lives in the shared layers (models, objectives, data, evaluation, serving, train, task_bases).
 
-Nothing under `xmodal_jax/train`, `models`, `objectives`, `data` or `evaluation` imports this package: the
+Nothing under `xmodal_jax/train`, `models`, `objectives`, `data`, `evaluation`, `serving` or `task_bases` imports this
+package (tests/test_house.py): the
 command line (and `xmodal_jax/pipeline.py`) resolve a config to a task here and hand it to the trainer.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The Task interface: everything the one trainer needs from a system, and nothing system-specific.
 
 The trainer (`train/trainer.py`) imports this module and nothing under `xmodal_jax.systems`; systems implement
-it in their project folders (`xmodal_jax/tasks/<project>/`), and the command line resolves `config.task` to a
+it in their folders (`xmodal_jax/systems/<system>/`), and the command line resolves `config.task` to a
 class and hands the instance over. A task wires, for one system:
 
   * assets: what the model needs besides weights (a tokenizer, a query vocabulary), built from the train

@@ -18,7 +18,7 @@ The reward model's image embeddings of the train images are computed once (centr
 batches; its text tower runs inside the step on the sampled captions. The captioner uses the reward model's
 tokenizer (copied into this workdir), so sampled tokens are the reward's text input as they are.
 
-Decoding (`decode`): greedy, sampling or beam search (decoding/), over the decoder's cache, EOS-aware; the
+Decoding (`decode`): greedy, sampling or beam search (sampling.py, beam_search.py), over the decoder's cache, EOS-aware; the
 `caption` predict function returns tokens [batch, data.max_len + 1] (words, <eos>, padding).
 
 Evaluation: the shared "captioning" evaluator (evaluation/captioning.py) with BLEU / METEOR / ROUGE-L / CIDEr-D,
@@ -294,7 +294,7 @@ class CaptioningTask(ImageTextTask):
                             rngs=None if rng is None else {"dropout": rng})
 
   def _step_fn(self, variables, context):
-    """decoding/'s step function over the decode model's cache, for `context` [n, ctx, width]."""
+    """sampling.py / beam_search.py's step function over the decode model's cache, for `context` [n, ctx, width]."""
     def step(tokens, cache, position):
       logits, mutated = self.decode_model.apply(dict(variables, cache=cache), tokens, context, positions=position,
                                                 method=Captioner.logits, mutable=["cache"])
@@ -310,7 +310,7 @@ class CaptioningTask(ImageTextTask):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
   def decode(self, variables, context, options: DecodeOptions, rng=None, *, cached: bool = True):
-    """Captions of `context` [n, ctx, width] -> tokens int32 [n, seq_len] (decoding/)."""
+    """Captions of `context` [n, ctx, width] -> tokens int32 [n, seq_len] (sampling.py, beam_search.py)."""
     n = context.shape[0]
     rng = jax.random.PRNGKey(0) if rng is None else rng
     common = dict(bos_id=BOS, eos_id=EOS, pad_id=PAD)

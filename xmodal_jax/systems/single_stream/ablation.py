@@ -17,7 +17,7 @@ runner of task_bases/ablation.py), then
 
 Tables: WORKDIR/ablation.md. Finished runs are reused, so the command resumes. A run's later evaluations
 (`xmodal eval` of evaluators added after it ran, stored as WORKDIR/<row>/seed<k>.<name>.json by
-tasks/retrieval/ablation.evaluate) count as its metrics where results.json lacks them.
+task_bases/ablation.evaluate) count as its metrics where results.json lacks them.
 """
 from __future__ import annotations
 
