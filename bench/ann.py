@@ -40,6 +40,7 @@ import faiss  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from xmodal_jax.serving import ann_index  # pylint: disable=wrong-import-position
+from peak_rss import peak_rss_mb  # pylint: disable=wrong-import-position  # bench/peak_rss.py
 
 K = 10
 
@@ -99,7 +100,7 @@ def _bench_size(n: int, args) -> list[dict]:
 
   def run(label, index, truth, **search):
     m = _measure(index, queries, args.batch, truth, **search)
-    rows.append({"N": n, "method": label, "build_s": index.build_seconds, **m})
+    rows.append({"N": n, "method": label, "build_s": index.build_seconds, **m, "rss_mb": peak_rss_mb()})
     print(f"  N={n:,} {label}: recall {m['recall']:.3f}, p50 {m['p50_ms']:.2f} ms, {m['qps']:.0f} q/s",
           file=sys.stderr, flush=True)
     return m
@@ -143,11 +144,12 @@ def main() -> None:
   print(f"D={args.dim} k={K} queries={args.queries} (near-duplicates of held-out points) clusters=N/{args.per_cluster} "
         f"spread={args.spread}  (faiss {faiss.__version__}, {faiss.omp_get_max_threads()} OpenMP threads, "
         f"{os.cpu_count()} cores)\n")
-  print(f"| N | method | build s | recall@{K} | batch-1 p50 ms | batch-1 p99 ms | q/s at batch {args.batch} |")
-  print("|---:|---|---:|---:|---:|---:|---:|")
+  print(f"| N | method | build s | recall@{K} | batch-1 p50 ms | batch-1 p99 ms | q/s at batch {args.batch} | "
+        "peak RSS MB (so far) |")
+  print("|---:|---|---:|---:|---:|---:|---:|---:|")
   for r in rows:
     print(f"| {r['N']:,} | {r['method']} | {r['build_s']:.2f} | {r['recall']:.3f} | {r['p50_ms']:.3f} | "
-          f"{r['p99_ms']:.3f} | {r['qps']:,.0f} |")
+          f"{r['p99_ms']:.3f} | {r['qps']:,.0f} | {r['rss_mb']:,.0f} |")
   print("\nratios vs exact (same N): build time, batch-1 p50 speed-up (exact / method), batch throughput")
   print("| N | method | build | p50 speed-up | throughput |")
   print("|---:|---|---:|---:|---:|")

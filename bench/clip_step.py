@@ -15,8 +15,12 @@ Each measurement is its own process, and the variants alternate round by round (
 within a round). Printed per variant: median samples/s over the rounds, min/max, step-time spread, page faults per
 step (ours), peak RSS, and the ratio to open_clip (median of the per-round ratios).
 
-Variants: ours (default settings), ours_no_host_memory (XMODAL_KEEP_HOST_MEMORY=0: glibc returns XLA's per-step
-temporary arena to the kernel every step; xmodal_jax/host_memory.py), ours_bf16 (model.dtype=bfloat16), openclip.
+Variants (xmodal_jax/host_memory.py): ours (default settings, started with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 as
+launch/env.sh / host_memory.reexec_with_huge_pages start a run: XLA's per-step arena in 2 MiB pages, returned every
+step), ours_kept_heap (no tunable: the mallopt kept heap with its trimmer), ours_no_host_memory
+(XMODAL_KEEP_HOST_MEMORY=0: plain glibc, the arena mapped and zeroed in 4 KiB pages every step), ours_memory_scheduler
+(as ours with XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false: a 1.00 GB arena instead of 1.35 GB,
+measured slower), ours_bf16 (model.dtype=bfloat16), openclip. Peak RSS: ru_maxrss of the worker (ours) / /usr/bin/time %M (open_clip).
 """
 from __future__ import annotations
 
@@ -91,7 +95,8 @@ def _worker(args) -> dict:
   return {"samples_per_s": args.batch / median, "step_s": {"median": median, "min": min(timed), "max": max(timed)},
           "faults_per_step": statistics.median(faults[args.warmup:]), "compile_s": compile_s,
           "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
-          "loss_first_last": [losses[0], losses[-1]], "host_memory_kept": host_memory.applied(),
+          "loss_first_last": [losses[0], losses[-1]], "host_memory": host_memory.mode(),
+          "trims": host_memory.trims(),
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -115,8 +120,17 @@ def _run(variant: str, args) -> dict:
              and v is not None]]
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("XLA_FLAGS", None)
+    tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith("glibc.malloc.hugetlb")]
+    if variant in ("ours", "ours_bf16", "ours_memory_scheduler"):
+      tunables.append("glibc.malloc.hugetlb=1")
+    if tunables:
+      env["GLIBC_TUNABLES"] = ":".join(tunables)
+    else:
+      env.pop("GLIBC_TUNABLES", None)
     if variant == "ours_no_host_memory":
       env["XMODAL_KEEP_HOST_MEMORY"] = "0"
+    if variant == "ours_memory_scheduler":
+      env["XLA_FLAGS"] = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
   if proc.returncode:
     sys.exit(f"{variant} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -130,7 +144,7 @@ def _run(variant: str, args) -> dict:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--variants", default="ours,ours_no_host_memory,openclip")
+  parser.add_argument("--variants", default="ours,ours_kept_heap,ours_no_host_memory,openclip")
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--image_size", type=int, default=64)
@@ -159,12 +173,14 @@ def main() -> None:
     for variant in variants:
       out = _run(variant, args)
       results[variant].append(out)
-      print(f"round {r + 1}/{args.rounds} {variant:>20}: {out['samples_per_s']:7.1f} samples/s", flush=True)
+      print(f"round {r + 1}/{args.rounds} {variant:>20}: {out['samples_per_s']:7.1f} samples/s, peak RSS "
+            f"{out['peak_rss_mb']:.0f} MB" + (f" ({out['host_memory']}, {out['trims']} trims)" if "trims" in out else ""),
+            flush=True)
   print(f"\nbatch {args.batch}, ViT {args.image_size}px/patch {args.patch}, width {args.width}, depth {args.depth}, "
         f"heads {args.heads}, text context {args.context}, vocab {args.vocab}, fp32 unless named; "
         f"{os.cpu_count()} cores; {args.rounds} rounds x {args.steps} timed steps")
   header = (f"{'variant':>20} {'samples/s':>10} {'min':>7} {'max':>7} {'faults/step':>12} {'peak RSS MB':>12} "
-            f"{'vs open_clip':>13}")
+            f"{'vs open_clip':>13} {'RSS vs open_clip':>17}")
   print(header)
   peer = results.get("openclip")
   for variant, runs in results.items():
@@ -173,10 +189,13 @@ def main() -> None:
     if peer and variant != "openclip":
       ratios = [o["samples_per_s"] / p["samples_per_s"] for o, p in zip(runs, peer)]
       ratio = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+    rss_ratio = ""
+    if peer and variant != "openclip":
+      rss_ratio = f"{statistics.median(o['peak_rss_mb'] / p['peak_rss_mb'] for o, p in zip(runs, peer)):.2f}x"
     faults = runs[0]["faults_per_step"]
     faults = "-" if faults is None else f"{statistics.median(o['faults_per_step'] for o in runs):.0f}"
     print(f"{variant:>20} {statistics.median(sps):>10.1f} {min(sps):>7.1f} {max(sps):>7.1f} {faults:>12} "
-          f"{statistics.median(o['peak_rss_mb'] for o in runs):>12.0f} {ratio:>13}")
+          f"{statistics.median(o['peak_rss_mb'] for o in runs):>12.0f} {ratio:>13} {rss_ratio:>17}")
   ours = results.get("ours", [{}])[0]
   if ours:
     print(f"\nours: {ours['params']:,} params, compile {ours['compile_s']:.1f}s, loss {ours['loss_first_last']}; "

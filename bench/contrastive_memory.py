@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -102,7 +103,8 @@ def _worker(loss: str, form: str, batch: int, dim: int, runs: int, run_max_batch
     t0 = time.perf_counter()
     jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - t0)
-  return dict(result, status="ok", step_s=float(np.median(times)))
+  return dict(result, status="ok", step_s=float(np.median(times)),
+              peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def _run_setting(args, loss: str, form: str, batch: int) -> dict:
@@ -133,7 +135,7 @@ def _cell(row: dict | None) -> tuple[str, str]:
     return "-", f"failed ({row['reason']})"
   peak = f"{row['peak_bytes'] / 2**20:.1f}"
   if row["status"] == "ok":
-    return peak, f"{row['step_s'] * 1e3:.1f} ms"
+    return peak, f"{row['step_s'] * 1e3:.1f} ms, RSS {row['peak_rss_mb']:,.0f} MB"
   return peak, {"does not fit": "does not fit", "compiled only": "compiled only",
                 "host": "not run (host memory)"}[row["status"]]
 

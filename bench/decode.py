@@ -25,6 +25,7 @@ from tabulate import tabulate  # noqa: E402
 
 from xmodal_jax.models.caption_decoder import build_decoder  # noqa: E402
 from xmodal_jax.systems.captioning import beam_search, sampling  # noqa: E402
+from peak_rss import peak_rss_mb  # noqa: E402  # bench/peak_rss.py
 
 EOS = 3
 
@@ -94,14 +95,16 @@ def main():
       seconds, tokens = _time(fn, context, args.rounds)
       generated = int(np.sum(tokens != 0))
       results[name] = generated / seconds
-      rows.append([length, name, generated // args.batch, f"{seconds * 1000:.1f}", f"{results[name]:,.0f}"])
+      rows.append([length, name, generated // args.batch, f"{seconds * 1000:.1f}", f"{results[name]:,.0f}",
+                   f"{peak_rss_mb():,.0f}"])
     same = "yes" if np.array_equal(_time(cached, context, 1)[1], _time(uncached, context, 1)[1]) else "NO"
     rows.append([length, f"cached / recomputing: {results['greedy, cached'] / results['greedy, recomputing']:.2f}x; "
                          f"beam 1 / beam 3: {results['beam 1, cached'] / results['beam 3, cached']:.2f}x; "
-                         f"cached == recomputing tokens: {same}", "", "", ""])
+                         f"cached == recomputing tokens: {same}", "", "", "", ""])
   print(f"S5 decoding, {args.decoder} decoder width {args.width} depth {args.depth}, vocab {args.vocab}, batch "
         f"{args.batch}, {jax.devices()[0].platform} x {jax.device_count()} ({os.cpu_count()} CPU cores)")
-  print(tabulate(rows, headers=["length", "decoding", "tokens / caption", "ms / batch", "tokens / s"],
+  print(tabulate(rows, headers=["length", "decoding", "tokens / caption", "ms / batch", "tokens / s",
+                                   "peak RSS MB (so far)"],
                  tablefmt="pipe"))
 
 

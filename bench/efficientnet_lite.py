@@ -20,6 +20,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from peak_rss import label  # noqa: E402  # bench/peak_rss.py
 
 
 def _rate(fn, batch: int, repeats: int) -> float:
@@ -67,6 +68,7 @@ def main() -> None:
   print(f"  Flax (jit):        {jax_rate:8.1f} images/s")
   print(f"  PyTorch (eager):   {torch_rate:8.1f} images/s")
   print(f"  ratio JAX / PyTorch: {jax_rate / torch_rate:.2f}x   (max |feature difference| {diff:.1e})")
+  print(f"  {label()} (one process: JAX and PyTorch together)")
 
 
 if __name__ == "__main__":

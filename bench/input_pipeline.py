@@ -40,6 +40,7 @@ def main() -> None:
 
   import numpy as np
   from PIL import Image
+  from peak_rss import label  # bench/peak_rss.py
   from xmodal_jax import systems
   print(f"config: {args.config}  source: {config.data.source}  batch {config.train.batch_size}  "
         f"crop {config.data.image_size}  threads {config.data.num_threads}  ({os.cpu_count()} cores)")
@@ -52,7 +53,8 @@ def main() -> None:
       np.asarray(Image.open(path).convert("RGB"))
     dt = time.perf_counter() - t0
     size = Image.open(files[0]).size
-    print(f"  raw decode of source JPEGs ({size[0]}x{size[1]}), 1 thread: {len(files) / dt:8.1f} images/s")
+    print(f"  raw decode of source JPEGs ({size[0]}x{size[1]}), 1 thread: {len(files) / dt:8.1f} images/s, "
+          f"{label()}")
 
   workdir = f"/tmp/xmodal_bench_input_{os.getpid()}"
   task = systems.create(config, workdir)
@@ -65,7 +67,7 @@ def main() -> None:
   dt = time.perf_counter() - t0
   pipeline = args.batches * config.train.batch_size / dt
   print(f"  training pipeline (decode + crop/flip + tokens + batch): {pipeline:8.1f} images/s "
-        f"({dt / args.batches * 1000:.0f} ms per batch of {len(batch['images'])})")
+        f"({dt / args.batches * 1000:.0f} ms per batch of {len(batch['images'])}), {label()}")
 
   if args.train_steps:
     import jax
@@ -84,7 +86,7 @@ def main() -> None:
     jax.block_until_ready(metrics)
     consumed = args.train_steps * config.train.batch_size / (time.perf_counter() - t0)
     print(f"  train step consumes:                                  {consumed:8.1f} images/s "
-          f"-> pipeline / consumption = {pipeline / consumed:.1f}x")
+          f"-> pipeline / consumption = {pipeline / consumed:.1f}x, {label()} (so far)")
 
 
 if __name__ == "__main__":

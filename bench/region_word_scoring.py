@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from peak_rss import peak_rss_mb  # bench/peak_rss.py
 from xmodal_jax import systems
 from xmodal_jax.evaluation import evaluator as evaluator_lib
 
@@ -48,7 +49,8 @@ def main() -> None:
     times[name] = seconds
     rate = f"{pairs / seconds:,.0f} pairs/s" if pairs else "-"
     print(f"  {name:22s} {seconds:8.1f} s  {pairs:>10,} pairs  {rate:>16s}  i2t R@1 {metrics['i2t_r1']:.1f}  "
-          f"t2i R@1 {metrics['t2i_r1']:.1f}  rsum {metrics['rsum']:.1f}", flush=True)
+          f"t2i R@1 {metrics['t2i_r1']:.1f}  rsum {metrics['rsum']:.1f}  peak RSS {peak_rss_mb():,.0f} MB (so far)",
+          flush=True)
   full = times["every pair"]
   for name, seconds in times.items():
     if name != "every pair":

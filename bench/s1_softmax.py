@@ -36,6 +36,7 @@ import optax  # pylint: disable=wrong-import-position
 from xmodal_jax.systems.classifier import phrase_lookup as pl  # pylint: disable=wrong-import-position
 from xmodal_jax.systems.classifier import sampled_softmax as ss  # pylint: disable=wrong-import-position
 from xmodal_jax.train import sparse_rows  # pylint: disable=wrong-import-position
+from peak_rss import peak_rss_mb  # pylint: disable=wrong-import-position  # bench/peak_rss.py
 
 MB = 2.0 ** 20
 
@@ -118,7 +119,8 @@ def _bench_k(num_classes: int, args) -> list[dict]:
 
   def add(name, fn, fn_args, feedback=0):
     compile_s, step_s, temp, total = _time(fn, fn_args, args.steps, args.warmup, feedback)
-    rows.append(dict(K=num_classes, name=name, compile_s=compile_s, step_s=step_s, temp=temp, total=total))
+    rows.append(dict(K=num_classes, name=name, compile_s=compile_s, step_s=step_s, temp=temp, total=total,
+                     rss=peak_rss_mb()))
     print(f"  done K={num_classes:,} {name}: {step_s * 1e3:.1f} ms", file=sys.stderr, flush=True)
 
   add("full loss+grad", full_grad, (x, w))
@@ -156,11 +158,11 @@ def main() -> None:
   print(f"D={args.dim} batch={args.batch} S={args.num_samples} k={args.topk}  ({dev.platform}: {dev.device_kind}, "
         f"{jax.device_count()} device(s), {os.cpu_count()} cores; median of {args.steps} after {args.warmup} warm-up)")
   print("memory: compiled memory_analysis(); temp = XLA scratch, total = temp + args + outputs - donated\n")
-  print("| K | variant | compile s | step ms | temp MB | total MB |")
-  print("|---:|---|---:|---:|---:|---:|")
+  print("| K | variant | compile s | step ms | temp MB | total MB | peak RSS MB (so far) |")
+  print("|---:|---|---:|---:|---:|---:|---:|")
   for row in rows:
     print(f"| {row['K']:,} | {row['name']} | {row['compile_s']:.2f} | {row['step_s'] * 1e3:.2f} | "
-          f"{row['temp']:.1f} | {row['total']:.1f} |")
+          f"{row['temp']:.1f} | {row['total']:.1f} | {row['rss']:,.0f} |")
   print()
   by = {(row["K"], row["name"]): row for row in rows}
   pairs = [("full loss+grad", "sampled loss+grad"), ("full adamw step", "sampled adamw step"),

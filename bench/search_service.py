@@ -70,6 +70,15 @@ async def _load(url: str, texts: list[dict], requests: int, concurrency: int, k:
   return latencies, failures, hits, seconds, after["text_batches"] - before["text_batches"]
 
 
+def _peak_rss_mb(pid: int) -> float | None:
+  """The server process's peak RSS (VmHWM) in MB, read before it is stopped; None where unknown."""
+  try:
+    with open(f"/proc/{pid}/status") as f:
+      return round(int(next(line for line in f if line.startswith("VmHWM")).split()[1]) / 1024)
+  except (OSError, StopIteration, ValueError):
+    return None
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", default="workdirs/clip_shapes", help="a finished retrieval / CLIP run")
@@ -101,6 +110,7 @@ def main() -> None:
       sys.exit("xmodal serve did not start")
     latencies, failures, hits, seconds, calls = asyncio.run(
         _load(url, texts, args.requests, args.concurrency, args.k))
+    server_rss_mb = _peak_rss_mb(server.pid)
   finally:
     server.terminate()
     server.wait(timeout=30)
@@ -111,14 +121,15 @@ def main() -> None:
              "p99_ms": round(float(np.percentile(ms, 99)), 1), "encoder_calls": calls,
              "mean_batch": round(args.requests / max(calls, 1), 2),
              "service_t2i_r1": round(100 * float(np.mean(hits)), 2) if hits else None,
-             "exported_t2i_r1": round(100 * offline_r1, 2), "cores": os.cpu_count()}
+             "exported_t2i_r1": round(100 * offline_r1, 2), "cores": os.cpu_count(),
+             "server_peak_rss_mb": server_rss_mb}
   print(f"run {args.workdir} ({args.split}): {len(image_ids)} images, {len(texts)} captions")
   print("| requests | concurrency | failed | req/s | p50 ms | p90 ms | p99 ms | encoder calls | mean batch | "
-        "t->i R@1 via HTTP | R@1 of the export |")
-  print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        "t->i R@1 via HTTP | R@1 of the export | server peak RSS MB |")
+  print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
   print(f"| {figures['requests']} | {figures['concurrency']} | {figures['failed']} | {figures['requests_per_s']} | "
         f"{figures['p50_ms']} | {figures['p90_ms']} | {figures['p99_ms']} | {calls} | {figures['mean_batch']} | "
-        f"{figures['service_t2i_r1']} | {figures['exported_t2i_r1']} |")
+        f"{figures['service_t2i_r1']} | {figures['exported_t2i_r1']} | {server_rss_mb} |")
   print(json.dumps(figures))
   if failures:
     print(f"{len(failures)} failed, e.g. {failures[:3]}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -60,7 +61,8 @@ def _worker(config_path: str, mesh: str, steps: int, warmup: int, overrides: lis
   elapsed = time.perf_counter() - t0
   return {"devices": jax.device_count(), "mesh": dict(setup.mesh.shape), "batch": config.train.batch_size,
           "compile_s": compile_s, "step_s": elapsed / steps,
-          "examples_per_s": config.train.batch_size * steps / elapsed, "platform": jax.devices()[0].platform}
+          "examples_per_s": config.train.batch_size * steps / elapsed, "platform": jax.devices()[0].platform,
+          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def main() -> None:
@@ -90,11 +92,12 @@ def main() -> None:
     rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
   print(f"config: {args.config} {' '.join(overrides)}  (platform: {rows[0]['platform']}, {os.cpu_count()} cores)")
   print(f"{'devices':>7} {'mesh (data x model)':>20} {'batch':>6} {'compile s':>10} {'step s':>8} "
-        f"{'examples/s':>11} {'ratio':>6}")
+        f"{'examples/s':>11} {'ratio':>6} {'peak RSS MB':>12}")
   for row in rows:
     mesh = f"{row['mesh']['data']} x {row['mesh']['model']}"
     print(f"{row['devices']:>7} {mesh:>20} {row['batch']:>6} {row['compile_s']:>10.2f} {row['step_s']:>8.3f} "
-          f"{row['examples_per_s']:>11.1f} {row['examples_per_s'] / rows[0]['examples_per_s']:>6.2f}")
+          f"{row['examples_per_s']:>11.1f} {row['examples_per_s'] / rows[0]['examples_per_s']:>6.2f} "
+          f"{row['peak_rss_mb']:>12,.0f}")
 
 
 if __name__ == "__main__":

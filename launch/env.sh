@@ -33,3 +33,7 @@ fi
 # shellcheck disable=SC1091
 source "$_xm_venv/bin/activate"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# XLA's per-step arena in huge pages, returned to the kernel after each step (xmodal_jax/host_memory.py): bounded
+# memory at the kept heap's speed. Read by glibc at process start, so it is set here for every process.
+case ":${GLIBC_TUNABLES:-}:" in *:glibc.malloc.hugetlb=*) ;; *)
+  export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1" ;; esac

@@ -566,7 +566,10 @@ def _convert_weights(names: list[str]) -> int:
 
 
 def run() -> None:
-  """Console entry point."""
+  """Console entry point. First, on CPU hosts, restarts itself with glibc's huge-page tunable unless it is set
+  (xmodal_jax/host_memory.py: XLA's per-step arena in 2 MiB pages, returned after each step; bounded memory)."""
+  from xmodal_jax import host_memory  # pylint: disable=import-outside-toplevel
+  host_memory.reexec_with_huge_pages()
   app.run(main, argv=sys.argv, flags_parser=parse_flags)
 
 
