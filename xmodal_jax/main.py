@@ -132,9 +132,8 @@ class _QuietLibraries(std_logging.Filter):
     if record.levelno < std_logging.WARNING:
       return False
     from xmodal_jax import disk_space  # pylint: disable=import-outside-toplevel
-    text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info and record.exc_info[1] else "")
-    return not (disk_space.is_disk_full(record.exc_info[1]) if record.exc_info and record.exc_info[1]
-                else any(m in text for m in ("No space left on device", "os_error_code='28'")))
+    error = (record.exc_info or (None, None))[1] or Exception(record.getMessage())
+    return not disk_space.is_disk_full(error)  # one list of full-disk markers: disk_space._MARKERS
 
 
 def _flag_error(error: Exception) -> str:

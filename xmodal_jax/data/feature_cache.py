@@ -71,13 +71,10 @@ class FeatureCache:
   def _reader(self, split: str):
     if split not in self._readers:
       import grain  # pylint: disable=import-outside-toplevel  (grain's reader is thread-safe for the loaders)
-      with self._damage_is_an_error(split):
+      with _damage_is_an_error(self.directory, split):
         self._readers[split] = grain.sources.ArrayRecordDataSource([os.path.join(self.directory,
                                                                                  f"{split}.array_record")])
     return self._readers[split]
-
-  def _damage_is_an_error(self, split: str):
-    return _damage_is_an_error(self.directory, split)  # defined below
 
   def views(self, split: str) -> int:
     return int(self.meta["splits"][split]["views"])
@@ -88,7 +85,7 @@ class FeatureCache:
     n_views = self.views(split)
     views = np.broadcast_to(np.asarray(views, np.int64), (len(rows),))
     out = np.empty((len(rows), *self.shape), np.float32)
-    with self._damage_is_an_error(split):
+    with _damage_is_an_error(self.directory, split):
       for i, (row, view) in enumerate(zip(np.asarray(rows), views)):
         record = np.frombuffer(reader[int(row)], self.dtype).reshape(n_views, *self.shape)
         out[i] = record[int(view) % n_views]
