@@ -40,9 +40,8 @@ PEER_PYTHON = "/tmp/peer-openclip-venv/bin/python"
 
 def _config(args):
   """The clip task config of the reference architecture (configs/clip/common.py)."""
-  sys.path.insert(0, REPO)
-  from xmodal_jax.config_files import load_beside  # pylint: disable=import-outside-toplevel
-  common = load_beside(os.path.join(REPO, "configs", "clip", "clip_shapes.py"), "common.py")
+  sys.path.insert(0, REPO)  # the configs package
+  from configs.clip import common  # pylint: disable=import-outside-toplevel
   data = common.data("shapes", num_train=args.batch, num_val=8, num_test=8, image_size=args.image_size,
                      max_len=args.context)
   config = common.clip_config(
@@ -59,10 +58,12 @@ def _config(args):
 
 def _worker(args) -> dict:
   """One timing of the library's step in this process."""
+  from xmodal_jax import host_memory  # pylint: disable=import-outside-toplevel
+  host_memory.keep_freed_memory()  # as `xmodal` does at start-up, before JAX starts its threads
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from xmodal_jax import host_memory, systems  # pylint: disable=import-outside-toplevel
+  from xmodal_jax import systems  # pylint: disable=import-outside-toplevel
   from xmodal_jax.train import sharding, trainer  # pylint: disable=import-outside-toplevel
 
   config = _config(args)

@@ -92,9 +92,9 @@ def test_lit_locks_the_image_tower_of_a_finished_run(tiny_run, tmp_path):
 
 @pytest.mark.slow  # `bash launch/test.sh -m slow` (docs/development.md)
 def test_vitb16_full_size_by_eval_shape_and_one_tiny_step_with_fsdp(tmp_path):
-  from xmodal_jax.config_files import load_beside  # pylint: disable=import-outside-toplevel
+  from configs.clip import clip_vitb16  # pylint: disable=import-outside-toplevel
   from xmodal_jax.systems.clip import clip_task as clip  # pylint: disable=import-outside-toplevel
-  full = load_beside("configs/clip/clip_vitb16.py", "clip_vitb16.py").get_config()
+  full = clip_vitb16.get_config()
   model = clip.build_model(full, vocab_size=full.model.text.vocab_size)
   size, length = full.data.image_size, full.data.max_len
   shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)),

@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from xmodal_jax import errors, export, systems
-from xmodal_jax.serving import embedding_export as fmt, exported_encoder
+from xmodal_jax import errors, systems
+from xmodal_jax.serving import embedding_export as fmt, export, exported_encoder
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +19,15 @@ def clip_run(clip_tiny_run):
   return clip_tiny_run[1]
 
 
+def _export(workdir: str, out: str, **options):
+  """`xmodal export --workdir=WORKDIR --out=OUT` from Python: the run's task (as the command resolves it) exported."""
+  return export.export_run(systems.run_task(workdir), out, **options)
+
+
 @pytest.fixture(scope="module")
 def exported(clip_run, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("export") / "val")
-  summary = export.export_run(clip_run, out, split="val", shard_size=10)
+  summary = _export(clip_run, out, split="val", shard_size=10)
   return out, summary
 
 
@@ -103,13 +108,13 @@ def test_export_resumes_after_a_crash_and_a_second_run_writes_nothing(clip_run, 
 
   monkeypatch.setattr(fmt, "write_shard", crash_after_five)
   with pytest.raises(KeyboardInterrupt):
-    export.export_run(clip_run, out, split="val", shard_size=10)
+    _export(clip_run, out, split="val", shard_size=10)
   assert not os.path.exists(os.path.join(out, fmt.MANIFEST))
   monkeypatch.setattr(fmt, "write_shard", real_write)
   # A damaged finished shard is found and written again.
   with open(os.path.join(out, "images-00001-of-00007.npz"), "ab") as f:
     f.write(b"garbage")
-  summary = export.export_run(clip_run, out, split="val", shard_size=10)
+  summary = _export(clip_run, out, split="val", shard_size=10)
   assert summary["kept"]["images"] == 4 and summary["written"]["images"] == 3  # shards 0, 2, 3, 4 kept
   assert summary["written"]["texts"] == 32
   reference = fmt.read_manifest(exported[0])
@@ -118,18 +123,18 @@ def test_export_resumes_after_a_crash_and_a_second_run_writes_nothing(clip_run, 
     assert ([s["sha256"] for s in resumed["kinds"][kind]["shards"]]
             == [s["sha256"] for s in reference["kinds"][kind]["shards"]])
   before = _snapshot(out)
-  again = export.export_run(clip_run, out, split="val", shard_size=10)
+  again = _export(clip_run, out, split="val", shard_size=10)
   assert again["written"] == {"images": 0, "texts": 0} and again["encoders"] == "kept"
   assert _snapshot(out) == before
 
 
 def test_other_inputs_in_an_export_dir_are_refused_unless_overwritten(clip_run, tmp_path):
   out = str(tmp_path / "images_only")
-  export.export_run(clip_run, out, split="val", what=("images",), shard_size=32, encoders=False)
+  _export(clip_run, out, split="val", what=("images",), shard_size=32, encoders=False)
   with pytest.raises(errors.WorkdirError, match="shard_size: 32 there, 16 now.*--overwrite"):
-    export.export_run(clip_run, out, split="val", what=("images",), shard_size=16, encoders=False)
-  summary = export.export_run(clip_run, out, split="val", what=("images",), shard_size=16, encoders=False,
-                              overwrite=True, dtype="float16")
+    _export(clip_run, out, split="val", what=("images",), shard_size=16, encoders=False)
+  summary = _export(clip_run, out, split="val", what=("images",), shard_size=16, encoders=False, overwrite=True,
+                    dtype="float16")
   assert summary["written"] == {"images": 4}
   ids, vectors, manifest = fmt.read_embeddings(out, "images")
   assert manifest["dtype"] == "float16" and len(ids) == 64 and vectors.dtype == np.float32
@@ -141,10 +146,10 @@ def test_other_inputs_in_an_export_dir_are_refused_unless_overwritten(clip_run, 
   stranger.mkdir()
   (stranger / "notes.txt").write_text("mine")
   with pytest.raises(errors.WorkdirError, match="not empty and holds no xmodal export"):
-    export.export_run(clip_run, str(stranger), split="val", encoders=False)
+    _export(clip_run, str(stranger), split="val", encoders=False)
   assert (stranger / "notes.txt").read_text() == "mine"
 
 
 def test_export_of_a_directory_without_a_run_names_it(tmp_path):
   with pytest.raises(errors.MissingError, match="config.json not found.*made by `xmodal train`"):
-    export.export_run(str(tmp_path / "nothing"), str(tmp_path / "out"))
+    _export(str(tmp_path / "nothing"), str(tmp_path / "out"))

@@ -1,11 +1,15 @@
 """The package's layout (issue 29): one folder per system under xmodal_jax/systems/, shared layers that hold only
-what two or more systems use, and imports that go one way (shared layers never import a system).
+what two or more systems use, and imports that go one way: shared layers never import a system, train/ never imports
+a system or task_bases/, no two shared layers import each other (data <-> models, ...) nor form a longer cycle, and
+the package root's helpers import no layer.
 
-Both checks parse every module with `ast` (imports inside functions included); nothing is imported."""
+Every check parses every module with `ast` (imports inside functions included); nothing is imported. A failure names
+the file and line of each import that runs back up."""
 from __future__ import annotations
 
 import ast
 import collections
+import itertools
 import pathlib
 
 from tests.helpers import REPO
@@ -17,7 +21,7 @@ SHARED_LAYERS = ("models", "objectives", "data", "evaluation", "serving", "train
 SHARED_BY_DESIGN = {
     "xmodal_jax.serving.caption_search": "serving/search_service.py and main.py (`xmodal search`) use it",
     "xmodal_jax.train.stages": "main.py and pipeline.py run any pipeline config (multi-stage runs) with it",
-    "xmodal_jax.train.workdir": "the trainer, export.py and pipeline.py use it",
+    "xmodal_jax.train.workdir": "the trainer, serving/export.py and pipeline.py use it",
 }
 
 
@@ -81,6 +85,69 @@ def test_shared_layers_never_import_a_system():
       if imported == "xmodal_jax.systems" or imported.startswith("xmodal_jax.systems."):
         offenders.append(f"{path.relative_to(REPO)}:{line} ({layer}/) imports {imported}")
   assert not offenders, "shared layers must not import xmodal_jax.systems:\n" + "\n".join(offenders)
+
+
+# The package root's cross-cutting helpers: every layer may use them, they use no layer.
+ROOT_HELPERS = ("errors", "fileio", "disk_space", "output_dirs", "host_memory")
+
+
+def _layer(module: str) -> str:
+  """xmodal_jax.data.taxonomy -> "data"; xmodal_jax.errors -> "errors"."""
+  parts = module.split(".")
+  return parts[1] if len(parts) > 1 else ""
+
+
+def _path_back(edges: dict[tuple[str, str], list[str]], start: str, goal: str) -> list[str] | None:
+  """A path of layers from `start` to `goal` along `edges` (breadth first), or None."""
+  paths, seen = [[start]], {start}
+  while paths:
+    path = paths.pop(0)
+    if path[-1] == goal:
+      return path
+    for a, b in sorted(edges):
+      if a == path[-1] and b not in seen:
+        seen.add(b)
+        paths.append(path + [b])
+  return None
+
+
+def _cycle_offenders(edges: dict[tuple[str, str], list[str]]) -> list[str]:
+  """One line per layer edge that lies on a cycle: its first import (file:line) and the way back."""
+  out = []
+  for (a, b), where in sorted(edges.items()):
+    back = _path_back(edges, b, a)
+    if back:
+      steps = "; ".join(edges[(x, y)][0] for x, y in itertools.pairwise(back))
+      out.append(f"{where[0]} ({a}/ -> {b}/), while {' -> '.join(back)}: {steps}")
+  return out
+
+
+def test_cycle_finder_names_both_sides_of_a_tie():
+  edges = {("data", "models"): ["xmodal_jax/data/tokenizers.py:142 imports xmodal_jax.models.minilm"],
+           ("models", "data"): ["xmodal_jax/models/roi_align.py:17 imports xmodal_jax.data.regions"],
+           ("evaluation", "data"): ["xmodal_jax/evaluation/captioning.py:97 imports x"]}
+  found = _cycle_offenders(edges)
+  assert len(found) == 2 and "data/tokenizers.py:142" in found[0] and "models/roi_align.py:17" in found[0]
+  longer = _cycle_offenders({("a", "b"): ["x"], ("b", "c"): ["y"], ("c", "a"): ["z"]})
+  assert longer[0] == "x (a/ -> b/), while b -> c -> a: y; z"
+
+
+def test_imports_run_one_way_between_layers():
+  modules, graph = _graph()
+  offenders, edges = [], collections.defaultdict(list)
+  for name, path in modules.items():
+    source = _layer(name)
+    for imported, line in graph[name]:
+      target = _layer(imported)
+      where = f"{path.relative_to(REPO)}:{line} imports {imported}"
+      if source == "train" and target in ("systems", "task_bases"):
+        offenders.append(f"{where}: train/ never imports a system or task_bases/")
+      if source in ROOT_HELPERS and target not in ROOT_HELPERS:
+        offenders.append(f"{where}: the package root's helpers import no layer")
+      if source in SHARED_LAYERS and target in SHARED_LAYERS and source != target:
+        edges[(source, target)].append(where)
+  offenders += [f"import cycle between shared layers: {line}" for line in _cycle_offenders(edges)]
+  assert not offenders, "imports that run back up:\n" + "\n".join(offenders)
 
 
 def test_every_system_keeps_its_own_modules_in_its_folder():

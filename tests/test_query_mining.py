@@ -10,6 +10,7 @@ import pytest
 
 from tests.helpers import REPO
 from xmodal_jax.data import taxonomy as tx
+from xmodal_jax.evaluation import tables
 from xmodal_jax.systems.classifier import query_mining as qm
 
 
@@ -123,7 +124,7 @@ def test_class_distribution_and_table():
   dist = tx.class_distribution(np.array([0, 1, -1, 2, -1, 0, 0], np.int32), names)
   assert dist == {"dog": 3, "snow": 1, "man": 1, "(dropped)": 2}
   assert list(dist) == ["dog", "snow", "man", "(dropped)"]
-  table = tx.format_distribution(dist)
+  table = tables.format_distribution(dist)
   rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()]
   assert ["dog", "3", "42.9"] in rows and ["(dropped)", "2", "28.6"] in rows and ["total", "7", "100.0"] in rows
   with pytest.raises(ValueError, match="Labels"):

@@ -374,7 +374,7 @@ def test_a_symlink_out_of_the_dataset_folder_is_refused_unless_allowed(tmp_path)
 
 
 def test_export_removes_the_temporaries_a_killed_export_left(tmp_path):
-  from xmodal_jax import export
+  from xmodal_jax.serving import export
   out = tmp_path / "export"
   (out / "images").mkdir(parents=True)
   left = [out / "images.shard-00000-of-00001.tmp-99999.npz", out / "images" / ".7.jpg.tmp-99999",

@@ -28,9 +28,11 @@ use seen so far if larger: room for one more arena, so at most about twice the l
 past it; negative: no trimmer. Once jax is imported it also trims after every compilation of 0.5 s or more (the
 compiler leaves ~200 MB freed under the first step's peak). `release()` trims at once.
 
-The policy applies at import of the package (`xmodal_jax/__init__.py`), on Linux with glibc, when no accelerator
-plugin (libtpu, jax_cuda*_plugin, jax_rocm*_plugin) is installed or JAX_PLATFORMS is "cpu".
-XMODAL_KEEP_HOST_MEMORY=0 turns it all off (plain glibc), =1 forces it on. Import xmodal_jax before jax for the
+The policy applies when `keep_freed_memory()` is called (once per process; later calls return the first result):
+at start-up of the `xmodal` command (main.run, before JAX starts its threads) and at the start of
+`train.trainer.train_and_evaluate` (a library user's training), never on import. It applies on Linux with glibc,
+when no accelerator plugin (libtpu, jax_cuda*_plugin, jax_rocm*_plugin) is installed or JAX_PLATFORMS is "cpu".
+XMODAL_KEEP_HOST_MEMORY=0 turns it all off (plain glibc), =1 forces it on. Call it before importing jax for the
 kept heap to take full effect (threads that already have an arena keep it).
 """
 from __future__ import annotations

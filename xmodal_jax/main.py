@@ -143,6 +143,9 @@ def _flag_error(error: Exception) -> str:
   missing = re.search(r"No such file or directory: '([^'\n]+)", text)
   if missing:
     return f"--config: {missing.group(1)} does not exist; pass a config file such as configs/retrieval/vsepp_shapes.py."
+  if "No module named 'configs" in text and "No module named 'configs." not in text:
+    return ("--config: the config file imports the `configs` package, which xmodal finds above the file or in the "
+            "current directory: run it from the directory that holds configs/ (the repository root).")
   unknown = re.search(r"'\\?'?(\w+)\\?'?\\nDid you mean \"(\w+)\"", text) or re.search(
       r"(\w+)'?\s*Did you mean \"(\w+)\"", text.replace("\\n", " "))
   if unknown:
@@ -154,9 +157,38 @@ def _flag_error(error: Exception) -> str:
   return re.sub(r"^(\w+\.)*\w*(Error|Exception): ", "", last)  # "ValueError: msg" -> "msg"
 
 
+def config_package_root(config_file: str) -> str | None:
+  """The directory that holds the `configs` package a config file imports from (`from configs.retrieval import
+  common`): the parent of the nearest folder above the file that is named `configs` and is a package, else the
+  current directory if it holds one (a config of your own outside the repository, run from the repository root)."""
+  folder = os.path.dirname(os.path.abspath(config_file))
+  while os.path.dirname(folder) != folder:
+    if os.path.basename(folder) == "configs" and os.path.isfile(os.path.join(folder, "__init__.py")):
+      return os.path.dirname(folder)
+    folder = os.path.dirname(folder)
+  return os.getcwd() if os.path.isfile(os.path.join("configs", "__init__.py")) else None
+
+
+def _config_package_on_path(argv: list[str]) -> None:
+  """The one place that makes `configs` importable: ml_collections executes a config file by path, and `xmodal`
+  is a console script, so the repository root is not on sys.path by itself. Before the flags are parsed (which
+  runs the file), the directory holding the `configs/` of --config's file goes first on sys.path, once."""
+  for i, arg in enumerate(argv):
+    if arg.startswith(("--config=", "-config=")):
+      value = arg.partition("=")[2]
+    elif arg in ("--config", "-config") and i + 1 < len(argv):
+      value = argv[i + 1]
+    else:
+      continue
+    root = config_package_root(value.partition(":")[0])
+    if root and root not in sys.path:
+      sys.path.insert(0, root)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing, plus loading the config file now, with errors as one line and exit code 2."""
   try:
+    _config_package_on_path(argv)
     rest = FLAGS(argv)
     if FLAGS["config"].present:
       FLAGS.config.keys()  # ml_collections defers errors of the file itself to the first attribute access
@@ -525,11 +557,12 @@ def _serving_command(command: str) -> int:
       raise app.UsageError(f"export takes one --split (got {','.join(FLAGS.split)}).", exitcode=errors.EXIT_USAGE)
     import jax  # after absl parsed flags
     _init_distributed()
-    from xmodal_jax import export
-    summary = export.export_run(FLAGS.workdir, FLAGS.out, split=(FLAGS.split or ["val"])[0], source=FLAGS.source,
-                                what=FLAGS.what, which=FLAGS.checkpoint, shard_size=FLAGS.shard_size,
-                                dtype=FLAGS.export_dtype, encoders=FLAGS.export_encoders, overwrite=FLAGS.overwrite,
-                                batch_size=FLAGS.batch_size)
+    from xmodal_jax import systems
+    from xmodal_jax.serving import export
+    summary = export.export_run(systems.run_task(FLAGS.workdir, source=FLAGS.source), FLAGS.out,
+                                split=(FLAGS.split or ["val"])[0], what=FLAGS.what, which=FLAGS.checkpoint,
+                                shard_size=FLAGS.shard_size, dtype=FLAGS.export_dtype, encoders=FLAGS.export_encoders,
+                                overwrite=FLAGS.overwrite, batch_size=FLAGS.batch_size)
     if jax.process_index() == 0:
       parts = ", ".join(f"{k} {summary['written'][k]} shards written, {summary['kept'][k]} kept"
                         for k in summary["written"])
@@ -565,10 +598,13 @@ def _convert_weights(names: list[str]) -> int:
 
 
 def run() -> None:
-  """Console entry point. First, on CPU hosts, restarts itself with glibc's huge-page tunable unless it is set
-  (xmodal_jax/host_memory.py: XLA's per-step arena in 2 MiB pages, returned after each step; bounded memory)."""
+  """Console entry point. First, on CPU hosts, the host-memory policy (xmodal_jax/host_memory.py): restart itself
+  with glibc's huge-page tunable unless it is set (XLA's per-step arena in 2 MiB pages, returned after each step),
+  then apply the policy (huge pages or the kept heap, bounded by the trimmer) before any JAX thread starts.
+  XMODAL_KEEP_HOST_MEMORY=0 turns both off."""
   from xmodal_jax import host_memory  # pylint: disable=import-outside-toplevel
   host_memory.reexec_with_huge_pages()
+  host_memory.keep_freed_memory()
   app.run(main, argv=sys.argv, flags_parser=parse_flags)
 
 

@@ -15,17 +15,17 @@ Expected: docs/captioning.md.
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
+from configs.captioning import clip_flickr8k, common
+from configs.variants import parse_arg
 from xmodal_jax.data.config import caption_fields, data_config
 
-common = load_beside(__file__, "common.py")
-clip_flickr8k = load_beside(__file__, "clip_flickr8k.py")
-
+# The SCST variants and the reward model run each trains under.
 _REWARDS = {"scst": "workdirs/s5_flickr8k_clip", "scst_grammar": "workdirs/s5_flickr8k_reward_grammar",
             "scst_attribute": "workdirs/s5_flickr8k_reward_grammar_attribute"}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, **dict.fromkeys(_REWARDS, False))
   data = data_config(clip_flickr8k.SOURCE, **dict(caption_fields(), image_size=224, prepare_size=224, max_len=24))
   config = common.captioner_config(data, encoder="efficientnet",
                                    decoder_fields=common.decoder(width=256, depth=2, num_heads=4, dropout_rate=0.2))
@@ -36,12 +36,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.update(learning_rate=5e-4)
   config.evals = common.evals(("val",), every=400, best_metric="cider_d")
   config.checkpoint.final_from = "best"
-  if arg in _REWARDS:
-    common.scst(config, init_from="workdirs/s5_flickr8k_mle", reward=_REWARDS[arg], num_steps=100, learning_rate=5e-5)
-    config.train.checkpoint_every = 50
-    config.evals = common.evals(("val",), every=0)  # at the end
-    config.checkpoint.final_from = "latest"
-  elif arg not in (None, ""):
-    raise ValueError(f"configs/captioning/captioner_flickr8k.py: unknown variant {arg!r}; use '', scst, scst_grammar "
-                     "or scst_attribute.")
+  for variant, reward in _REWARDS.items():
+    if arg[variant]:
+      common.scst(config, init_from="workdirs/s5_flickr8k_mle", reward=reward, num_steps=100, learning_rate=5e-5)
+      config.train.checkpoint_every = 50
+      config.evals = common.evals(("val",), every=0)  # at the end
+      config.checkpoint.final_from = "latest"
   return config

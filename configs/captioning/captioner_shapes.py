@@ -19,16 +19,17 @@ Options: --config.model.decoder.kind=gru (the CNN+RNN captioner), --config.model
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
+from configs.captioning import common
+from configs.variants import parse_arg
 from xmodal_jax.data.config import caption_fields, data_config
 
-common = load_beside(__file__, "common.py")
-
+# The SCST variants and the reward model run each trains under.
 _REWARDS = {"scst": "workdirs/s5_shapes_clip", "scst_grammar": "workdirs/s5_shapes_reward_grammar",
             "scst_attribute": "workdirs/s5_shapes_reward_grammar_attribute"}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, tiny=False, tiny_scst=False, **dict.fromkeys(_REWARDS, False))
   data = data_config("shapes", **dict(caption_fields(), label_min_votes=3))
   config = common.captioner_config(data, encoder="cnn", decoder_fields=common.decoder(width=192, depth=2,
                                                                                       num_heads=4))
@@ -37,11 +38,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         grammar="workdirs/s5_shapes_reward_grammar")
   config.train.update(batch_size=128, num_steps=1_000, checkpoint_every=500)  # ~4 epochs: sized for a 2-core CPU
   config.evals = common.evals(("val", "test"), every=500)
-  if arg in _REWARDS:
-    common.scst(config, init_from="workdirs/s5_shapes_mle", reward=_REWARDS[arg], num_steps=150, learning_rate=1e-4)
-    config.train.checkpoint_every = 200
-    config.evals = common.evals(("val", "test"), every=0)  # at the end
-  elif arg in ("tiny", "tiny_scst"):
+  for variant, reward in _REWARDS.items():
+    if arg[variant]:
+      common.scst(config, init_from="workdirs/s5_shapes_mle", reward=reward, num_steps=150, learning_rate=1e-4)
+      config.train.checkpoint_every = 200
+      config.evals = common.evals(("val", "test"), every=0)  # at the end
+  if arg.tiny or arg.tiny_scst:
     config.data.update(num_train=256, num_val=64, num_test=64)  # the sizes of the tiny clip runs (scorers)
     config.model.encoder.cnn.update(stage_widths=(8, 16), blocks_per_stage=(1, 1), stem_width=8, norm_groups=4)
     config.model.decoder.update(width=32, depth=1, num_heads=2)
@@ -50,9 +52,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.update(batch_size=16, num_steps=4, log_every=2, checkpoint_every=2)
     config.optimizer.warmup_steps = 1
     config.evals = common.evals(("val",), every=2, batch_size=16, max_images=16)
-    if arg == "tiny_scst":
+    if arg.tiny_scst:
       common.scst(config, init_from="", reward="", num_steps=4, learning_rate=1e-4)
-  elif arg not in (None, ""):
-    raise ValueError(f"configs/captioning/captioner_shapes.py: unknown variant {arg!r}; use '', scst, scst_grammar, "
-                     "scst_attribute, tiny or tiny_scst.")
   return config

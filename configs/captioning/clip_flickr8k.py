@@ -13,16 +13,17 @@ cannot be the reward, their MiniLM WordPiece text tower does not read the captio
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
+from configs.clip import common as clip_common
+from configs.variants import parse_arg
 
-clip_common = load_beside(__file__, "../clip/common.py")
 SOURCE = "folder:../shared/data/flickr8k"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in ("reward", "judge"):
-    raise ValueError(f"configs/captioning/clip_flickr8k.py: variant {arg!r}; use reward or judge.")
-  judge = arg == "judge"
+  arg = parse_arg(arg, reward=False, judge=False)
+  if arg.reward == arg.judge:
+    raise ValueError("configs/captioning/clip_flickr8k.py: name one model, :reward or :judge.")
+  judge = arg.judge
   data = clip_common.data(SOURCE, image_size=96 if judge else 64, prepare_size=112 if judge else 72, flip=True,
                           max_len=32, vocab_min_count=5)
   if judge:

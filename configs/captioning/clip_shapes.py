@@ -11,30 +11,27 @@ Expected: docs/captioning.md lists their retrieval figures.
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
-
-clip_common = load_beside(__file__, "../clip/common.py")
-clip_shapes = load_beside(__file__, "../clip/clip_shapes.py")
+from configs.clip import clip_shapes
+from configs.clip import common as clip_common
+from configs.variants import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg in ("reward", "tiny"):
-    config = clip_shapes.get_config("tiny" if arg == "tiny" else None)
-    if arg == "reward":
-      config.train.num_steps = 1_000
-    return config
-  if arg in ("judge", "tiny_judge"):
-    config = clip_shapes.get_config("tiny" if arg == "tiny_judge" else None)
+  # :tiny is the tiny reward model (tests).
+  arg = parse_arg(arg, reward=False, judge=False, tiny=False, aliases={"tiny_judge": "tiny,judge"})
+  if not (arg.reward or arg.judge or arg.tiny):
+    raise ValueError("configs/captioning/clip_shapes.py: name the model, :reward, :judge, :tiny or :tiny_judge.")
+  config = clip_shapes.get_config("tiny" if arg.tiny else None)
+  if arg.judge:
     config.seed = 1
     config.loss = clip_common.loss_config("sigmoid")
     config.model.update(embed_dim=96)
     config.model.image.update(patch_size=16, width=96, depth=4, num_heads=4)
     config.model.text.update(width=96, depth=2, num_heads=4, causal=False, pool="mean")
-    if arg == "judge":
-      config.train.num_steps = 1_000
-    else:
+    if arg.tiny:
       config.model.update(embed_dim=16)
       config.model.image.update(width=16, depth=1, num_heads=2)
       config.model.text.update(width=16, depth=1, num_heads=2)
-    return config
-  raise ValueError(f"configs/captioning/clip_shapes.py: variant {arg!r}; use reward, judge, tiny or tiny_judge.")
+  if not arg.tiny:
+    config.train.num_steps = 1_000
+  return config

@@ -1,11 +1,10 @@
 """Settings shared by the S5 captioning configs of this folder (captioners and their reward models).
 
-Loaded by the configs beside it: `common = config_files.load_beside(__file__, "common.py")`.
+Imported by the configs beside it: `from configs.captioning import common`.
 """
 import ml_collections
 
-from xmodal_jax.evaluation.evaluator import evaluator_config
-from xmodal_jax.systems.captioning import evaluators  # noqa: F401  (registers the "s5_reward_model" evaluator type)
+from xmodal_jax.systems import evaluator_config
 from xmodal_jax.train.defaults import trainer_config
 
 
@@ -77,11 +76,12 @@ def evals(splits=("val",), *, every: int = 500, batch_size: int = 250, max_image
   return out
 
 
-def reward_training(variant: str) -> ml_collections.ConfigDict:
-  """The reward-model fine-tune of variant "grammar", "attribute" or "grammar_attribute"."""
-  if variant not in ("grammar", "attribute", "grammar_attribute"):
-    raise ValueError(f"reward model variant {variant!r}; use grammar, attribute or grammar_attribute.")
+def reward_training(*, grammar: bool, attribute: bool) -> ml_collections.ConfigDict:
+  """The reward-model fine-tune: a grammar head (grammar), attribute negatives (attribute) or both."""
+  if not (grammar or attribute):
+    raise ValueError("A reward model fine-tune trains a grammar head, attribute negatives or both: use the variant "
+                     ":grammar, :attribute or :grammar_attribute.")
   return ml_collections.ConfigDict(dict(
-      grammar="grammar" in variant, attribute="attribute" in variant,
+      grammar=grammar, attribute=attribute,
       grammar_weight=1.0, contrastive_weight=1.0,   # 0: the classification loss only
       attribute_weight=1.0, grammar_hidden=256))

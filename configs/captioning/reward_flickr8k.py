@@ -8,17 +8,16 @@ background negatives (systems/captioning/reward_model.py).
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
-
-common = load_beside(__file__, "common.py")
-clip_flickr8k = load_beside(__file__, "clip_flickr8k.py")
+from configs.captioning import clip_flickr8k, common
+from configs.variants import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, grammar=False, attribute=False, aliases={"grammar_attribute": "grammar,attribute"})
   config = clip_flickr8k.get_config("reward")
   config.task = "s5_reward_model"
   config.init_from = "workdirs/s5_flickr8k_clip"
-  config.reward_training = common.reward_training(arg)
+  config.reward_training = common.reward_training(grammar=arg.grammar, attribute=arg.attribute)
   config.train.update(num_steps=100, checkpoint_every=50)
   # The new grammar head learns 10x faster than the fine-tuned text side.
   config.optimizer.update(learning_rate=2e-4, groups=(("grammar_head/.*", 10.0),), warmup_steps=20)

@@ -10,18 +10,18 @@ Expected: docs/captioning.md (grammar accuracy on held-out corruptions, retrieva
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
-
-common = load_beside(__file__, "common.py")
-clip_shapes = load_beside(__file__, "clip_shapes.py")
+from configs.captioning import clip_shapes, common
+from configs.variants import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  tiny = arg == "tiny"
+  # :tiny trains both (tests).
+  arg = parse_arg(arg, grammar=False, attribute=False, tiny=False, aliases={"grammar_attribute": "grammar,attribute"})
+  tiny = arg.tiny
   config = clip_shapes.get_config("tiny" if tiny else "reward")
   config.task = "s5_reward_model"
   config.init_from = "workdirs/s5_shapes_clip"
-  config.reward_training = common.reward_training("grammar_attribute" if tiny else arg)
+  config.reward_training = common.reward_training(grammar=arg.grammar or tiny, attribute=arg.attribute or tiny)
   config.train.update(num_steps=4 if tiny else 400, checkpoint_every=2 if tiny else 200)
   # The new grammar head learns 10x faster than the fine-tuned text side.
   config.optimizer.update(learning_rate=2e-4, groups=(("grammar_head/.*", 10.0),), warmup_steps=1 if tiny else 50)

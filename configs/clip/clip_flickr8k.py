@@ -14,12 +14,12 @@ same towers, and the training time.
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
-
-common = load_beside(__file__, "common.py")
+from configs.clip import common
+from configs.variants import parse_arg
 
 
 def get_config(arg: str | None = None, loss: str = "infonce") -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, tiny=False)
   config = common.trainer_config()
   config.task = "dual_encoder"
   # The Flickr8k copy's images are 224x224; Lite2 runs at its own resolution (260), upsampled once when prepared.
@@ -39,7 +39,7 @@ def get_config(arg: str | None = None, loss: str = "infonce") -> ml_collections.
   # Evaluation runs the whole towers on raw images (only train is cached): batch 64 keeps the Lite2 activations
   # at 260 px within a few GB (batch 500 peaked at 11.3 GB).
   config.evals = common.evals(("val",), every=250, batch_size=64)
-  if arg == "tiny":  # shapes world, a few steps over small images (tests; no Flickr8k needed)
+  if arg.tiny:  # shapes world, a few steps over small images (tests; no Flickr8k needed)
     config.data = common.data("shapes", image_size=64, prepare_size=64, flip=False, tokenizer="wordpiece",
                               max_len=16, num_train=48, num_val=16, num_test=16)
     config.model.update(embed_dim=32)
@@ -49,7 +49,4 @@ def get_config(arg: str | None = None, loss: str = "infonce") -> ml_collections.
     config.train.update(batch_size=16, num_steps=4, log_every=2, checkpoint_every=2)
     config.optimizer.warmup_steps = 1
     config.evals = common.evals(("val",), every=2, batch_size=16)
-  elif arg not in (None, ""):
-    raise ValueError(f"configs/clip/{'clip' if loss == 'infonce' else 'siglip'}_flickr8k.py: unknown variant {arg!r}; "
-                     "use no variant or ':tiny'.")
   return config

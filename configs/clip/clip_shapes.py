@@ -17,12 +17,12 @@ Peak RSS (measured, 2026-12-07, `GLIBC_TUNABLES=glibc.malloc.hugetlb=1 xmodal tr
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
-
-common = load_beside(__file__, "common.py")
+from configs.clip import common
+from configs.variants import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, tiny=False)
   data = common.data("shapes", flip=False)  # no flips: captions say "left of" / "right of"
   config = common.clip_config(
       data, loss="infonce", embed_dim=128,
@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.update(batch_size=256, num_steps=2_000, checkpoint_every=500)
   config.optimizer.update(learning_rate=1e-3, warmup_steps=200)
   config.evals = common.evals(("val", "test"), every=500)
-  if arg == "tiny":
+  if arg.tiny:
     config.data.update(num_train=256, num_val=64, num_test=64, max_len=40)
     config.model.update(embed_dim=32)
     config.model.image.update(width=32, depth=1, num_heads=2)
@@ -39,6 +39,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.update(batch_size=32, num_steps=4, log_every=2, checkpoint_every=2)
     config.optimizer.warmup_steps = 1
     config.evals = common.evals(("val", "test"), every=2, batch_size=32)
-  elif arg not in (None, ""):
-    raise ValueError(f"configs/clip/clip_shapes.py: unknown variant {arg!r}; use no variant or ':tiny'.")
   return config

@@ -17,12 +17,12 @@ Not run here (no accelerator and no COCO on this project's machine): no measured
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
-
-common = load_beside(__file__, "common.py")
+from configs.clip import common
+from configs.variants import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, tiny=False)
   data = common.data("karpathy:dataset_coco.json:coco_images", image_size=224, prepare_size=256, flip=True,
                      tokenizer="sentencepiece", vocab_size=32_000, max_len=64)
   config = common.clip_config(
@@ -35,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.update(batch_size=4_096, num_steps=20_000, checkpoint_every=1_000, log_every=100)
   config.optimizer.update(learning_rate=5e-4, warmup_steps=1_000)
   config.evals = common.evals(("val", "test"), every=2_000, fold_size=1_000, zero_shot=False)
-  if arg == "tiny":
+  if arg.tiny:
     config.data = common.data("shapes", num_train=64, num_val=16, num_test=16, image_size=64, max_len=40)
     config.model.update(embed_dim=32)
     config.model.image.update(width=32, depth=2, num_heads=2)
@@ -44,6 +44,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.update(batch_size=32, num_steps=1, log_every=1, checkpoint_every=1, grad_accum_steps=2)
     config.optimizer.warmup_steps = 0
     config.evals = common.evals(("val",), every=0, batch_size=16, zero_shot=False)
-  elif arg not in (None, ""):
-    raise ValueError(f"configs/clip/clip_vitb16.py: unknown variant {arg!r}; use no variant or ':tiny'.")
   return config

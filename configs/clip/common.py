@@ -1,11 +1,11 @@
 """Settings shared by the contrastive two-tower configs of this folder (CLIP, SigLIP, LiT).
 
-Loaded by the configs beside it: `common = config_files.load_beside(__file__, "common.py")`.
+Imported by the configs beside it (and by S5's, configs/captioning/): `from configs.clip import common`.
 """
 import ml_collections
 
 from xmodal_jax.data.config import caption_fields, data_config
-from xmodal_jax.evaluation.evaluator import evaluator_config
+from xmodal_jax.systems import evaluator_config
 from xmodal_jax.task_bases.contrastive_objective import loss_config
 from xmodal_jax.train.defaults import trainer_config
 

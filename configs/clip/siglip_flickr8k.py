@@ -15,9 +15,7 @@ batch 500 (before clip_flickr8k.py set 64) the same run peaked at 11.3 GiB.
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
-
-clip_flickr8k = load_beside(__file__, "clip_flickr8k.py")
+from configs.clip import clip_flickr8k
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -1,12 +1,11 @@
 """Settings shared by the image<->text retrieval configs of this folder (VSE++, mFSR, S2).
 
-Loaded by the configs beside it: `common = config_files.load_beside(__file__, "common.py")`.
+Imported by the configs beside it: `from configs.retrieval import common`.
 """
 import ml_collections
 
 from xmodal_jax.data.config import caption_fields, data_config
-from xmodal_jax.evaluation.evaluator import evaluator_config
-from xmodal_jax.systems.region_word import multilabel_evaluator, pair_choice_evaluator  # noqa: F401  (S2's types)
+from xmodal_jax.systems import evaluator_config
 
 
 def data(source: str, **fields) -> ml_collections.ConfigDict:

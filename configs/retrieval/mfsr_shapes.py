@@ -3,8 +3,7 @@ r"""mFSR (feature separation + image and caption reconstruction over VSE++) on t
 Run (from the repo root):
   xmodal train --config=configs/retrieval/mfsr_shapes.py --workdir=workdirs/mfsr_shapes
 The paper's ablation (VSE++, +mo, +sp, +mo+sp, +mo+sp+img-re, +mo+sp+cap-re, full; 3 seeds):
-  python -m xmodal_jax.systems.vse.mfsr_ablation --config=configs/retrieval/mfsr_shapes.py \
-      --workdir=workdirs/mfsr_ablation_shapes --seeds=0,1,2
+  python -m experiments.run mfsr:shapes --workdir=workdirs/mfsr_ablation_shapes   (experiments/mfsr.py)
 Variants: `:tiny` (seconds; tests), `:paper` (the paper's protocol: batch 24, Adam 2e-4 for 15 epochs, 2e-5 for 15;
 37,500 steps). Every field can be overridden, e.g. `--config.loss_weights.image=0 --config.model.separation.normalize=concat`.
 
@@ -18,30 +17,26 @@ Peak RSS (measured, 2026-12-07, `GLIBC_TUNABLES=glibc.malloc.hugetlb=1 xmodal tr
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
-from xmodal_jax.evaluation.evaluator import evaluator_config
-from xmodal_jax.systems.vse import image_reconstruction_evaluator  # noqa: F401  (registers it)
-
-common = load_beside(__file__, "common.py")
-vsepp = load_beside(__file__, "vsepp_shapes.py")
+from configs.retrieval import common
+from configs.retrieval import vsepp_shapes as vsepp
+from configs.variants import parse_arg
+from xmodal_jax.systems import evaluator_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "", "tiny", "paper"):
-    raise ValueError(f"configs/retrieval/mfsr_shapes.py: unknown variant {arg!r}; use no variant, ':tiny' or "
-                     "':paper'.")
-  config = vsepp.get_config("tiny" if arg == "tiny" else None)  # VSE++'s data, towers, optimiser, budget, evals
+  arg = parse_arg(arg, tiny=False, paper=False)
+  config = vsepp.get_config("tiny" if arg.tiny else None)  # VSE++'s data, towers, optimiser, budget, evals
   config.model.image.tower = "resnet"
   config.evals.test_reconstruction = evaluator_config("image_reconstruction", split="test", count=64, batch_size=64)
   common.mfsr_sections(config, embed_dim=config.model.embed_dim, part_dim=config.model.embed_dim,
                        generator_size=32, gan_width=8, decoder_width=256)
   config.checkpoint.final_from = "best"
-  if arg == "tiny":
+  if arg.tiny:
     config.model.separation.update(modal_dim=16, semantic_dim=16, specific_dim=16, hidden_dim=32)
     config.model.generator.update(image_size=16, base_width=4)
     config.model.discriminator.base_width = 4
     config.model.caption_decoder.width = 16
     config.evals.test_reconstruction.update(count=16, batch_size=16)
-  elif arg == "paper":
+  if arg.paper:
     common.paper_protocol(config, config.data.num_train)
   return config

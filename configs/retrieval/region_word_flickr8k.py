@@ -13,13 +13,13 @@ Measured (2-core CPU, 300 steps at batch 64, 3 seeds): val rsum 94.0 (VSE++ over
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
+from configs.retrieval import common
+from configs.variants import parse_arg
 from xmodal_jax.train.defaults import trainer_config
-
-common = load_beside(__file__, "common.py")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, paper=False)
   config = trainer_config()
   config.data = common.data("folder:../shared/data/flickr8k", image_size=224, prepare_size=224, flip=False,
                             vocab_min_count=4, max_len=24)
@@ -35,10 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.update(learning_rate=5e-4, warmup_steps=60)
   # This copy of Flickr8k has train / val / unassigned, no test split: val (1,000 images, 5,000 captions).
   config.evals = common.region_word_evals(("val",), rerank_k=20, tags_split="val")
-  if arg == "paper":
+  if arg.paper:
     config.model.update(embed_dim=1024, word_dim=300, text_hidden=1024, relation_dim=0, relation_regions=8)
     config.regions.grid = (6, 6)  # the seed's 36 regions
-  elif arg not in (None, ""):
-    raise ValueError(f"configs/retrieval/region_word_flickr8k.py: unknown variant {arg!r}; use no variant or "
-                     "':paper'.")
   return config

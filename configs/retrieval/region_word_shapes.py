@@ -21,13 +21,13 @@ Peak RSS (measured, 2026-12-07, `GLIBC_TUNABLES=glibc.malloc.hugetlb=1 xmodal tr
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
+from configs.retrieval import common
+from configs.variants import parse_arg
 from xmodal_jax.train.defaults import trainer_config
-
-common = load_beside(__file__, "common.py")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, tiny=False, paper=False)
   config = trainer_config()
   # No flips: captions say "left of" / "right of". 10,000 train images (the feature cache is ~150 MB).
   config.data = common.data("shapes", flip=False, num_train=10_000, num_val=1_000, num_test=1_000, max_len=32)
@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.update(batch_size=64, num_steps=500, checkpoint_every=500, log_every=50)
   config.optimizer.update(learning_rate=5e-4, warmup_steps=60)
   config.evals = common.region_word_evals(("val", "test"), rerank_k=20, tags_split="test", choice_split="test")
-  if arg == "tiny":
+  if arg.tiny:
     config.data.update(num_train=64, num_val=32, num_test=32, max_len=24)
     config.image_tower.update(input_size=64, cache_batch_size=32)
     config.model.update(embed_dim=16, word_dim=8, text_hidden=16, num_heads=2)
@@ -55,9 +55,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.loss.max_violation_warmup_steps = 2
     config.evals = common.region_word_evals(("val", "test"), rerank_k=5, batch_size=16, tags_split="test",
                                             choice_split="test")
-  elif arg == "paper":
+  if arg.paper:
     config.model.update(embed_dim=1024, word_dim=300, text_hidden=1024, relation_dim=0)
-  elif arg not in (None, ""):
-    raise ValueError(f"configs/retrieval/region_word_shapes.py: unknown variant {arg!r}; use no variant, ':tiny' or "
-                     "':paper'.")
   return config

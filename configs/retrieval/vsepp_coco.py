@@ -12,13 +12,13 @@ Anchor, VSE++ (Faghri et al. 2018, ResNet-152 fine-tuned, COCO 1K): image->text 
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
+from configs.retrieval import common
+from configs.variants import parse_arg
 from xmodal_jax.train.defaults import trainer_config
-
-common = load_beside(__file__, "common.py")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  parse_arg(arg)  # no variants
   config = trainer_config()
   config.task = "vsepp"
   config.data = common.data("karpathy:dataset_coco.json:coco_images", image_size=224, prepare_size=256, flip=True,
@@ -33,6 +33,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.update(batch_size=128, num_steps=60_000, checkpoint_every=2_000)
   config.optimizer.update(learning_rate=2e-4, warmup_steps=1_000)
   config.evals = common.retrieval_evals(("val", "test"), every=2_000, fold_size=1_000)
-  if arg not in (None, ""):
-    raise ValueError(f"configs/retrieval/vsepp_coco.py: unknown variant {arg!r}.")
   return config

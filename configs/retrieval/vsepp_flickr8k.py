@@ -13,13 +13,13 @@ Kiros et al. 2014 with an ImageNet-pretrained CNN: image->text R@1/5/10 = 18.0/4
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
+from configs.retrieval import common
+from configs.variants import parse_arg
 from xmodal_jax.train.defaults import trainer_config
-
-common = load_beside(__file__, "common.py")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  parse_arg(arg)  # no variants
   config = trainer_config()
   config.task = "vsepp"
   config.data = common.data("folder:../shared/data/flickr8k", image_size=112, prepare_size=128, flip=True,
@@ -36,6 +36,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.update(learning_rate=1e-3, weight_decay=5e-4)
   # This copy of Flickr8k has train / val / unassigned, no test split; val is exactly 1,000 images (no folds).
   config.evals = common.retrieval_evals(("val",), every=400, fold_size=0)
-  if arg not in (None, ""):
-    raise ValueError(f"configs/retrieval/vsepp_flickr8k.py: unknown variant {arg!r}.")
   return config

@@ -17,13 +17,13 @@ run: building the image feature cache (457 s), compiles, training, two val evalu
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
+from configs.retrieval import common
+from configs.variants import parse_arg
 from xmodal_jax.train.defaults import trainer_config
-
-common = load_beside(__file__, "common.py")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, tiny=False)
   config = trainer_config()
   config.task = "dual_encoder"
   # The Flickr8k copy's images are 224x224; Lite2 runs at its own resolution (260), upsampled once when prepared.
@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint.final_from = "best"  # results.json: the best-val checkpoint (the VSE++ protocol)
   # Evaluation runs the whole towers on raw images at 260 px (only train is cached): batch 64 bounds its memory.
   config.evals = common.retrieval_evals(("val",), every=500, fold_size=0, batch_size=64)
-  if arg == "tiny":  # shapes world, a few steps over small images (tests; no Flickr8k needed)
+  if arg.tiny:  # shapes world, a few steps over small images (tests; no Flickr8k needed)
     config.data = common.data("shapes", image_size=64, prepare_size=64, flip=False, tokenizer="wordpiece",
                               max_len=16, num_train=48, num_val=16, num_test=16)
     config.model.update(embed_dim=32)
@@ -55,7 +55,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.update(batch_size=16, num_steps=4, log_every=2, checkpoint_every=2)
     config.optimizer.warmup_steps = 1
     config.evals = common.retrieval_evals(("val", "test"), every=2, fold_size=0, batch_size=16)
-  elif arg not in (None, ""):
-    raise ValueError(f"configs/retrieval/vsepp_flickr8k_pretrained.py: unknown variant {arg!r}; use no variant "
-                     "or ':tiny'.")
   return config

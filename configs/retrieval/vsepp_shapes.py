@@ -17,20 +17,20 @@ Peak RSS (measured, 2026-12-07, `GLIBC_TUNABLES=glibc.malloc.hugetlb=1 xmodal tr
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
+from configs.retrieval import common
+from configs.variants import parse_arg
 from xmodal_jax.train.defaults import trainer_config
-
-common = load_beside(__file__, "common.py")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, tiny=False)
   config = trainer_config()
   config.task = "vsepp"
   config.data = common.data("shapes", flip=False)  # no flips: captions say "left of" / "right of"
   config.model = common.vsepp_model()
   config.loss = common.hinge_loss()
   config.evals = common.retrieval_evals(("val", "test"), every=500)  # val picks the best checkpoint (rsum)
-  if arg == "tiny":
+  if arg.tiny:
     config.data.update(num_train=256, num_val=64, num_test=64)
     config.model.embed_dim = 32
     config.model.image.update(stem_width=8, stage_widths=(8, 16), blocks_per_stage=(1, 1), norm_groups=4)
@@ -41,6 +41,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     for entry in config.evals.values():
       entry.batch_size = 32
     config.evals.val.every = 3
-  elif arg not in (None, ""):
-    raise ValueError(f"configs/retrieval/vsepp_shapes.py: unknown variant {arg!r}; use no variant or ':tiny'.")
   return config

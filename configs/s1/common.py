@@ -7,13 +7,12 @@ train image is image-query data and labelled (today's regime), and the three mod
 cross-fitted over 2 folds of the labelled images, so the fusion head trains on out-of-sample features.
 `partition.labelled_images=N` is the seed's regime: N labelled images, disjoint from the (larger) image-query set.
 
-Loaded by the configs beside it: `common = config_files.load_beside(__file__, "common.py")`.
+Imported by the configs beside it: `from configs.s1 import common`.
 """
 import ml_collections
 
 from xmodal_jax.data.config import data_config
-from xmodal_jax.evaluation.evaluator import evaluator_config
-from xmodal_jax.systems.classifier import evaluators  # pylint: disable=unused-import  (registers the "query_association" evaluator type)
+from xmodal_jax.systems import evaluator_config
 from xmodal_jax.systems.classifier.partition import partition_config
 from xmodal_jax.train.defaults import trainer_config
 

@@ -21,12 +21,12 @@ the tables and the class distribution.
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
-
-common = load_beside(__file__, "common.py")
+from configs.s1 import common
+from configs.variants import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  parse_arg(arg)  # no variants
   config = common.s1("folder:../shared/data/flickr8k", eval_splits=("val",))
   config.data.update(image_size=64, prepare_size=80, flip=True)
   for name in ("text_generator", "pixel_embedding"):
@@ -35,6 +35,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.stages[name].optimizer.update(learning_rate=1e-3, weight_decay=5e-4)
   config.stages.text_generator.loss.num_samples = 256  # of ~1,200 queries
   config.stages.pixel_embedding.model.input_size = 224  # the pretrained tower reads its own 224-px copy
-  if arg not in (None, ""):
-    raise ValueError(f"configs/s1/flickr8k.py: unknown variant {arg!r}.")
   return config

@@ -21,16 +21,16 @@ not hold here; docs/classifier.md has the tables for both regimes and why).
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
-
-common = load_beside(__file__, "common.py")
+from configs.s1 import common
+from configs.variants import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, tiny=False, resnet101=False, seed_regime=False, aliases={"full": "resnet101"})
   config = common.s1("shapes", eval_splits=("val", "test"))
   config.data.flip = False  # queries say "left" / "right"
   config.stages.pixel_embedding.model.input_size = 128  # Lite0 on 64-px shapes upsampled x2 (val 92.6 vs 88.3 at 64)
-  if arg == "tiny":
+  if arg.tiny:
     config.data.update(num_train=256, num_val=64, num_test=64)
     small = dict(stem_width=8, stage_widths=(8, 16), blocks_per_stage=(1, 1), norm_groups=4)
     for name in ("text_generator", "pixel_embedding"):
@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         stage.evals.val.every = 2
         if "hidden" in stage.model:
           stage.model.hidden = (16,)
-  elif arg in ("resnet101", "full"):
+  if arg.resnet101:
     config.data.image_size = 224
     # ResNet-101 (torchvision's topology, GroupNorm for BatchNorm): 42.5M parameters without a classifier.
     resnet101 = dict(stem_width=64, stem_stride=2, stem_kernel=7, stem_pool=True, stage_widths=(64, 128, 256, 512),
@@ -57,14 +57,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       config.stages[name].model.image.update(resnet101)
       config.stages[name].model.dtype = "bfloat16"
     config.stages.pixel_embedding.model.update(pretrained_image="", cache=False)  # the pixel CNN is this ResNet too
-  elif arg == "seed_regime":
+  if arg.seed_regime:
     # The seed's regime: 2,000 labelled images for the pixel embedding and the fusion head, disjoint from the
     # 28,000 image-query images the text generator and the text embedding learn from.
     config.partition.labelled_images = 2_000
     # Only the pixel embedding trains on labelled images: the other stages need no fold variants (theirs would
     # leave nothing out and come out identical).
     config.partition.crossfit_stages = ("pixel_embedding",)
-  elif arg not in (None, ""):
-    raise ValueError(f"configs/s1/shapes.py: unknown variant {arg!r}; use no variant, ':tiny', ':seed_regime' or "
-                     "':resnet101' (alias ':full').")
   return config

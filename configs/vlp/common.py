@@ -1,12 +1,11 @@
 """Settings shared by the S4 (single-stream vision-language pretraining) configs of this folder.
 
-Loaded by the configs beside it: `common = config_files.load_beside(__file__, "common.py")`.
+Imported by the configs beside it: `from configs.vlp import common`.
 """
 import ml_collections
 
 from xmodal_jax.data.config import caption_fields, data_config
-from xmodal_jax.evaluation.evaluator import evaluator_config
-from xmodal_jax.systems.single_stream import masked_prediction_evaluator  # noqa: F401  (registers it)
+from xmodal_jax.systems import evaluator_config
 
 
 def data(source: str, **fields) -> ml_collections.ConfigDict:

@@ -15,13 +15,13 @@ Measured: docs/single_stream.md, "S4 results".
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
+from configs.variants import parse_arg
+from configs.vlp import common
 from xmodal_jax.train.defaults import trainer_config
-
-common = load_beside(__file__, "common.py")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  parse_arg(arg)  # no variants
   config = trainer_config()
   config.data = common.data("folder:../shared/data/flickr8k", image_size=224, prepare_size=224, flip=False,
                             vocab_min_count=4, max_len=24)
@@ -33,6 +33,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.update(learning_rate=1e-3, warmup_steps=100)
   # This copy of Flickr8k has train / val / unassigned, no test split: val (1,000 images, 5,000 captions).
   config.evals = common.single_stream_evals("val", objects=False, full_images=0, val_every=50, val_split="val")
-  if arg not in (None, ""):
-    raise ValueError(f"configs/vlp/single_stream_flickr8k.py: unknown variant {arg!r}; it has none.")
   return config

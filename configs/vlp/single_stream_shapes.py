@@ -27,13 +27,13 @@ Peak RSS (measured, 2026-12-07, `GLIBC_TUNABLES=glibc.malloc.hugetlb=1 xmodal tr
 """
 import ml_collections
 
-from xmodal_jax.config_files import load_beside
+from configs.variants import parse_arg
+from configs.vlp import common
 from xmodal_jax.train.defaults import trainer_config
-
-common = load_beside(__file__, "common.py")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, tiny=False, caption_finetune=False)
   config = trainer_config()
   # No flips: captions say "left of" / "right of". The feature maps are S2's (the same cache entries).
   config.data = common.data("shapes", flip=False, num_train=10_000, num_val=1_000, num_test=1_000, max_len=32)
@@ -43,17 +43,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.update(batch_size=64, num_steps=400, checkpoint_every=400, log_every=50)
   config.optimizer.update(learning_rate=1e-3, warmup_steps=100)
   config.evals = common.single_stream_evals("test", val_every=100, val_split="val")
-  variants = set(filter(None, (arg or "").split(",")))
-  unknown = variants - {"tiny", "caption_finetune"}
-  if unknown:
-    raise ValueError(f"configs/vlp/single_stream_shapes.py: unknown variant(s) {sorted(unknown)}; use 'tiny', "
-                     "'caption_finetune' or both (':tiny,caption_finetune').")
-  if "caption_finetune" in variants:
+  if arg.caption_finetune:
     config.masking.suffix_fraction = 1.0
     config.loss_weights.update(objects=0.0, matching=0.0, dual=0.0)
     config.train.update(num_steps=300, checkpoint_every=300)
     config.optimizer.update(learning_rate=5e-4, warmup_steps=30)
-  if "tiny" in variants:
+  if arg.tiny:
     config.data.update(num_train=64, num_val=32, num_test=32, max_len=24)
     config.image_tower.update(input_size=64, cache_batch_size=32)
     config.model.update(width=16, num_layers=1, num_heads=2, mlp_dim=32, embed_dim=8)
@@ -61,6 +56,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.warmup_steps = 1
     config.evals = common.single_stream_evals("test", rerank_k=5, full_images=8, batch_size=16, val_every=2,
                                               val_split="val")
-  if "caption_finetune" in variants:  # captions only
+  if arg.caption_finetune:  # captions only
     config.evals = ml_collections.ConfigDict({"test_captions": config.evals.test_captions})
   return config

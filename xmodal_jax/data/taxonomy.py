@@ -15,12 +15,11 @@ activities and animals come first (they are what a photo is "about"), then peopl
 from __future__ import annotations
 
 import collections
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from xmodal_jax.data.text import normalize_caption
-from xmodal_jax.evaluation import tables
 
 DROPPED = "(dropped)"
 
@@ -101,11 +100,3 @@ def class_distribution(labels: np.ndarray, names: Sequence[str]) -> dict[str, in
     raise ValueError(f"Labels must be in [-1, {len(names)}); got range [{labels.min()}, {labels.max()}].")
   counts = collections.Counter(labels.tolist())
   return {**{name: counts[i] for i, name in enumerate(names)}, DROPPED: counts[-1]}
-
-
-def format_distribution(distribution: Mapping[str, int], header: str = "images") -> str:
-  """A markdown table: class | count | % of all images (dropped included)."""
-  total = sum(distribution.values())
-  rows = [[name, count, 100 * count / max(total, 1)] for name, count in distribution.items()]
-  rows.append(["total", total, 100.0])
-  return tables.markdown_table(["class", header, "%"], rows, floatfmt=".1f")

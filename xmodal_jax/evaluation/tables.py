@@ -1,7 +1,8 @@
 """The one formatter of result tables (markdown "pipe" tables, through `tabulate`)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tabulate import tabulate
 
@@ -18,3 +19,12 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, tit
   if footer:
     lines += ["", footer]
   return "\n".join(lines)
+
+
+def format_distribution(distribution: Mapping[str, int], header: str = "images") -> str:
+  """A markdown table of images per class (e.g. data/taxonomy.py's class_distribution): class | count | % of all
+  images (dropped included), then the total."""
+  total = sum(distribution.values())
+  rows = [[name, count, 100 * count / max(total, 1)] for name, count in distribution.items()]
+  rows.append(["total", total, 100.0])
+  return markdown_table(["class", header, "%"], rows, floatfmt=".1f")

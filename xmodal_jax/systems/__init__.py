@@ -1,6 +1,7 @@
 """The systems, one folder each (classifier/ = S1, region_word/ = S2, vse/ = S3, single_stream/ = S4, captioning/ =
-S5, clip/): config.task (a name) -> Task class, and the pipeline jobs (stages that do not train). Imports are lazy so
-one system's dependencies do not load others. A system's folder holds every module only it uses; what two or more
+S5, clip/): config.task (a name) -> Task class, the pipeline jobs (stages that do not train) and the evaluator types
+a system defines (configs name them through `evaluator_config`). Imports are lazy so one system's dependencies do not
+load others. A system's folder holds every module only it uses; what two or more
 use lives in the shared layers (models, objectives, data, evaluation, serving, train, task_bases).
 
 Nothing under `xmodal_jax/train`, `models`, `objectives`, `data`, `evaluation`, `serving` or `task_bases` imports this
@@ -37,6 +38,19 @@ _JOBS = {
     "s1_ablation": "xmodal_jax.systems.classifier.ablation:write_ablation",
 }
 
+# Evaluator types that live in a system's folder (the shared ones: evaluation/evaluator.py's _BUILTIN): type -> the
+# module that registers it. Imported by name when a config names the type (`evaluator_config`) or a task is created,
+# so what is registered never depends on which config or task module was imported first.
+_EVALUATORS = {
+    "label_ranking": "xmodal_jax.systems.classifier.label_ranking_evaluator",
+    "query_association": "xmodal_jax.systems.classifier.evaluators",
+    "multilabel": "xmodal_jax.systems.region_word.multilabel_evaluator",
+    "pair_choice": "xmodal_jax.systems.region_word.pair_choice_evaluator",
+    "image_reconstruction": "xmodal_jax.systems.vse.image_reconstruction_evaluator",
+    "masked_prediction": "xmodal_jax.systems.single_stream.masked_prediction_evaluator",
+    "s5_reward_model": "xmodal_jax.systems.captioning.evaluators",
+}
+
 
 def _load(table: dict[str, str], name: str, what: str):
   if name not in table:
@@ -57,19 +71,46 @@ def available_tasks() -> list[str]:
   return sorted(_TASKS)
 
 
+def _register_evaluator(type_name: str) -> None:
+  if type_name in _EVALUATORS:
+    importlib.import_module(_EVALUATORS[type_name])  # its @evaluator.register runs on import
+
+
+def evaluator_config(type_name: str, **fields) -> ml_collections.ConfigDict:
+  """`evaluation.evaluator.evaluator_config` for any evaluator type, a system's own included (the configs' entry):
+  the complete config entry of an evaluator of type `type_name`, `fields` overriding its defaults."""
+  from xmodal_jax.evaluation import evaluator  # pylint: disable=import-outside-toplevel  (keeps the registry light)
+  _register_evaluator(type_name)
+  return evaluator.evaluator_config(type_name, **fields)
+
+
 def create(config: ml_collections.ConfigDict, workdir: str):
-  """The task of `config` (config.task) working in `workdir`. Reads no data."""
+  """The task of `config` (config.task) working in `workdir`, with the evaluator types its config.evals name
+  registered. Reads no data."""
   if "task" not in config:
     raise errors.ConfigError(f"The config has no `task` field; set config.task to one of {available_tasks()}.")
-  return get_task_class(config.task)(config, workdir)
+  task_class = get_task_class(config.task)
+  for spec in config.evals.values() if "evals" in config else ():
+    _register_evaluator(spec.get("type", ""))
+  return task_class(config, workdir)
+
+
+def run_task(workdir: str, *, source: str | None = None):
+  """The task of the run in `workdir`, from its config.json (a missing one is a MissingError naming it); `source`:
+  read that data source (config.data.source) instead of the run's. Reads no data."""
+  from xmodal_jax.train import inference  # pylint: disable=import-outside-toplevel  (keeps jax off the registry's import)
+  config = inference.read_run_config(workdir)
+  if source:
+    with config.unlocked():
+      config.data.source = source
+  return create(config, workdir)
 
 
 def load_run(workdir: str, *, which: str = "latest", mesh_shape: Sequence[int] | None = None):
   """A trained run loaded for inference from its workdir alone (its config.json, assets and checkpoint's
   params; no optimiser state, no data source): a `train.inference.LoadedModel`."""
   from xmodal_jax.train import inference  # pylint: disable=import-outside-toplevel  (keeps jax off the registry's import)
-  config = inference.read_run_config(workdir)
-  return inference.load_model(create(config, workdir), which=which, mesh_shape=mesh_shape)
+  return inference.load_model(run_task(workdir), which=which, mesh_shape=mesh_shape)
 
 
 def load_init_run(init_from: str, *, task: str, mesh_shape: Sequence[int] | None = None):

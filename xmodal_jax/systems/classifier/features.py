@@ -28,6 +28,7 @@ from absl import logging
 
 from xmodal_jax import errors, fileio
 from xmodal_jax.data import taxonomy
+from xmodal_jax.evaluation import tables
 from xmodal_jax.systems.classifier import partition as partition_lib
 from xmodal_jax.systems.classifier.classifier import MultimodalClassifier
 from xmodal_jax.systems.classifier.stage import TRAIN_IMAGES_FILE
@@ -114,6 +115,6 @@ def extract_features(config: ml_collections.ConfigDict, workdir: str, stage: str
     if in_sample.any():
       logging.warning("Features: %d %s rows have in-sample features (config.partition.folds=0): models that "
                       "made them trained on those images.", int(in_sample.sum()), split)
-    lines.append(taxonomy.format_distribution(taxonomy.class_distribution(feats["labels"], notes.label_names),
-                                              header=f"{split} images"))
+    lines.append(tables.format_distribution(taxonomy.class_distribution(feats["labels"], notes.label_names),
+                                            header=f"{split} images"))
   return {"images": counts, "report": "\n".join(lines)}

@@ -3,9 +3,12 @@ r"""`xmodal export`: a trained run's embeddings of one split, and its encoders f
   xmodal export --workdir=RUN --out=DIR [--split=val] [--source=folder:PATH] [--what=images,texts]
                 [--checkpoint=latest|best] [--shard_size=1000] [--export_dtype=float32] [--noexport_encoders]
 
+  export_run(systems.run_task(RUN, source=...), DIR, split="val", ...)    # the same from Python
+
 Restores the run's params only (the spine's inference loading: `train/inference.py`), encodes the split under
 the mesh with the run's towers (its `embed_image` / `embed_text` predict functions) and writes the format of
-`serving/embedding_export.py` to DIR, plus the encoders as StableHLO (`serving/exported_encoder.py`).
+`serving/embedding_export.py` (beside this module) to DIR, plus the encoders as StableHLO
+(`serving/exported_encoder.py`).
 
 * Resumable: a shard is the unit of work; finished shards (record + matching sha256) are kept after a kill and
   only missing or damaged ones are encoded again.
@@ -16,7 +19,8 @@ the mesh with the run's towers (its `embed_image` / `embed_text` predict functio
   devices) and shard i is written by process i % process_count; DIR must be a filesystem all hosts share (NFS,
   gcsfuse); process 0 writes the item lists, the encoders and the manifest.
 
-This module sits beside `main.py` and `pipeline.py`: it resolves the run's config to its task.
+It takes the run's task, which the caller resolves from the run's workdir (`systems.run_task`, as `xmodal export`
+does): like the trainer, serving never imports a system.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from xmodal_jax import disk_space, errors, systems
+from xmodal_jax import disk_space, errors
 from xmodal_jax.data import tokenizers
 from xmodal_jax.serving import embedding_export as fmt
 from xmodal_jax.serving import exported_encoder
@@ -158,11 +162,11 @@ def _pending(out_dir: str, kind: str, bounds: list[tuple[int, int]]) -> list[int
   return [i for i, m in enumerate(missing) if m]
 
 
-def export_run(workdir: str, out_dir: str, *, split: str = "val", source: str | None = None,
-               what: Sequence[str] = fmt.KINDS, which: str = "latest", shard_size: int = 1000,
-               dtype: str = "float32", encoders: bool = True, overwrite: bool = False, batch_size: int = 256,
-               mesh_shape: Sequence[int] = (-1, 1)) -> dict[str, Any]:
-  """Exports `split` of the run in `workdir` to `out_dir`; returns a summary (written / kept shards, seconds)."""
+def export_run(task, out_dir: str, *, split: str = "val", what: Sequence[str] = fmt.KINDS, which: str = "latest",
+               shard_size: int = 1000, dtype: str = "float32", encoders: bool = True, overwrite: bool = False,
+               batch_size: int = 256, mesh_shape: Sequence[int] = (-1, 1)) -> dict[str, Any]:
+  """Exports `split` of the run of `task` (a task of a trained run, working in its workdir: `systems.run_task`) to
+  `out_dir`; returns a summary (written / kept shards, seconds)."""
   what = tuple(dict.fromkeys(what))
   bad = [k for k in what if k not in fmt.KINDS]
   if bad or not what:
@@ -171,11 +175,7 @@ def export_run(workdir: str, out_dir: str, *, split: str = "val", source: str | 
     raise errors.ConfigError(f"--export_dtype={dtype}: choose float32 or float16.")
   if shard_size < 1:
     raise errors.ConfigError(f"--shard_size={shard_size}: must be >= 1.")
-  config = inference.read_run_config(workdir)
-  if source:
-    with config.unlocked():
-      config.data.source = source
-  task = systems.create(config, workdir)
+  config, workdir = task.config, task.workdir
   t0 = time.time()
   model = inference.load_model(task, which=which, mesh_shape=mesh_shape)
   fns = task.predict_fns()
