@@ -21,7 +21,8 @@ def main() -> None:
   parser.add_argument("--stop_at_step", type=int, default=None)
   parser.add_argument("--export_to", default=None, help="then `xmodal export` the val split there (all processes)")
   args = parser.parse_args()
-  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={args.devices}").strip()
   import jax
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,8 +41,9 @@ def main() -> None:
   checksum = float(sum(np.abs(np.asarray(p, np.float64)).sum() for p in params))
   exported = None
   if args.export_to and not results["stopped_early"]:
-    from xmodal_jax import export
-    exported = export.export_run(args.workdir, args.export_to, split="val", shard_size=10)
+    from xmodal_jax import systems
+    from xmodal_jax.serving import export
+    exported = export.export_run(systems.run_task(args.workdir), args.export_to, split="val", shard_size=10)
   print("RESULT " + json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
                                 "devices": jax.device_count(), "step": results["step"],
                                 "metrics": results.get("metrics"), "checksum": checksum,
