@@ -1,8 +1,7 @@
 """mFSR (seed 003): each loss against a NumPy reference, the separation's normalisation options, the alternating
 GAN step (each optimiser moves only its own parameters, with only its own loss), the caption decoder's padding
-mask, the 8-device step == 1-device step, the cached-feature path == the raw-image path, and the ablation table."""
-import json
-import os
+mask, the 8-device step == 1-device step and the cached-feature path == the raw-image path (the ablation's rows and
+table: tests/test_experiments.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +14,8 @@ from xmodal_jax.data.captions import teacher_forcing
 from xmodal_jax.models.caption_decoder import GRUCaptionDecoder
 from xmodal_jax.objectives.contrastive_hinge import contrastive_hinge_loss
 from xmodal_jax.objectives.scst import teacher_forcing_loss
-from xmodal_jax.systems.vse import feature_separation_objective as fs, gan_objective as gan, mfsr_ablation
+from xmodal_jax.systems.vse import feature_separation_objective as fs, gan_objective as gan
 from xmodal_jax.systems.vse.feature_separation_model import FeatureSeparation
-from xmodal_jax.task_bases import ablation
 from xmodal_jax.train import sharding, trainer
 
 SHAPES = "configs/retrieval/mfsr_shapes.py:tiny"
@@ -172,6 +170,7 @@ def test_each_optimiser_moves_only_its_own_parameters_with_only_its_own_loss(tmp
   assert _changed(start, weighted.params)["generator"]
 
 
+@pytest.mark.slow  # two compilations of the GAN step (the default run has test_trainer.py's 1 vs 8)
 def test_alternating_step_on_8_devices_matches_one(tmp_path):
   assert jax.device_count() == 8
   _, one, one_losses = _steps(load_config(SHAPES, "--config.mesh.shape=(1,1)"), tmp_path / "one",
@@ -197,6 +196,7 @@ def test_config_errors(tmp_path, flags, match):
 
 
 # ---- end to end: cached features of a frozen tower, the PNG grid
+@pytest.mark.slow  # two pretrained-tower compilations; `launch/test.sh -m slow`
 def test_pretrained_tower_cached_path_matches_raw_images(tmp_path, monkeypatch):
   monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
   config = load_config("configs/retrieval/mfsr_flickr8k.py:tiny")
@@ -212,27 +212,6 @@ def test_pretrained_tower_cached_path_matches_raw_images(tmp_path, monkeypatch):
   from_cache = task.embed_image(variables, image_feats=jnp.asarray(feats))
   from_pixels = task.embed_image(variables, images=jnp.asarray(images))
   np.testing.assert_allclose(np.asarray(from_cache), np.asarray(from_pixels), atol=2e-4)
-
-
-# ---- the ablation runner's rows and table
-def test_ablation_rows_and_table(tmp_path):
-  assert mfsr_ablation.row_flags("vsepp", ["recon"])[:1] == ["--config.model.separation.enabled=False"]
-  assert "--config.evals.recon.at_end=False" in mfsr_ablation.row_flags("mo_sp_cap", ["recon"])
-  assert "--config.loss_weights.image=1.0" in mfsr_ablation.row_flags("full", ["recon"])
-  assert not any("recon" in f for f in mfsr_ablation.row_flags("full", ["recon"]))
-  for row, base in (("vsepp", 10.0), ("full", 20.0)):
-    for seed, delta in ((0, -1.0), (1, 1.0)):
-      run = tmp_path / row / f"seed{seed}"
-      os.makedirs(run)
-      metrics = {f"test/{m}": base + delta for m in ablation.METRICS}
-      (run / "results.json").write_text(json.dumps({"metrics": metrics}))
-  rows = ["vsepp", "full"]
-  table = ablation.retrieval_table({r: [ablation.results(str(tmp_path), r, s) for s in (0, 1)] for r in rows},
-                                   {r: mfsr_ablation.ROWS[r].label for r in rows}, "test")
-  lines = table.splitlines()
-  assert "VSE++" in lines[2] and "10.0 ± 1.4" in lines[2]
-  assert "full mFSR" in lines[3] and "20.0 ± 1.4" in lines[3]
-  assert lines[2].rstrip(" |").endswith("+0.0 ± 0.0") and lines[3].rstrip(" |").endswith("+10.0 ± 0.0")
 
 
 def test_image_grid_and_its_generated_cells():

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import load_config, make_task, one_train_step
+from tests.helpers import load_config, make_task, one_train_step, subprocess_xla_flags
 from xmodal_jax.data import regions
 from xmodal_jax.models import layers
 from xmodal_jax.systems.region_word import relation_pairs
@@ -126,6 +126,7 @@ def _ranks_from_matrix(scores, text_to_image):
   return i2t, t2i
 
 
+@pytest.mark.slow  # a Python-loop reference over every pair; `launch/test.sh -m slow`
 def test_pairwise_scorer_equals_a_loop_reference(tmp_path):
   from xmodal_jax.evaluation import evaluator as evaluator_lib, retrieval
   from xmodal_jax.train.runtime import Runtime
@@ -162,6 +163,7 @@ def test_pairwise_scorer_equals_a_loop_reference(tmp_path):
     assert got[k] == pytest.approx(expected[k], abs=1e-6), k
 
 
+@pytest.mark.slow  # two compilations of the S2 step (the default run has test_trainer.py's 1 vs 8)
 def test_one_step_on_one_and_eight_devices_agree(tmp_path):
   one = one_train_step(load_config(TINY, "--config.mesh.shape=(1,1)"), str(tmp_path / "a"), jax.devices()[:1])
   eight = one_train_step(load_config(TINY, "--config.mesh.shape=(8,1)"), str(tmp_path / "b"), jax.devices())
@@ -170,7 +172,7 @@ def test_one_step_on_one_and_eight_devices_agree(tmp_path):
 
 
 def test_tiny_run_end_to_end_and_robustness_eval(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="")
+  env = dict(os.environ, XLA_FLAGS=subprocess_xla_flags())
   work = tmp_path / "run"
   cmd = [sys.executable, "-m", "xmodal_jax.main", "train", f"--config={TINY}", f"--workdir={work}"]
   done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -197,23 +199,6 @@ def test_config_errors_name_the_field(tmp_path):
   config = load_config(TINY, "--config.model.relation=False")
   with pytest.raises(errors.ConfigError, match="model.relation"):
     make_task(config, str(tmp_path))
-
-
-def test_ablation_rows_and_claims_table(tmp_path):
-  from xmodal_jax.systems.region_word import ablation as rwa_ablation
-  from xmodal_jax.task_bases import ablation
-  config = load_config(TINY)
-  vsepp = rwa_ablation.ROWS["vsepp"].flags(config)
-  assert "--config.similarity.weights.entity=0.0" in vsepp and "--config.model.global_pool=image" in vsepp
-  assert "--config.evals.tags.at_end=False" in vsepp and rwa_ablation.ROWS["full"].flags(config) == []
-  runs = {"vsepp": [dict(zip(("test/i2t_r1", "test/t2i_r1", "composition/accuracy"), v)) for v in ((50, 30, 55),
-                                                                                                   (52, 32, 57))],
-          "full": [{"test/i2t_r1": 90, "test/t2i_r1": 80, "composition/accuracy": 80, "tags/micro_f1": 93},
-                   {"test/i2t_r1": 92, "test/t2i_r1": 82, "composition/accuracy": 82, "tags/micro_f1": 95}]}
-  table = rwa_ablation.claims_table(runs, {r: rwa_ablation.ROWS[r].label for r in runs}, "test").splitlines()
-  assert "VSE++ (global)" in table[2] and "41.0 ± 1.4" in table[2] and "–" in table[2]  # no tag head: no F1
-  assert "full S2" in table[3] and "86.0 ± 1.4" in table[3] and "94.0 ± 1.4" in table[3]
-  assert ablation.mean_std([1.0, 3.0], signed=True) == "+2.0 ± 1.4"
 
 
 def test_tag_heads_on_the_text_side_train_and_evaluate(tmp_path):

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tests.helpers import load_config, make_task, one_train_step
+from tests.helpers import load_config, make_task, one_train_step, subprocess_xla_flags
 from xmodal_jax.systems.single_stream import image_text_matching, masking, object_masking, seed_library
 from xmodal_jax.systems.single_stream import masked_prediction_evaluator  # noqa: F401  (registers "masked_prediction")
 from xmodal_jax.systems.single_stream.single_stream_transformer import SingleStreamTransformer
@@ -43,22 +43,23 @@ def test_a_masked_object_shows_neither_its_feature_nor_its_label(library):
   lib = dict(label_tokens=x["label_tokens"], word_images=word_images) if library else {}
   args = (x["features"], x["geometry"], x["object_mask"], x["tokens"], x["token_mask"])
   params = model.init(jax.random.PRNGKey(1), *args, method=SingleStreamTransformer.init_all, **lib)
-  base = model.apply(params, *args, masked_objects=masked, **lib)
+  apply = jax.jit(model.apply)  # one compilation per call shape, not one per operation
+  base = apply(params, *args, masked_objects=masked, **lib)
   # change the hidden objects' features (and label text): no output may move
   changed = x["features"].at[0, 1].add(3.0).at[1, 0].multiply(-2.0)
   lib2 = dict(lib, label_tokens=x["label_tokens"].at[0, 1].set(7).at[1, 0].set(11)) if library else {}
-  other = model.apply(params, changed, *args[1:], masked_objects=masked, **lib2)
+  other = apply(params, changed, *args[1:], masked_objects=masked, **lib2)
   for key in base:
     np.testing.assert_allclose(other[key], base[key], atol=1e-5, err_msg=key)
   # ...while the same change on a visible object does move them (the test can fail)
-  visible = model.apply(params, x["features"].at[0, 0].add(3.0), *args[1:], masked_objects=masked, **lib)
+  visible = apply(params, x["features"].at[0, 0].add(3.0), *args[1:], masked_objects=masked, **lib)
   assert np.abs(np.asarray(visible["itm_logit"] - base["itm_logit"])).max() > 1e-4
   if library:  # a masked unit is the mask token, whose standard-image row is ignored
-    moved = model.apply(params, *args, masked_objects=masked, label_tokens=x["label_tokens"],
+    moved = apply(params, *args, masked_objects=masked, label_tokens=x["label_tokens"],
                         word_images=word_images.at[MASK_ID].set(100.0))
     np.testing.assert_allclose(moved["word_logits"], base["word_logits"], atol=1e-5)
     # and the library does reach the model: a visible word's standard image changes the outputs
-    moved = model.apply(params, *args, masked_objects=masked, label_tokens=x["label_tokens"],
+    moved = apply(params, *args, masked_objects=masked, label_tokens=x["label_tokens"],
                         word_images=word_images.at[4].set(100.0))
     assert np.abs(np.asarray(moved["word_logits"] - base["word_logits"])).max() > 1e-4
 
@@ -155,6 +156,7 @@ def test_masked_prediction_evaluator_counts_only_masked_positions():
   assert metrics["p_count"] == 5 and metrics["p_accuracy"] == pytest.approx(100 * 3 / 5)
 
 
+@pytest.mark.slow  # two compilations of the full S4 step (the default run has test_trainer.py's 1 vs 8)
 def test_one_step_on_one_and_eight_devices_agree(tmp_path):
   flags = ("--config.model.dropout_rate=0.0", "--config.library.enabled=True")
   one = one_train_step(load_config(TINY, "--config.mesh.shape=(1,1)", *flags), str(tmp_path / "a"), jax.devices()[:1])
@@ -164,8 +166,9 @@ def test_one_step_on_one_and_eight_devices_agree(tmp_path):
   assert one["negative_is_own_image"] == 0.0 and one["masked_objects"] > 0 and one["masked_words"] > 0
 
 
+@pytest.mark.slow  # two CLI training runs (minutes); `launch/test.sh -m slow`
 def test_tiny_run_end_to_end_then_caption_fine_tuning(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="")
+  env = dict(os.environ, XLA_FLAGS=subprocess_xla_flags())
   work = tmp_path / "run"
   cmd = [sys.executable, "-m", "xmodal_jax.main", "train", f"--config={TINY}", f"--workdir={work}",
          "--config.library.enabled=True"]
@@ -195,41 +198,6 @@ def test_config_errors_name_the_field(tmp_path):
   task = make_task(load_config(TINY, "--config.regions.include_full=True"), str(tmp_path / "full"))
   with pytest.raises(errors.ConfigError, match="include_full"):
     task.setup(training=True)
-
-
-def test_ablation_tables_convergence_and_claims(tmp_path, monkeypatch):
-  from xmodal_jax.systems.single_stream import ablation as s4_ablation
-  from xmodal_jax.task_bases import ablation
-  curves = {"coarse": [(100, 20.0), (200, 40.0), (300, 50.0)], "token": [(100, 10.0), (200, 30.0), (300, 45.0)]}
-  r1 = {"coarse": 60.0, "token": 55.0, "random_objects": 61.0, "library": 58.0}
-  for row in s4_ablation.ROWS:
-    for seed in (0, 1):
-      out = ablation.run_dir(str(tmp_path), row, seed)
-      os.makedirs(out)
-      metrics = {f"test/{k}": 1.0 for k in ablation.METRICS}
-      metrics.update({"test/i2t_r1": r1[row] + seed, "test/t2i_r1": r1[row] - seed,
-                      "test_masked/words_span_accuracy": 50.0, "test_masked/words_token_accuracy": 40.0,
-                      "test_masked/objects_accuracy": 30.0})
-      with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"metrics": metrics}, f)
-  history = lambda run, tag: curves[run.split(os.sep)[-2]] if run.split(os.sep)[-2] in curves else []
-  monkeypatch.setattr(s4_ablation.workdir_lib, "scalar_history", history)
-  # both protocols share the curve here: target = min(final) = 45; coarse reaches it at 300, token at 300
-  table, coarse_steps, token_steps = s4_ablation.convergence(str(tmp_path), [0, 1])
-  assert coarse_steps == [300, 300] and token_steps == [300, 300] and "45.00" in table
-  curves["token"] = [(100, 10.0), (200, 30.0), (300, 55.0)]  # token ends higher: target 50, coarse at 300, token 300
-  curves["coarse"] = [(100, 20.0), (200, 50.0), (300, 50.0)]
-  _, coarse_steps, token_steps = s4_ablation.convergence(str(tmp_path), [0])
-  assert coarse_steps == [200] and token_steps == [300]
-  with open(ablation.run_dir(str(tmp_path), "coarse", 0) + ".fold.json", "w") as f:  # a later evaluation
-    json.dump({"test_full100/i2t_r1": 5.0, "test/i2t_r1": 0.0}, f)
-  merged = ablation.results(str(tmp_path), "coarse", 0, with_evaluations=True)
-  assert merged["test_full100/i2t_r1"] == 5.0 and merged["test/i2t_r1"] == 60.0  # added, never overriding
-  per_row = {row: [ablation.results(str(tmp_path), row, s) for s in (0, 1)] for row in s4_ablation.ROWS}
-  lines = s4_ablation.claims(per_row, "test", [200], [300])
-  assert "(60.0 vs 55.0): **holds**" in lines[0] and "**holds**" in lines[1]
-  assert "does not lower R@1 (58.0 with vs 60.0 without, -2.0): **does not hold**" in lines[3]
-  assert "i->t R@1 >= 50 by matching score (60.5): **holds**" in lines[4]
 
 
 def test_alternate_schedule_trains_the_masked_tasks_on_even_steps(tmp_path):

@@ -2,6 +2,11 @@
 function, e.g. feature extraction), in subdirectories of one workdir. The config layout is in
 `train/stages.py`.
 
+A library feature users call: `xmodal train --config=configs/s1/shapes.py --workdir=W` trains S1's stages through
+it (and `xmodal eval` / `xmodal classify` read its workdir). The paper experiment over seeds (S1's claim) is not
+here: the experiments runner (`python -m experiments.run classifier`, outside the package) runs this pipeline once
+per seed as an ordinary `xmodal train` and judges the claim.
+
 Layout: WORKDIR/config.json (the pipeline config), WORKDIR/<stage>/... (each stage's own run). A stage that
 finished is skipped on the next run; one that was interrupted resumes from its checkpoint; so the same
 command resumes the whole pipeline. A stage whose config changed, or that reads (names in its config) a stage

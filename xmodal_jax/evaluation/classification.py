@@ -40,7 +40,9 @@ class ClassificationEvaluator(evaluator_lib.Evaluator):
     inputs = {k: np.asarray(v)[rows] for k, v in data.need("image_inputs", self.name).items()}
     scores = runtime.map_batches(self.predict_fn(predict_fns, "classify"), variables, inputs, self.spec.batch_size)
     num_classes = len(data.label_names) or int(scores.shape[-1])
-    return classification_metrics(np.argmax(scores, axis=-1), labels[rows], num_classes)
+    predictions = np.argmax(scores, axis=-1)
+    self.items = {"correct": predictions == labels[rows], "labels": labels[rows]}  # per image, for statistics
+    return classification_metrics(predictions, labels[rows], num_classes)
 
   def format(self, metrics, title):
     return format_classification_table(metrics, title)

@@ -7,7 +7,10 @@ A config declares its evaluators, several per run, each with its own schedule an
 
 An evaluator never sees a task. The trainer hands it the task's predict functions (name -> pure
 fn(variables, **inputs)), the variables, the task's `EvalData` of its split and the runtime that runs
-functions sharded over the mesh; it returns flat metrics {name: float}, logged as "<prefix>/<name>".
+functions sharded over the mesh; it returns flat metrics {name: float}, logged as "<prefix>/<name>". An evaluator
+may also keep per-item scores of its last evaluation in `items` ({name: array over the split's items}, e.g. each
+query's rank): the trainer saves those of the final evaluation as WORKDIR/eval_items/<prefix>.npz, so that
+statistics over the evaluation items (a bootstrap CI of a difference between runs) can be computed later.
 
 Shared types (used by two or more systems): "retrieval" (evaluation/retrieval_evaluator.py), "classification"
 (evaluation/classification.py), "zero_shot" (evaluation/zero_shot.py: CLIP-style classification by embedded class
@@ -99,6 +102,7 @@ class Evaluator(abc.ABC):
     self.prefix = spec.prefix or name
     self.every = int(spec.every)
     self.at_end = bool(spec.at_end)
+    self.items: dict[str, np.ndarray] | None = None  # per-item scores of the last `evaluate` (module docstring)
     if self.every < 0:
       raise errors.ConfigError(f"config.evals.{name}.every={self.every}: use a number of steps, or 0 for the end only.")
     if spec.best_mode not in ("max", "min"):

@@ -190,10 +190,31 @@ def retrieval_metrics(
     and `rsum` (sum of all R@K of both directions).
   """
   ks = _validate_ks(ks)
+  return metrics_from_ranks(*retrieval_ranks(
+      image_emb, text_emb, text_to_image, chunk_size=chunk_size), ks)
+
+
+def retrieval_ranks(
+    image_emb: np.ndarray,
+    text_emb: np.ndarray,
+    text_to_image: np.ndarray,
+    *,
+    chunk_size: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+  """The per-query ranks `retrieval_metrics` summarises.
+
+  Args: as `retrieval_metrics`.
+
+  Returns:
+    `(i2t_ranks [N], t2i_ranks [M])`: the 1-based conservative rank of each
+    image's best relevant text and of each text's image (R@K of one query is
+    `rank <= K`).
+  """
   chunk_size = _check_positive_int('chunk_size', chunk_size)
   image_emb, text_emb, text_to_image = _validate_inputs(
       image_emb, text_emb, text_to_image)
-  return _metrics(image_emb, text_emb, text_to_image, ks, chunk_size)
+  return (_i2t_ranks(image_emb, text_emb, text_to_image, chunk_size),
+          _t2i_ranks(image_emb, text_emb, text_to_image, chunk_size))
 
 
 def _metrics(image_emb: np.ndarray, text_emb: np.ndarray,

@@ -11,6 +11,8 @@ Three ways to score, one rank definition and tie rule (evaluation/retrieval.py):
     `score_pairs` (the usual way to make cross-encoder retrieval affordable).
 `max_images` keeps the first N images and their texts (e.g. full pairwise scoring of one fold).
 `fold_size` also reports the mean over consecutive folds of that many images (COCO 1K).
+Per-query ranks of the whole split (`items`: i2t_rank [N], t2i_rank [M], text_to_image [M]; R@K of one query is
+rank <= K) are kept for statistics over queries (the trainer saves them beside results.json).
 """
 from __future__ import annotations
 
@@ -54,15 +56,17 @@ class RetrievalEvaluator(evaluator_lib.Evaluator):
                                 data.need("text_inputs", self.name), bs)
     return images, texts
 
-  def _ranked(self, image_emb, text_emb, scorer, text_to_image, num_images) -> dict[str, float]:
-    ks = tuple(self.spec.ks)
+  def _ranks(self, image_emb, text_emb, scorer, text_to_image, num_images) -> tuple[np.ndarray, np.ndarray]:
+    """(i2t ranks [N], t2i ranks [M]) by the configured scorer."""
     if scorer is None:
-      return retrieval.retrieval_metrics(image_emb, text_emb, text_to_image, ks=ks)
+      return retrieval.retrieval_ranks(image_emb, text_emb, text_to_image)
     if self.spec.rerank_k:
-      ranks = retrieval.reranked_ranks(image_emb, text_emb, text_to_image, scorer, int(self.spec.rerank_k))
-    else:
-      ranks = retrieval.pairwise_ranks(scorer, text_to_image, num_images, max_pairs=int(self.spec.pair_batch_size) * 16)
-    return retrieval.metrics_from_ranks(*ranks, ks=ks)
+      return retrieval.reranked_ranks(image_emb, text_emb, text_to_image, scorer, int(self.spec.rerank_k))
+    return retrieval.pairwise_ranks(scorer, text_to_image, num_images, max_pairs=int(self.spec.pair_batch_size) * 16)
+
+  def _ranked(self, image_emb, text_emb, scorer, text_to_image, num_images) -> dict[str, float]:
+    return retrieval.metrics_from_ranks(*self._ranks(image_emb, text_emb, scorer, text_to_image, num_images),
+                                        ks=tuple(self.spec.ks))
 
   def evaluate(self, predict_fns, variables, data, runtime) -> dict[str, float]:
     text_to_image = np.asarray(data.need("text_to_image", self.name))
@@ -81,7 +85,9 @@ class RetrievalEvaluator(evaluator_lib.Evaluator):
       image_emb, text_emb = self._embeddings(predict_fns, variables, data, runtime)
     if self.spec.scorer == "pairwise":
       scorer = pair_scoring.pair_scorer(self, predict_fns, variables, image_inputs, text_inputs, runtime)
-    metrics = self._ranked(image_emb, text_emb, scorer, text_to_image, num_images)
+    i2t, t2i = self._ranks(image_emb, text_emb, scorer, text_to_image, num_images)
+    metrics = retrieval.metrics_from_ranks(i2t, t2i, ks=tuple(self.spec.ks))
+    self.items = {"i2t_rank": np.asarray(i2t), "t2i_rank": np.asarray(t2i), "text_to_image": text_to_image}
     fold = int(self.spec.fold_size)
     if fold and num_images > fold and num_images % fold == 0:
       if scorer is None:

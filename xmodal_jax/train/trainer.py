@@ -28,7 +28,7 @@ from absl import logging
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
-from xmodal_jax import disk_space, errors, fileio
+from xmodal_jax import disk_space, errors, fileio, host_memory
 from xmodal_jax.evaluation import evaluator as evaluator_lib
 from xmodal_jax.train import checkpointing
 from xmodal_jax.train import inference
@@ -40,6 +40,7 @@ from xmodal_jax.train.state import TrainState
 from xmodal_jax.train.task import StepContext, Task
 
 FROZEN_FILE = "frozen_params.json"
+ITEMS_DIR = "eval_items"  # per-item scores of the final evaluation (save_items)
 
 
 class NonFiniteLossError(errors.UserError, FloatingPointError):
@@ -325,7 +326,11 @@ def train_and_evaluate(task: Task, *, stop_at_step: int | None = None, devices: 
   step is reached, as a preemption would; the same command later resumes. Returns {'step', 'metrics',
   'report', 'train_seconds', 'stopped_early', 'stop_reason' (None | 'stop_at_step' | 'preempted' |
   'interrupted'), 'state'}.
+
+  On a CPU host this first applies the host-memory policy (xmodal_jax/host_memory.py; once per process, a no-op
+  after the CLI applied it; XMODAL_KEEP_HOST_MEMORY=0 turns it off).
   """
+  host_memory.keep_freed_memory()
   mesh = sharding.create_mesh(tuple(task.config.mesh.shape), devices=devices)  # no arrays: just the layout
   validation.validate(task.config, data_parallel=mesh.shape["data"], process_count=jax.process_count())
   with workdir_lib.WorkdirLock(task.workdir, enabled=jax.process_index() == 0):
@@ -494,11 +499,22 @@ def _train_and_evaluate(task: Task, watcher: _PreemptionWatcher, *, stop_at_step
                                    title=f"step {reported['step']}" + (", best checkpoint" if reported["which"] == "best"
                                                                       else "")))
       if jax.process_index() == 0:
+        save_items(workdir, at_end)  # before results.json, which marks the run finished
         with fileio.open(os.path.join(workdir, "results.json"), "w") as f:
           json.dump(results, f, indent=2, sort_keys=True)
     return dict(results, state=state)
   finally:
     _run_all(writer.flush, ckpt.wait, ckpt.close, writer.close)
+
+
+def save_items(workdir: str, evaluators: list[evaluator_lib.Evaluator]) -> None:
+  """The per-item scores of the evaluators' last evaluation (Evaluator.items, e.g. each query's rank), as
+  WORKDIR/eval_items/<prefix>.npz: what statistics over the evaluation items read (a bootstrap over queries)."""
+  kept = [e for e in evaluators if e.items]
+  if kept:
+    fileio.makedirs(os.path.join(workdir, ITEMS_DIR))
+  for e in kept:
+    fileio.save_npz(os.path.join(workdir, ITEMS_DIR, f"{e.prefix}.npz"), **e.items)
 
 
 def _run_all(*closers) -> None:

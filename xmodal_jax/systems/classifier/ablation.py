@@ -1,5 +1,7 @@
-"""S1's last stage (a job): the ablation table, pixel-only vs text-only vs fusion accuracy, from the results of
-the fusion stages. Writes WORKDIR/<stage>/ablation.md and returns it as the stage report.
+"""S1's last stage (a job): this run's table of its classifiers, pixel-only vs text-only vs fusion accuracy, from
+the results of the fusion stages. Writes WORKDIR/<stage>/ablation.md and returns it as the stage report. One run
+decides no claim: the seed's claim (fusion beats pixel only) is judged over seeds, with a CI, by the experiments
+runner outside the package (`python -m experiments.run classifier:shapes`, experiments/classifier.py).
 
 Config (config.stages.<stage>): job="s1_ablation", rows (stage names, in table order).
 """
@@ -40,4 +42,5 @@ def write_ablation(config: ml_collections.ConfigDict, workdir: str, stage: str) 
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "ablation.md"), "w") as f:
       f.write(table + "\n")
-  return {"report": "Ablation (S1 claim: text + pixel beats pixel only)\n" + table}
+  return {"report": "Ablation (this run's classifiers; the claim over seeds: python -m experiments.run "
+                    "classifier)\n" + table}

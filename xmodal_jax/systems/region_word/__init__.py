@@ -1,2 +1,2 @@
-"""S2: region-word alignment retrieval (the task: region_word_task.py, its model: region_word_model.py) and the
-docs/region_word.md tables' runs (ablation.py)."""
+"""S2: region-word alignment retrieval (the task: region_word_task.py, its model: region_word_model.py); the
+docs/region_word.md tables' runs are experiments/region_word.py, outside the package."""

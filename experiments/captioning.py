@@ -1,0 +1,152 @@
+"""S5's table and claims: MLE, MLE + SCST under the CLIP reward, + the reward's grammar head, + attribute negatives;
+caption metrics, CLIP-S / RefCLIP-S under an independent judge and under the base reward model, grammar score,
+repetition rate, length (and on shapes attribute recall / precision and the parse rate); then caption-based
+search R@K of MLE vs SCST captions (`xmodal caption --all`, TF-IDF over the generated captions).
+
+The runs form a chain, each an ordinary `xmodal train` of configs/captioning/: the reward and judge two-tower
+models (clip_<data>.py:reward|judge), the reward-model fine-tunes with a grammar head (reward_<data>.py:grammar,
+:grammar_attribute), the MLE captioner, then its SCST fine-tunes (captioner_<data>.py:scst, :scst_grammar,
+:scst_attribute), each told where the runs it reads are. The reward, judge and reward-model runs are the
+instruments: one run each (seed 0) that every seed shares; the seeds vary the captioners.
+
+  python -m experiments.run captioning:shapes --workdir=workdirs/s5_shapes --parallel=3
+  python -m experiments.run captioning:flickr8k --workdir=workdirs/s5_flickr8k --parallel=3 [--config.X=V]
+  python -m experiments.run captioning:tiny --workdir=/tmp/s5_tiny     # MLE vs SCST, seconds per run
+
+Extra --config flags go to the captioner runs only (e.g. --config.data.source=folder:DIR).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from experiments import report
+from experiments.experiment import (
+  Claim,
+  Convergence,
+  Experiment,
+  Metric,
+  Row,
+  Step,
+  Table,
+)
+
+VARIANTS = ("shapes", "flickr8k", "tiny")
+ROWS = (("MLE", "mle"), ("MLE + SCST (CLIP reward)", "scst"), ("+ grammar head", "scst_grammar"),
+        ("+ attribute negatives", "scst_attribute"))
+REWARD_OF = {"scst": "clip", "scst_grammar": "reward_grammar", "scst_attribute": "reward_grammar_attribute"}
+COLUMNS = (("BLEU-4", "bleu_4"), ("METEOR", "meteor"), ("CIDEr-D", "cider_d"), ("CLIP-S judge", "judge/clip_s"),
+           ("RefCLIP-S judge", "judge/refclip_s"), ("CLIP-S reward", "clip/clip_s"),
+           ("RefCLIP-S reward", "clip/refclip_s"), ("grammar g", "grammar/grammar"),
+           ("repetition %", "repetition_rate"), ("length", "mean_length"))
+SHAPES_COLUMNS = (("attr. recall", "attribute_recall"), ("attr. precision", "attribute_precision"),
+                  ("parse %", "parse_rate"))
+
+
+def _scorers(context, grammar: bool) -> list[str]:
+  flags = [f"--config.scorers.judge={context.run('judge')}", f"--config.scorers.clip={context.run('clip')}"]
+  return flags + ([f"--config.scorers.grammar={context.run('reward_grammar')}"] if grammar else [])
+
+
+def _caption_db(home: str) -> Step:
+  """`xmodal caption --all` of a captioner run's val split: its caption database, for caption-based search."""
+  return Step(f"caption_{home}", home=home, needs=(home,), done=("caption_db/meta.json",),
+              command=lambda context, directory: [sys.executable, "-m", "xmodal_jax.main", "caption",
+                                                  f"--workdir={directory}", "--all", "--split=val"])
+
+
+def steps(data: str) -> dict[str, Step]:
+  d = "configs/captioning"
+  if data == "tiny":
+    clip, judge, captioner, scst = (f"{d}/clip_shapes.py:tiny", f"{d}/clip_shapes.py:tiny_judge",
+                                    f"{d}/captioner_shapes.py:tiny", f"{d}/captioner_shapes.py:tiny_scst")
+  else:
+    clip, judge, captioner, scst = (f"{d}/clip_{data}.py:reward", f"{d}/clip_{data}.py:judge",
+                                    f"{d}/captioner_{data}.py", f"{d}/captioner_{data}.py:")
+  grammar = data != "tiny"
+  instrument = {"per_seed": False, "budget": False}
+  out = {"clip": Step("clip", clip, **instrument), "judge": Step("judge", judge, **instrument)}
+  if grammar:
+    for name, variant in (("reward_grammar", "grammar"), ("reward_grammar_attribute", "grammar_attribute")):
+      out[name] = Step(name, f"{d}/reward_{data}.py:{variant}", lambda c: [f"--config.init_from={c.run('clip')}"],
+                       needs=("clip",), **instrument)
+  out["mle"] = Step("mle", captioner,
+                    lambda c: [f"--config.reward.workdir={c.run('clip')}"] + _scorers(c, grammar),
+                    needs=("clip", "judge") + (("reward_grammar",) if grammar else ()))
+  for name, reward in REWARD_OF.items():
+    if not grammar and name != "scst":
+      continue
+    config = scst if data == "tiny" else f"{scst}{name}"
+    every = "" if data == "tiny" else "--config.evals.val.every=" + ("75" if data == "shapes" else "50")
+    out[name] = Step(name, config, lambda c, reward=reward, every=every: [
+        f"--config.init_from={c.run('mle')}", f"--config.reward.workdir={c.run(reward)}", *_scorers(c, grammar),
+        *([every] if every else [])], needs=("mle", reward))
+  if grammar:
+    out.update({f"caption_{home}": _caption_db(home) for home in ("mle", "scst")})
+  return out
+
+
+def search_section(data: report.ReportData):
+  """Caption-based search R@K of each captioner run with a caption database, and the claim SCST > MLE on R@10."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from xmodal_jax.serving import caption_search  # pylint: disable=import-outside-toplevel
+  recalls: dict[str, dict[int, float]] = {}
+  lines = []
+  for label, row in ROWS:
+    for seed, run in data.runs.get(row, {}).items():
+      path = os.path.join(run.directory, "caption_db")
+      if not os.path.exists(os.path.join(path, "meta.json")):
+        continue
+      db = caption_search.CaptionDatabase.load(path)
+      r = caption_search.recall_at_k(db, [refs[0] for refs in db.references], np.arange(db.num_images),
+                                     scoring="sum")
+      recalls.setdefault(row, {})[seed] = r["t2i_r10"]
+      lines.append(f"- {label}, seed {seed}: caption search over {db.num_images} images: R@1 {r['t2i_r1']:.1f}, "
+                   f"R@5 {r['t2i_r5']:.1f}, R@10 {r['t2i_r10']:.1f} (no query word matched: {r['no_match']} of "
+                   f"{r['num_queries']})")
+  if not lines:
+    return [], []
+  parts = ["Caption-based search (the first human caption of every val image as the query, TF-IDF over the "
+           "generated captions):\n\n" + "\n".join(lines)]
+  judged = []
+  if "mle" in recalls and "scst" in recalls:
+    seeds = sorted(set(recalls["mle"]) & set(recalls["scst"]))
+    judged.append(report.compare_values("caption-based search R@10 is higher with SCST captions than with MLE's",
+                                        "search R@10", recalls["scst"], recalls["mle"],
+                                        converged=data.converged("mle", seeds) and data.converged("scst", seeds)))
+  return parts, judged
+
+
+def get_experiment(variant: str) -> Experiment:
+  split = {"shapes": "test", "flickr8k": "val", "tiny": "val"}[variant]
+  columns = COLUMNS + (SHAPES_COLUMNS if variant == "shapes" else ())
+  rows = {row: Row(label, step=row) for label, row in ROWS if variant != "tiny" or row in ("mle", "scst")}
+  claims = [Claim("SCST raises the independent judge's CLIP-S over MLE by >= 5% relative", "scst", "mle",
+                  "CLIP-S judge", threshold=0.05, relative=True)]
+  if variant == "shapes":
+    claims += [Claim("attribute negatives raise attribute recall by >= 5 points (vs SCST with the grammar head)",
+                     "scst_attribute", "scst_grammar", "attr. recall", threshold=5.0),
+               Claim("... while attribute precision falls by <= 2 points", "scst_attribute", "scst_grammar",
+                     "attr. precision", threshold=-2.0),
+               Claim("the grammar head raises the parse rate vs SCST alone", "scst_grammar", "scst", "parse %")]
+  if variant != "tiny":
+    claims.append(Claim("the grammar head lowers the repetition rate vs SCST alone (A = SCST alone)", "scst",
+                        "scst_grammar", "repetition %"))
+  return Experiment(
+      name=f"captioning:{variant}",
+      title=f"S5: captioning, MLE and SCST, {variant} {split}",
+      config=f"configs/captioning/captioner_{'shapes' if variant == 'tiny' else variant}.py",
+      rows=rows,
+      steps=steps(variant),
+      tables=(Table(f"Captions of the {split} split:",
+                    tuple(Metric(label, f"{split}/{key}", fmt=".3g") for label, key in columns)),),
+      claims=tuple(claims),
+      convergence=Convergence(("val/judge/clip_s",), tolerance=0.02),
+      budget_note={"shapes": "the configs' own: MLE 1,000 steps, each SCST fine-tune 150 (val every 75)",
+                   "flickr8k": "the configs' own: MLE 800 steps, each SCST fine-tune 100 (val every 50)",
+                   "tiny": "the :tiny configs' 4 steps (val at steps 2 and 4)"}[variant],
+      after=("caption_mle", "caption_scst") if variant != "tiny" else (),
+      sections=search_section,
+      notes="Caption metrics have no per-item scores here: claims on them are bootstrapped over seeds alone. "
+            "The reward, judge and reward-model runs (WORKDIR/<name>/seed0) are shared by every seed.")
