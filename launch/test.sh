@@ -4,18 +4,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/env.sh
-# Reference implementation for the MiniLM parity test (tests/test_minilm.py) only; the library never imports torch.
-# torch comes from a local CPU wheel (pip find-links). Installed once per venv, guarded by a stamp of this list.
-_xm_test_deps="torch==2.13.0 transformers==5.23.0"
+# Test-only packages, installed once per venv (guarded by a stamp of this list): the reference implementation for
+# the MiniLM parity test (tests/test_minilm.py; the library never imports torch; torch comes from a local CPU wheel
+# via pip find-links) and pytest-xdist, which runs the tests on every core (XMODAL_TEST_WORKERS=N sets how many;
+# 0 runs them in this process).
+_xm_test_deps="torch==2.13.0 transformers==5.23.0 pytest-xdist==3.8.0"
 _xm_test_stamp="$VIRTUAL_ENV/.xmodal-testdeps-$(echo "$_xm_test_deps" | sha1sum | cut -c1-12)"
 if [ ! -f "$_xm_test_stamp" ]; then
-  echo "[test] installing the parity-test reference ($_xm_test_deps; one-off, about a minute)..." >&2
+  echo "[test] installing the test-only packages ($_xm_test_deps; one-off, about a minute)..." >&2
   _xm_t0=$(date +%s)
   # shellcheck disable=SC2086
   python -m pip install -q $_xm_test_deps || {
-    echo "[test] pip install of the parity-test reference ($_xm_test_deps) failed; see the messages above." >&2
+    echo "[test] pip install of the test-only packages ($_xm_test_deps) failed; see the messages above." >&2
     exit 1; }
   rm -f "$VIRTUAL_ENV"/.xmodal-testdeps-* && touch "$_xm_test_stamp"
-  echo "[test] reference installed in $(( $(date +%s) - _xm_t0 ))s." >&2
+  echo "[test] test-only packages installed in $(( $(date +%s) - _xm_t0 ))s." >&2
 fi
-exec python -m pytest tests -q -p no:cacheprovider --durations=15 "$@"
+# Tests that read a tiny run trained once per session run in one worker (tests/conftest.py schedules them), so
+# each tiny run is still trained once.
+exec python -m pytest tests -q -p no:cacheprovider --durations=15 -n "${XMODAL_TEST_WORKERS:-auto}" "$@"

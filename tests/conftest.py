@@ -1,4 +1,4 @@
-"""Test set-up: 8 fake CPU devices, so sharded code is tested without accelerators.
+"""Test set-up: 8 fake CPU devices, so sharded code is tested without accelerators; fast compilation.
 
 XLA_FLAGS must be set before JAX is imported anywhere, which is why this lives in conftest.py.
 Tests never write to the user's cache: XMODAL_CACHE (converted weights, feature caches, prepared data sets named
@@ -14,6 +14,14 @@ import tempfile
 _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+# XLA's LLVM backend optimisation off: compiling is most of the suite's time (an mFSR train step: 20 s instead of
+# 55 s), and the tests' tiny programs run about as fast unoptimised. XLA's HLO passes (fusion, sharding, layout)
+# are unchanged; only the CPU code generator's optimisation level drops. Child processes keep the flag
+# (tests.helpers.subprocess_xla_flags), so in-process and command-line results stay comparable.
+# XMODAL_TEST_FULL_OPTIMIZATION=1 tests with the production compiler settings instead.
+_COMPILE_FLAG = "--xla_backend_optimization_level=0"
+if os.environ.get("XMODAL_TEST_FULL_OPTIMIZATION") != "1" and "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " " + _COMPILE_FLAG
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Keep TensorFlow (imported by clu/tfds) quiet and off any accelerator.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -84,3 +92,44 @@ def s5_tiny_runs(clip_tiny_run, tmp_path_factory):
         f"--config.reward.workdir={root / 'reward'}", *scorers, f"--config.scorers.grammar={root / 'reward'}",
         "--config.scst.samples=2", "--config.scst.baseline=leave_one_out")
   return runs
+
+
+# Test files that read a tiny run trained once per session (the fixtures above). Under pytest-xdist
+# (launch/test.sh) a session fixture is made once per worker, so each set of files below runs on one worker
+# (`pytest_xdist_make_scheduler`) and every other test is scheduled on its own. The table is by file because
+# xdist's scheduler sees only node ids; `pytest_collection_modifyitems` checks it against the fixtures the tests
+# really use. (xdist's `--dist loadgroup` marks no longer take effect with pytest 9.2: pytest-xdist issue 1386.)
+_SHARED_RUN_FILES = {
+    "s1_tiny_run": ("tests/test_s1_pipeline.py", "tests/test_s1_serving.py"),
+    # S5's runs start from the clip run: one worker for both
+    "clip_tiny_run": ("tests/test_clip.py", "tests/test_export.py", "tests/test_serving_end_to_end.py",
+                      "tests/test_captioning.py", "tests/test_caption_cli.py"),
+}
+_FIXTURE_GROUP = {"s1_tiny_run": "s1_tiny_run", "clip_tiny_run": "clip_tiny_run", "s5_tiny_runs": "clip_tiny_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    path = item.nodeid.split("::", 1)[0]
+    for fixture in set(getattr(item, "fixturenames", ())) & set(_FIXTURE_GROUP):
+      if path not in _SHARED_RUN_FILES[_FIXTURE_GROUP[fixture]]:
+        raise pytest.UsageError(f"{item.nodeid} reads the session fixture {fixture}: add {path} to "
+                                f"_SHARED_RUN_FILES[{_FIXTURE_GROUP[fixture]!r}] in tests/conftest.py, so that one "
+                                "xdist worker runs all its readers.")
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook (installed by launch/test.sh)
+def pytest_xdist_make_scheduler(config, log):
+  """xdist's default `--dist load`, except that the files of each shared run go to one worker as a unit."""
+  if config.getvalue("dist") != "load":
+    return None  # an explicit --dist choice stands
+  from xdist.scheduler import LoadScopeScheduling  # pylint: disable=import-outside-toplevel
+
+  group_of = {path: group for group, paths in _SHARED_RUN_FILES.items() for path in paths}
+
+  class SharedRunScheduling(LoadScopeScheduling):
+    def _split_scope(self, nodeid):
+      return group_of.get(nodeid.split("::", 1)[0], nodeid)
+
+  return SharedRunScheduling(config, log)

@@ -49,9 +49,16 @@ CLI = [sys.executable, "-m", "xmodal_jax.main"]
 TINY = "configs/retrieval/vsepp_shapes.py:tiny"
 
 
+def subprocess_xla_flags() -> str:
+  """XLA_FLAGS for a child process: the test run's compiler flags (tests/conftest.py) without the 8-fake-device
+  flag, so the child sees one CPU device."""
+  return " ".join(flag for flag in os.environ.get("XLA_FLAGS", "").split()
+                  if not flag.startswith("--xla_force_host_platform_device_count"))
+
+
 def cli_env(**extra):
   """The environment of an `xmodal` subprocess: CPU, one device (no fake-device XLA_FLAGS), quiet TensorFlow."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = dict(os.environ, XLA_FLAGS=subprocess_xla_flags())
   env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", **extra)
   return env
 

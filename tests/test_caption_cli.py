@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.helpers import REPO
+from tests.helpers import REPO, subprocess_xla_flags
 from xmodal_jax.data import shapes_world
 from xmodal_jax.serving import caption_search, search_service
 
@@ -24,7 +24,7 @@ from xmodal_jax.serving import caption_search, search_service
 
 
 def _xmodal(*args):
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=subprocess_xla_flags(), JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "xmodal_jax.main", *args], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=600)
 

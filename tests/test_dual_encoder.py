@@ -45,7 +45,7 @@ def _full_variables(task):
 
 
 @pytest.mark.parametrize("image_cut,text_cut", [pytest.param("stage6", "layer_5", marks=pytest.mark.slow),
-                                                ("pooled", "pooled"), ("head", "layer_1")])
+                                                pytest.param("pooled", "pooled", marks=pytest.mark.slow), ("head", "layer_1")])
 def test_cached_activations_compose_to_the_raw_towers(tmp_path, image_cut, text_cut):
   task = _task(tmp_path, f"--config.model.image.cut={image_cut}", f"--config.model.text.cut={text_cut}")
   model, variables = task.model, _full_variables(task)

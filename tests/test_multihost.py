@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, subprocess_xla_flags
 
 
 def _free_port() -> int:
@@ -22,7 +22,8 @@ def _free_port() -> int:
 
 def _run(workdir, num_processes, devices, extra=()):
   port = _free_port()
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env["XLA_FLAGS"] = subprocess_xla_flags()  # the worker adds its own device count
   env["JAX_PLATFORMS"] = "cpu"
   procs = [subprocess.Popen([sys.executable, "-m", "tests.multihost_worker", f"--process_id={i}",
                              f"--num_processes={num_processes}", f"--port={port}", f"--devices={devices}",

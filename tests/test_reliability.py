@@ -149,6 +149,7 @@ def test_a_second_trainer_on_a_locked_workdir_fails_at_once_naming_the_holder(tm
 
 
 # ---- 4. resuming with a changed config; 5. exit codes; 10b. --stop_at_step below the current step
+@pytest.mark.slow  # four CLI runs; `launch/test.sh -m slow`
 def test_changed_model_is_refused_before_anything_is_written_and_harmless_changes_resume(tmp_path):
   workdir = str(tmp_path / "run")
   stopped = _cli("train", f"--config={TINY}", f"--workdir={workdir}", "--stop_at_step=2")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import REPO, load_config
+from tests.helpers import REPO, load_config, subprocess_xla_flags
 from xmodal_jax import errors, pipeline
 from xmodal_jax.data import shapes_world
 from xmodal_jax.train import stages
@@ -66,6 +66,7 @@ def test_no_fusion_training_row_has_features_from_a_model_that_trained_on_it(tin
   assert len(_trained_on(workdir, "text_generator_fold0")) == 256 - int(np.sum(fold == 0))
 
 
+@pytest.mark.slow  # a second S1 pipeline in the seed regime; `launch/test.sh -m slow`
 def test_seed_regime_keeps_the_labelled_set_apart_from_the_image_query_set(tmp_path):
   config = load_config("configs/s1/shapes.py:tiny", "--config.partition.labelled_images=96",
                        "--config.partition.crossfit_stages=('pixel_embedding',)",
@@ -111,7 +112,7 @@ def test_classify_cli_prints_label_probability_and_phrases(tiny_run, tmp_path):
   for i in range(2):
     paths.append(str(tmp_path / f"img{i}.png"))
     Image.fromarray(world.images[i]).save(paths[-1])
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=subprocess_xla_flags(), JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "xmodal_jax.main", "classify", f"--workdir={workdir}", "--json", *paths]
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -132,6 +133,7 @@ def test_fusion_stage_without_features_names_the_fix(tmp_path):
     FusionTask(config, str(tmp_path / "fusion")).setup(training=True)
 
 
+@pytest.mark.slow  # a second S1 pipeline with MiniLM; `launch/test.sh -m slow`
 def test_minilm_text_features_option(tiny_run, tmp_path):
   from xmodal_jax.models import minilm
   ok, reason = minilm.available()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import REPO
+from tests.helpers import REPO, subprocess_xla_flags
 from xmodal_jax import errors
 from xmodal_jax.data import shapes_world
 from xmodal_jax.systems.classifier import added_queries, phrase_lookup
@@ -52,7 +52,7 @@ def _save_images(world, folder, count=8):
 
 
 def _xmodal(*args):
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=subprocess_xla_flags(), JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "xmodal_jax.main", "classify", *args], cwd=REPO, env=env,
                         capture_output=True, text=True)
 

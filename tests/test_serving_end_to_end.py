@@ -12,14 +12,14 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, subprocess_xla_flags
 from xmodal_jax import systems
 from xmodal_jax.serving import embedding_export as fmt, search_service
 
 
 def _xmodal(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, "-m", "xmodal_jax.main", *args], cwd=REPO, capture_output=True, text=True,
-                        timeout=timeout, env={**os.environ, "XLA_FLAGS": ""})
+                        timeout=timeout, env={**os.environ, "XLA_FLAGS": subprocess_xla_flags()})
 
 
 def _free_port() -> int:
@@ -42,7 +42,7 @@ def server(clip_tiny_run, tmp_path_factory):
   port = _free_port()
   proc = subprocess.Popen([sys.executable, "-m", "xmodal_jax.main", "serve", f"--index={out}/index",
                            f"--port={port}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env={**os.environ, "XLA_FLAGS": ""})
+                          env={**os.environ, "XLA_FLAGS": subprocess_xla_flags()})
   url = f"http://127.0.0.1:{port}"
   if not search_service.wait_until_serving(url, proc):
     proc.kill()

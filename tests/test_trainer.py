@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, load_config, make_task
+from tests.helpers import REPO, load_config, make_task, subprocess_xla_flags
 from xmodal_jax.train import sharding, trainer
 
 
@@ -78,7 +78,7 @@ def test_nan_guard_names_the_step(tmp_path):
 
 def test_cli_train_then_eval(tmp_path):
   workdir = str(tmp_path / "run")
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=subprocess_xla_flags(), JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "xmodal_jax.main"]
   train = subprocess.run(cmd + ["train", "--config=configs/retrieval/vsepp_shapes.py:tiny", f"--workdir={workdir}",
                                 "--config.train.num_steps=4"], cwd=REPO, env=env, capture_output=True, text=True)
