@@ -15,7 +15,9 @@ statistics over the evaluation items (a bootstrap CI of a difference between run
 Shared types (used by two or more systems): "retrieval" (evaluation/retrieval_evaluator.py), "classification"
 (evaluation/classification.py), "zero_shot" (evaluation/zero_shot.py: CLIP-style classification by embedded class
 prompts), "captioning" (evaluation/captioning.py: caption metrics, CLIP-S under scorer models). A system's own
-types live in its folder and register when its task module is imported (`register`): "label_ranking" and
+types live in its folder and register (`register`) when their module is imported; the system registry
+(`xmodal_jax.systems`) imports the module of each type a config names, in `systems.evaluator_config` and
+`systems.create`, so no config has to import one: "label_ranking" and
 "query_association" (systems/classifier/), "multilabel" and "pair_choice" (systems/region_word/: S2's semantic
 tags, true caption vs a compositional foil), "image_reconstruction" (systems/vse/: MFSR's generated vs real
 images), "masked_prediction" (systems/single_stream/: S4's masked words / objects), "s5_reward_model"
