@@ -9,6 +9,11 @@ Variants: `:tiny` (shapes world, Lite0, seconds; tests), `:paper` (batch 24, Ada
 for 15: 7,500 steps). The frozen tower's pooled features (float32) and the 64 px real images are cached once per
 split (~/.cache/xmodal_jax/features; every seed and row shares them), so a step costs only the upper parts;
 `embed_image` on raw images runs the whole tower and gives the same embeddings (tests/test_mfsr.py).
+
+Peak RSS (measured, 2026-12-07, `xmodal train --config=configs/retrieval/mfsr_flickr8k.py --workdir=W
+--config.train.num_steps=60 --config.train.checkpoint_every=60 --config.optimizer.warmup_steps=10
+--config.evals.val.every=30` under `/usr/bin/time -f %M`, huge pages on, 2-core CPU shared with other jobs; whole
+run 1328 s): 2.53 GiB.
 """
 import ml_collections
 
