@@ -22,4 +22,5 @@ if [ ! -f "$_xm_test_stamp" ]; then
 fi
 # Tests that read a tiny run trained once per session run in one worker (tests/conftest.py schedules them), so
 # each tiny run is still trained once.
-exec python -m pytest tests -q -p no:cacheprovider --durations=15 -n "${XMODAL_TEST_WORKERS:-auto}" "$@"
+# -rs: every skipped test is listed with its reason.
+exec python -m pytest tests -q -rs -p no:cacheprovider --durations=15 -n "${XMODAL_TEST_WORKERS:-auto}" "$@"
