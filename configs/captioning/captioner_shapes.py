@@ -16,6 +16,11 @@ Other workdirs: --config.init_from / --config.reward.workdir / --config.scorers.
 Variants: "" (MLE), scst, scst_grammar, scst_attribute; tiny and tiny_scst (tests, seconds).
 Options: --config.model.decoder.kind=gru (the CNN+RNN captioner), --config.model.encoder.kind=vit,
 --config.scst.samples=5 --config.scst.baseline=leave_one_out, --config.decode.method=beam.
+
+Peak RSS (measured, 2026-12-07, 60-step runs (`--config.train.num_steps=60 --config.train.checkpoint_every=60
+--config.evals.val.every=30`, warm-up 10 where the config has one) under `/usr/bin/time -f %M`, huge pages on,
+2-core CPU shared with other jobs, with the 60-step clip, judge and reward runs as reward and scorers): MLE 2.68
+GiB, `:scst` 2.57 GiB, `:scst_grammar` 2.50 GiB.
 """
 import ml_collections
 

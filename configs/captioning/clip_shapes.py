@@ -8,6 +8,10 @@ r"""The two-tower models of S5 on the shapes world: the SCST reward model and an
 bidirectional text tower of width 96, mean-pooled), so the captioner's CLIP-S under it is not the score it was
 trained on. Both share the captioner's data (the default shapes world).
 Expected: docs/captioning.md lists their retrieval figures.
+
+Peak RSS (measured, 2026-12-07, 60-step runs (`--config.train.num_steps=60 --config.train.checkpoint_every=60
+--config.evals.val.every=30`, warm-up 10 where the config has one) under `/usr/bin/time -f %M`, huge pages on,
+2-core CPU shared with other jobs): `:reward` 2.95 GiB, `:judge` 2.25 GiB.
 """
 import ml_collections
 
