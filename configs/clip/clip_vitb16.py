@@ -12,7 +12,8 @@ Run once per host of a TPU VM slice (see docs/tpu.md for preparing COCO):
 Variants: `:tiny` runs the same code path (bf16, remat, FSDP, ring loss, 2 micro-batches) at tiny width on shapes
 world (tests run it for one step on 8 fake CPU devices); the full model is checked with jax.eval_shape.
 
-Not run here (no accelerator and no COCO on this project's machine): no measured figures yet. Anchor, CLIP ViT-B/16
+Not run here (no accelerator and no COCO on this project's machine): no measured figures yet, peak host RSS
+included (accelerator-sized: 140M params at batch 4,096 is not a 2-core CPU run). Anchor, CLIP ViT-B/16
 (Radford et al. 2021, 400M pairs): far beyond what COCO's 118K images give; expect COCO 5K retrieval well below it.
 """
 import ml_collections
