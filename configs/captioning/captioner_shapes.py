@@ -20,7 +20,7 @@ Options: --config.model.decoder.kind=gru (the CNN+RNN captioner), --config.model
 Peak RSS (measured, 2026-12-07, 60-step runs (`--config.train.num_steps=60 --config.train.checkpoint_every=60
 --config.evals.val.every=30`, warm-up 10 where the config has one) under `/usr/bin/time -f %M`, huge pages on,
 2-core CPU shared with other jobs, with the 60-step clip, judge and reward runs as reward and scorers): MLE 2.68
-GiB, `:scst` 2.57 GiB, `:scst_grammar` 2.50 GiB.
+GiB, `:scst` 2.57 GiB, `:scst_grammar` 2.50 GiB, `:scst_attribute` 2.56 GiB.
 """
 import ml_collections
 
