@@ -22,9 +22,9 @@ import numpy as np
 
 from experiments import runner, stats
 from experiments.experiment import Claim, Experiment, Metric, run_dir
+from xmodal_jax.evaluation.evaluator import ITEMS_DIR  # where the trainer saves per-item scores
 from xmodal_jax.evaluation.tables import markdown_table
 
-ITEMS_DIR = "eval_items"  # as xmodal_jax/train/trainer.py writes it
 
 
 def scalar_history(directory: str, tag: str) -> list[tuple[int, float]]:

@@ -36,6 +36,8 @@ import numpy as np
 
 from xmodal_jax import errors
 
+ITEMS_DIR = "eval_items"  # WORKDIR/<ITEMS_DIR>/<prefix>.npz: the per-item scores the trainer saves
+
 _BUILTIN = {
     "retrieval": "xmodal_jax.evaluation.retrieval_evaluator",
     "classification": "xmodal_jax.evaluation.classification",

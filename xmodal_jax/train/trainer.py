@@ -40,7 +40,7 @@ from xmodal_jax.train.state import TrainState
 from xmodal_jax.train.task import StepContext, Task
 
 FROZEN_FILE = "frozen_params.json"
-ITEMS_DIR = "eval_items"  # per-item scores of the final evaluation (save_items)
+ITEMS_DIR = evaluator_lib.ITEMS_DIR  # per-item scores of the final evaluation (save_items)
 
 
 class NonFiniteLossError(errors.UserError, FloatingPointError):
