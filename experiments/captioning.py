@@ -10,7 +10,7 @@ models (clip_<data>.py:reward|judge), the reward-model fine-tunes with a grammar
 instruments: one run each (seed 0) that every seed shares; the seeds vary the captioners.
 
   python -m experiments.run captioning:shapes --workdir=workdirs/s5_shapes --parallel=3
-  python -m experiments.run captioning:flickr8k --workdir=workdirs/s5_flickr8k --parallel=3 [--config.X=V]
+  python -m experiments.run captioning:flickr8k --workdir=workdirs/s5_flickr8k --parallel=1 [--config.X=V]
   python -m experiments.run captioning:tiny --workdir=/tmp/s5_tiny     # MLE vs SCST, seconds per run
 
 Extra --config flags go to the captioner runs only (e.g. --config.data.source=folder:DIR).
