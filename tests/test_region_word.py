@@ -140,12 +140,12 @@ def test_pairwise_scorer_equals_a_loop_reference(tmp_path):
   text = {k: v[:n_txt] for k, v in data.text_inputs.items()}
   t2i = data.text_to_image[:n_txt]
   # Loop reference: one pair at a time through the aligned-pair predict functions.
-  ims = [task.pair_image(variables, **{k: v[i:i + 1] for k, v in image.items()}) for i in range(n_img)]
+  ims = [task.pair_image_features(variables, **{k: v[i:i + 1] for k, v in image.items()}) for i in range(n_img)]
   txs = [task.pair_text(variables, **{k: v[t:t + 1] for k, v in text.items()}) for t in range(n_txt)]
   score = jax.jit(task.score_pairs)
   ref = np.array([[float(score(variables, im, tx)[0]) for tx in txs] for im in ims], np.float32)
   # The training path: every pair of the batch at once.
-  im_all = task.pair_image(variables, **image)
+  im_all = task.pair_image_features(variables, **image)
   tx_all = task.pair_text(variables, **text)
   from xmodal_jax.systems.region_word.region_word_model import alignment_similarities
   matrix = alignment_similarities(im_all, tx_all, config.similarity, all_pairs=True)["combined"]

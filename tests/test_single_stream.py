@@ -206,3 +206,37 @@ def test_alternate_schedule_trains_the_masked_tasks_on_even_steps(tmp_path):
   m = one_train_step(config, str(tmp_path), jax.devices()[:1])  # step 0: words + objects, no matching / dual
   assert m["loss"] == pytest.approx(m["words_loss"] + m["objects_loss"], rel=1e-5)
   assert m["matching_loss"] > 0 and m["dual_loss"] > 0 and m["object_feature_loss"] > 0
+
+
+@pytest.mark.slow  # a tiny training run and three `xmodal caption` processes
+def test_xmodal_caption_on_an_s4_run(tmp_path):
+  from PIL import Image
+  from tests.helpers import run_cli
+  from xmodal_jax import systems
+  from xmodal_jax.data import shapes_world
+  from xmodal_jax.systems.captioning.image_captioner import load_image_file  # how `xmodal caption` reads files
+  from xmodal_jax.systems.single_stream import image_captioner
+  from xmodal_jax.train import trainer
+  work = str(tmp_path / "run")
+  config = load_config(f"{TINY},caption_finetune", "--config.evals.test_captions.coco=False")
+  results = trainer.train_and_evaluate(systems.create(config, work))  # the captioning evaluator: caption_features
+  assert np.isfinite(results["metrics"]["test_captions/empty_captions"])
+  paths = []
+  for i, image in enumerate(shapes_world.generate_split("test", 2, seed=3).images):
+    paths.append(str(tmp_path / f"shape{i}.png"))
+    Image.fromarray(image).resize((96, 80)).save(paths[-1])  # not square, not the run's size: resized and cropped
+  done = run_cli("caption", f"--workdir={work}", paths[0], paths[1])
+  assert done.returncode == 0, done.stderr[-3000:]
+  lines = [line.split("\t") for line in done.stdout.strip().splitlines()]
+  assert [line[0] for line in lines] == paths and all(len(line) == 2 for line in lines), done.stdout
+  # the same captions as the library's raw-image `caption` predict function on the same files
+  captioner = image_captioner.ImageCaptioner.from_workdir(work)
+  images = np.stack([load_image_file(p, config.data) for p in paths])
+  assert [line[1] for line in lines] == [c[0] for c in captioner.caption(images)]
+  done = run_cli("caption", f"--workdir={work}", "--json", paths[1])
+  row = json.loads(done.stdout)
+  assert row["image"] == paths[1] and row["caption"] == lines[1][1] and row["captions"] == [row["caption"]]
+  assert row["decode"] == "mask_filling" and row["step"] == int(config.train.num_steps)
+  done = run_cli("caption", f"--workdir={work}", "--all")
+  assert done.returncode != 0 and "Traceback" not in done.stderr
+  assert "not supported for S4 runs" in done.stderr and "IMAGE" in done.stderr, done.stderr[-2000:]

@@ -126,15 +126,15 @@ def region_word_evals(splits=("val", "test"), *, rerank_k: int = 20, batch_size:
                       tags_split: str = "", choice_split: str = "") -> ml_collections.ConfigDict:
   """S2's evaluators, all at the end: retrieval per split by the pairwise scorer re-ranking the global
   embeddings' top-k (rerank_k=0: every image x caption pair), the tag head's micro-F1 and the compositional
-  choice (shapes world)."""
+  choice (shapes world). They read the cached feature maps: the image side's *_features predict functions."""
   evals = ml_collections.ConfigDict()
   for split in splits:
     evals[split] = evaluator_config("retrieval", split=split, scorer="pairwise", rerank_k=rerank_k,
-                                    pair_image="pair_image", pair_text="pair_text", pair_batch_size=1024,
-                                    batch_size=batch_size)
+                                    embed_image="embed_image_features", pair_image="pair_image_features",
+                                    pair_text="pair_text", pair_batch_size=1024, batch_size=batch_size)
   if tags_split:
     evals.tags = evaluator_config("multilabel", split=tags_split, batch_size=batch_size)
   if choice_split:
-    evals.composition = evaluator_config("pair_choice", split=choice_split, pair_image="pair_image",
+    evals.composition = evaluator_config("pair_choice", split=choice_split, pair_image="pair_image_features",
                                          pair_text="pair_text", pair_batch_size=1024, batch_size=batch_size)
   return evals

@@ -60,17 +60,19 @@ def single_stream_evals(split: str, *, rerank_k: int = 10, full_images: int = 10
   (and the dual encoder alone), full pairwise scoring of the first `full_images` images (one fold), retrieval
   by predicted objects (labelled data), masked-word (and masked-object) accuracy under the fixed protocols, and
   captions by mask filling. val_every > 0: masked-word accuracy on the first `val_items` captions of `val_split`
-  every that many steps (the convergence curve)."""
-  pairwise = dict(scorer="pairwise", pair_batch_size=1024, batch_size=batch_size)
+  every that many steps (the convergence curve). They read the cached objects and units: the *_features /
+  *_units predict functions (score_pairs takes either path's items)."""
+  cached = dict(embed_image="embed_image_features", embed_text="embed_text_units", batch_size=batch_size)
+  pairwise = dict(scorer="pairwise", pair_batch_size=1024, **cached)
   evals = ml_collections.ConfigDict()
   evals[split] = evaluator_config("retrieval", split=split, rerank_k=rerank_k, **pairwise)
-  evals[f"{split}_dual"] = evaluator_config("retrieval", split=split, batch_size=batch_size)
+  evals[f"{split}_dual"] = evaluator_config("retrieval", split=split, **cached)
   if full_images:  # the same first images three ways: every pair scored, re-ranked top-k, the dual encoder
     first = dict(split=split, max_images=full_images)
     evals[f"{split}_full{full_images}"] = evaluator_config("retrieval", **first, **pairwise)
     evals[f"{split}_full{full_images}_rerank"] = evaluator_config("retrieval", **first, rerank_k=rerank_k,
                                                                   **pairwise)
-    evals[f"{split}_full{full_images}_dual"] = evaluator_config("retrieval", **first, batch_size=batch_size)
+    evals[f"{split}_full{full_images}_dual"] = evaluator_config("retrieval", **first, **cached)
   if objects:
     evals[f"{split}_by_objects"] = evaluator_config("retrieval", split=split, rerank_k=rerank_k,
                                                     score_pairs="object_score_pairs", **pairwise)
@@ -78,7 +80,8 @@ def single_stream_evals(split: str, *, rerank_k: int = 10, full_images: int = 10
   evals[f"{split}_masked"] = evaluator_config("masked_prediction", split=split, protocols=protocols,
                                               batch_size=batch_size)
   if captions:
-    evals[f"{split}_captions"] = evaluator_config("captioning", split=split, batch_size=batch_size)
+    evals[f"{split}_captions"] = evaluator_config("captioning", split=split, caption="caption_features",
+                                                  batch_size=batch_size)
   if val_every:
     evals.masked_curve = evaluator_config("masked_prediction", split=val_split, every=val_every, at_end=False,
                                         protocols=("words_span", "words_token"), max_items=val_items,

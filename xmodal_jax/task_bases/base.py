@@ -55,6 +55,15 @@ class ImageTextTask(Task):
       self._eval_images[name] = data.load_images(np.arange(len(data)), self.data_config().image_size)
     return self._eval_images[name]
 
+  def example_extras(self, name: str, images: bool = True) -> dict:
+    """EvalData extras for the evaluators' example pictures (evaluation/summary_images.py): every caption of split
+    `name` in text-row order ("captions") and, for tasks whose image inputs are not pixels, the split's centre
+    crops ("display_images")."""
+    out = {"captions": [c for caps in self.split(name).captions for c in caps]}
+    if images:
+      out["display_images"] = self.eval_images(name)
+    return out
+
   def image_iterator(self, rows: np.ndarray, targets: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]],
                      *, process_index: int, process_count: int) -> EpochBatchIterator:
     """Training batches over the train images `rows`: random crops (+ flips) as "images", plus

@@ -5,6 +5,13 @@ whole-image box first; for evaluation another method or jittered boxes).
 
 A mixin for an ImageTextTask whose config has `image_tower` (variant, input_size, feature_cut, cache_dtype,
 cache_batch_size) and `regions` (method, grid, include_full, max_regions, eval_method, eval_jitter, jitter_seed).
+
+Raw inputs (the predict functions on images, for serving and export): the tower's weights up to the cut are the
+task's frozen params (`frozen_params`, variables["frozen"]), `tower_feature_map` runs them in the graph (the same
+function the cache is built with, so cached and raw paths differ only by the cache's float16 rounding), and
+`regions_or_default` fills in regions when a caller gives none: config.regions.grid's cells (the whole-image box
+first with include_full), padded to `max_regions()`, whatever config.regions.method is (a photo folder has no
+boxes). `image_predict_inputs(images, split)` gives the split's evaluation boxes (`boxes(split, evaluation=True)`).
 """
 from __future__ import annotations
 
@@ -56,22 +63,40 @@ class FrozenTowerRegions:
                                                           pool=False)[0], x)
     return tuple(out.shape[1:])
 
-  def _tower_fn(self):
+  # ---- the frozen tower
+  def _tower_layer(self, name: str) -> bool:
+    """Whether a top-level layer of the tower is used below config.image_tower.feature_cut."""
     t = self.config.image_tower
-    tower = efficientnet_lite.EfficientNetLite(t.variant)
-    weights = efficientnet_weights.load(t.variant)
-    variables = jax.device_put({"params": {k: v for k, v in weights["params"].items() if k != "classifier"},
-                                "batch_stats": weights["batch_stats"]})
+    stop = feature_stop(t.variant, t.feature_cut)
+    if name.startswith("block_"):
+      return stop is None or int(name[6:]) < stop
+    return name.startswith("stem_") or (stop is None and name.startswith("head_"))
+
+  def frozen_params(self):
+    """The ImageNet tower's weights below the cut: {"params": {"image_tower": ...}, "batch_stats":
+    {"image_tower": ...}} (host arrays; never trained, not checkpointed: reloaded from the weights file)."""
+    weights = efficientnet_weights.load(self.config.image_tower.variant)
+    return {collection: {"image_tower": {k: v for k, v in weights[collection].items() if self._tower_layer(k)}}
+            for collection in ("params", "batch_stats")}
+
+  def tower_feature_map(self, frozen, images: jnp.ndarray) -> jnp.ndarray:
+    """(frozen params, uint8 images [n, S, S, 3]) -> float32 feature map [n, h, w, C] at the cut (traceable)."""
+    t = self.config.image_tower
     stop, size = feature_stop(t.variant, t.feature_cut), int(t.input_size)
+    if frozen is None or "image_tower" not in frozen.get("params", {}):
+      raise ValueError(f"{type(self).__name__}: the raw-image predict functions need variables['frozen'] (the "
+                       "tower's weights: frozen_params()); load the run with train.inference.load_model.")
+    x = efficientnet_lite.normalize_images(images)
+    if x.shape[1] != size or x.shape[2] != size:
+      x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
+    v = {collection: frozen[collection]["image_tower"] for collection in ("params", "batch_stats")}
+    out = efficientnet_lite.EfficientNetLite(t.variant).apply(v, x, stop=stop, head=stop is None, pool=False)
+    return out.astype(jnp.float32)
 
-    @jax.jit
-    def apply(v, images):
-      x = efficientnet_lite.normalize_images(images)
-      if x.shape[1] != size:
-        x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
-      return tower.apply(v, x, stop=stop, head=stop is None, pool=False)
-
-    return lambda images: np.asarray(apply(variables, images))
+  def _tower_fn(self):
+    frozen = jax.device_put(self.frozen_params())
+    apply = jax.jit(self.tower_feature_map)
+    return lambda images: np.asarray(apply(frozen, images))
 
   def feature_maps(self, split: str) -> feature_cache.FeatureCache:
     """The split's cached feature maps [N, h, w, C] of the frozen tower (centre crops at data.image_size)."""
@@ -102,6 +127,42 @@ class FrozenTowerRegions:
     else:
       grid = 0
     return max(int(r.max_regions), grid) + int(bool(r.include_full))
+
+  def default_boxes(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Regions of images without boxes (module docstring): (boxes float32 [count, R, 4] xyxy pixels of the
+    data.image_size crop, valid bool [count, R]), R = max(max_regions(), the grid's cells (+ 1))."""
+    r, size = self.config.regions, int(self.config.data.image_size)
+    cells = regions.grid_boxes(size, size, int(r.grid[0]), int(r.grid[1]), include_full=bool(r.include_full))
+    return regions.pad_boxes([cells] * count, max(self.max_regions(), len(cells)))
+
+  def regions_or_default(self, images: jnp.ndarray, boxes=None, region_mask=None) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The predict functions' regions: `boxes` [n, R, 4] (xyxy pixels of the S crop) and `region_mask` [n, R]
+    (default: every box valid), or `default_boxes` when boxes is None. Checks the images are S x S crops."""
+    size = int(self.config.data.image_size)
+    if tuple(images.shape[1:]) != (size, size, 3):
+      raise ValueError(f"{type(self).__name__}: images must be uint8 [n, {size}, {size}, 3] centre crops at "
+                       f"config.data.image_size (data.load_images / image_predict_inputs), got {images.shape}.")
+    if boxes is None:
+      boxes, region_mask = self.default_boxes(images.shape[0])
+    elif region_mask is None:
+      region_mask = jnp.ones(boxes.shape[:2], bool)
+    return jnp.asarray(boxes, jnp.float32), jnp.asarray(region_mask, bool)
+
+  def image_predict_inputs(self, images: np.ndarray, split: str | None = None, rows=None) -> dict[str, np.ndarray]:
+    """The kwargs of the raw-image predict functions (embed_image, pair_image, ...) for uint8 images [n, S, S, 3]:
+    with `split`, images `rows` of that split (default: all of it, in order) get the regions evaluation uses
+    (`boxes(split, evaluation=True)`: the data's boxes or the grid, as config.regions says); without, the
+    default regions (`default_boxes`)."""
+    images = np.asarray(images)
+    if split is None:
+      boxes, valid = self.default_boxes(len(images))
+    else:
+      boxes, valid = self.boxes(split, evaluation=True)
+      rows = np.arange(len(boxes)) if rows is None else np.asarray(rows)
+      if len(rows) != len(images):
+        raise ValueError(f"image_predict_inputs: {len(images)} images but {len(rows)} rows of split {split!r}.")
+      boxes, valid = boxes[rows], valid[rows]
+    return {"images": images, "boxes": boxes, "region_mask": valid}
 
   def boxes(self, split: str, evaluation: bool) -> tuple[np.ndarray, np.ndarray]:
     """(boxes float32 [N, R, 4] xyxy pixels of the data.image_size crop, valid bool [N, R]) of a split; for

@@ -22,7 +22,14 @@ from xmodal_jax.task_bases.base import ImageTextTask
 
 class RetrievalTask(ImageTextTask):
   """Subclasses build `self.model` in `setup` and define `embed_image(variables, images)` and
-  `embed_text(variables, tokens, mask)` (unit vectors)."""
+  `embed_text(variables, tokens, mask)` (unit vectors).
+
+  The raw-input interface every retrieval task has (serving, export): `embed_image(variables,
+  **image_predict_inputs(images))` with uint8 centre crops [n, S, S, 3] (S = config.data.image_size) and
+  `embed_text(variables, **encode_texts(captions))` -> unit vectors [n, D]. Tasks that score pairs jointly
+  (`has_pairwise_scoring`) add `pair_image` (same inputs as embed_image) and `pair_text` (same as embed_text) ->
+  dicts of per-item arrays [n, ...], and `score_pairs(variables, image, text)` -> float32 [P] for aligned rows of
+  those dicts (higher = better match)."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     super().__init__(config, workdir)
@@ -38,6 +45,17 @@ class RetrievalTask(ImageTextTask):
 
   def embed_text(self, variables, tokens, mask):
     raise NotImplementedError
+
+  @property
+  def has_pairwise_scoring(self) -> bool:
+    """Whether the task has pair_image / pair_text / score_pairs (a re-ranker of embed_image / embed_text)."""
+    return all(name in self._predict for name in ("pair_image", "pair_text", "score_pairs"))
+
+  def image_predict_inputs(self, images: np.ndarray, split: str | None = None, rows=None) -> dict[str, np.ndarray]:
+    """The kwargs of embed_image (and pair_image) for uint8 images [n, S, S, 3]; `split` / `rows` (which images
+    of that split they are) matter to tasks with regions (task_bases/frozen_tower_regions.py)."""
+    del split, rows
+    return {"images": np.asarray(images)}
 
   def load_or_build_tokenizer(self, training: bool):
     """The run's tokenizer lives in the workdir: built once on the first training run (from the train captions;
@@ -70,7 +88,8 @@ class RetrievalTask(ImageTextTask):
   def make_eval_data(self, split: str) -> EvalData:
     toks = self.tokens(split)
     data = EvalData(image_inputs={"images": self.eval_images(split)},
-                    text_inputs={"tokens": toks.tokens, "mask": toks.mask}, text_to_image=toks.text_to_image)
+                    text_inputs={"tokens": toks.tokens, "mask": toks.mask}, text_to_image=toks.text_to_image,
+                    extras=self.example_extras(split, images=False))
     if any(spec.type == "zero_shot" and spec.split == split for spec in self.config.evals.values()):
       classes = zero_shot_classes(self.data_config(), self.split(split))  # labels + prompts, tokenised as captions
       data.labels, data.label_names = classes.labels, classes.names

@@ -17,11 +17,15 @@ on its own (weight loss.consistency_weight), so that the layers agree on which p
 carrying the sum; the tag head adds sum_t BCE(tag logits, multi-hot tags of the image's captions) / T (weight
 tags.weight), the "global constraint" on the image embedding.
 
-Predict functions: embed_image / embed_text (global unit vectors: shortlists for re-ranking), pair_image /
-pair_text (per-item sets) and score_pairs (the combined similarity of aligned pairs) for the pairwise retrieval
-evaluator, tag_logits / text_tag_logits (tags.side image / text / both) for the multilabel evaluator
-(side="text", predict="text_tag_logits" for the caption head), and the same pair functions for the pair_choice
-(compositional) evaluator. Assets in the workdir: tokenizer.json, tags.json.
+Predict functions, from raw inputs (serving, export; task_bases/retrieval_task.py has the interface): embed_image /
+embed_text (global unit vectors: shortlists for re-ranking), pair_image / pair_text (per-item sets) and score_pairs
+(the combined similarity of aligned pairs). The image side takes uint8 centre crops [n, S, S, 3] and optional
+boxes [n, R, 4] / region_mask [n, R] (`image_predict_inputs`; default: config.regions.grid's cells) and runs the
+frozen tower (the task's frozen params) in the graph. On the cached feature maps (training, evaluators):
+embed_image_features / pair_image_features (feature_map, boxes, region_mask) for the pairwise retrieval and
+pair_choice (compositional) evaluators, tag_logits / text_tag_logits (tags.side image / text / both) for the
+multilabel evaluator (side="text", predict="text_tag_logits" for the caption head). Assets in the workdir:
+tokenizer.json, tags.json.
 """
 from __future__ import annotations
 
@@ -63,6 +67,8 @@ class RegionWordAlignmentTask(FrozenTowerRegions, RetrievalTask):
                                "'both' vectors.")
     self.tags: tuple[str, ...] = ()
     self._predict.update(pair_image=self.pair_image, pair_text=self.pair_text, score_pairs=self.score_pairs,
+                         embed_image_features=self.embed_image_features,
+                         pair_image_features=self.pair_image_features,
                          tag_logits=self.tag_logits, text_tag_logits=self.text_tag_logits)
 
   # ---- assets and model
@@ -169,29 +175,44 @@ class RegionWordAlignmentTask(FrozenTowerRegions, RetrievalTask):
         loss = loss + float(self.config.tags.weight) * tag_loss
     return loss, metrics
 
-  # ---- predict functions
-  def pair_image(self, variables, feature_map, boxes, region_mask):
-    """-> the image's sets: regions [n, R, D], masks, saliency, global, (pairs)."""
+  # ---- predict functions (raw images; the text side is the same for both paths)
+  def pair_image(self, variables, images, boxes=None, region_mask=None):
+    """uint8 images [n, S, S, 3] (+ boxes [n, R, 4] xyxy pixels, region_mask [n, R]; default: the grid) -> the
+    image's sets: regions [n, R, D], region_mask, saliency [n, R], global [n, D], (pairs [n, P, D], pair_mask)."""
+    boxes, region_mask = self.regions_or_default(images, boxes, region_mask)
+    return self.pair_image_features(variables, self.tower_feature_map(variables.get("frozen"), images), boxes,
+                                    region_mask)
+
+  def embed_image(self, variables, images, boxes=None, region_mask=None):
+    """-> unit global image vectors [n, D] (pair_image's "global")."""
+    return self.pair_image(variables, images, boxes, region_mask)["global"]
+
+  def pair_text(self, variables, tokens, mask):
+    """tokens int32, mask bool [n, L] -> the caption's sets: words [n, L, D], word_mask, global [n, D],
+    (phrases [n, L-1, D], phrase_mask)."""
+    out = self.model.apply({"params": variables["params"]}, tokens, mask, method=RegionWordAlignment.encode_text)
+    out.pop("text_tags", None)
+    return out
+
+  def embed_text(self, variables, tokens, mask):
+    return self.pair_text(variables, tokens, mask)["global"]
+
+  def score_pairs(self, variables, image, text):
+    """Aligned per-item sets of P pairs (pair_image / pair_text outputs, row i with row i) -> combined
+    similarities float32 [P]."""
+    del variables
+    return alignment_similarities(image, text, self.config.similarity, all_pairs=False)["combined"]
+
+  # ---- predict functions (cached feature maps [n, h, w, C]: training's evaluators)
+  def pair_image_features(self, variables, feature_map, boxes, region_mask):
+    """-> the image's sets, as pair_image."""
     out = self.model.apply({"params": variables["params"]}, feature_map, boxes, region_mask,
                            method=RegionWordAlignment.encode_image)
     out.pop("tag_logits", None)
     return out
 
-  def pair_text(self, variables, tokens, mask):
-    out = self.model.apply({"params": variables["params"]}, tokens, mask, method=RegionWordAlignment.encode_text)
-    out.pop("text_tags", None)
-    return out
-
-  def score_pairs(self, variables, image, text):
-    """Aligned per-item sets of P pairs -> combined similarities [P]."""
-    del variables
-    return alignment_similarities(image, text, self.config.similarity, all_pairs=False)["combined"]
-
-  def embed_image(self, variables, feature_map, boxes, region_mask):
-    return self.pair_image(variables, feature_map, boxes, region_mask)["global"]
-
-  def embed_text(self, variables, tokens, mask):
-    return self.pair_text(variables, tokens, mask)["global"]
+  def embed_image_features(self, variables, feature_map, boxes, region_mask):
+    return self.pair_image_features(variables, feature_map, boxes, region_mask)["global"]
 
   def tag_logits(self, variables, feature_map, boxes, region_mask):
     return self.model.apply({"params": variables["params"]}, feature_map, boxes, region_mask,
@@ -208,7 +229,8 @@ class RegionWordAlignmentTask(FrozenTowerRegions, RetrievalTask):
     boxes, valid = self.boxes(split, evaluation=True)
     maps = self.feature_maps(split).read(split, np.arange(len(data)))
     out = EvalData(image_inputs={"feature_map": maps, "boxes": boxes, "region_mask": valid},
-                   text_inputs={"tokens": toks.tokens, "mask": toks.mask}, text_to_image=toks.text_to_image)
+                   text_inputs={"tokens": toks.tokens, "mask": toks.mask}, text_to_image=toks.text_to_image,
+                   extras=self.example_extras(split))
     specs = [s for s in self.config.evals.values() if s.split == split]
     if self.tags and any(s.type == "multilabel" for s in specs):
       out.extras.update(tag_targets_image=self.tag_targets(split, np.arange(len(data))), tag_names=self.tags,

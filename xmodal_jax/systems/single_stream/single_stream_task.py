@@ -24,10 +24,17 @@ even steps, matching on odd ones, [0159]):
 The seed library (config.library.enabled; systems/single_stream/seed_library.py) fuses label text into objects and standard images
 into words; masking removes both from masked items (systems/single_stream/single_stream_transformer.py).
 
-Predict functions: embed_image / embed_text (dual), score_pairs (matching logit of aligned pairs; the pairwise
-retrieval evaluator), object_score_pairs (retrieval by predicted objects, [0071]: the mean log-probability, with
-every object of the image masked and the text visible, of the image's object labels), masked_words /
-masked_object_labels (the masked_prediction evaluator's protocols), caption (iterative mask filling, [0072]).
+Predict functions from raw inputs (serving, export, `xmodal caption`; task_bases/retrieval_task.py has the
+interface): the image side takes uint8 centre crops [n, S, S, 3] and optional boxes [n, R, 4] / region_mask [n, R]
+(`image_predict_inputs`; default: config.regions.grid's cells) (+ label_tokens [n, R, LABEL_LEN] for the seed
+library; default none) and runs the frozen tower (the task's frozen params) and ROI-Align in the graph; the text
+side takes the tokenizer's tokens / mask [n, max_len] and appends <eos> in the graph. embed_image / embed_text
+(dual), pair_image (the objects: features, geometry, object_mask, label_tokens) / pair_text (the units: tokens,
+mask [n, max_len + 1]), score_pairs (matching logit of aligned rows of those), caption (iterative mask filling,
+[0072]). On the cached objects / units (training's evaluators): embed_image_features / embed_text_units (the
+shortlist), score_pairs, object_score_pairs (retrieval by predicted objects, [0071]: the mean log-probability,
+with every object of the image masked and the text visible, of the image's object labels), masked_words /
+masked_object_labels (the masked_prediction evaluator's protocols), caption_features.
 """
 from __future__ import annotations
 
@@ -92,9 +99,11 @@ class SingleStreamTask(FrozenTowerRegions, RetrievalTask):
     self._objects: dict[tuple[str, bool], dict[str, np.ndarray]] = {}
     self._units: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     self._feature_dim: int | None = None
-    self._predict.update(score_pairs=self.score_pairs, object_score_pairs=self.object_score_pairs,
+    self._predict.update(pair_image=self.pair_image, pair_text=self.pair_text, score_pairs=self.score_pairs,
+                         caption=self.caption, embed_image_features=self.embed_image_features,
+                         embed_text_units=self.embed_text_units, object_score_pairs=self.object_score_pairs,
                          masked_words=self.masked_words, masked_object_labels=self.masked_object_labels,
-                         caption=self.caption)
+                         caption_features=self.caption_features)
 
   # ---- assets
   def _box_label_texts(self, split: str) -> list[list[str]] | None:
@@ -212,20 +221,33 @@ class SingleStreamTask(FrozenTowerRegions, RetrievalTask):
       n = len(boxes)
       features = np.concatenate([np.asarray(pool(maps.read(split, np.arange(s, min(s + 256, n))),
                                                  boxes[s:s + 256])) for s in range(0, n, 256)]).astype(np.float32)
-      labels = np.full(valid.shape, -1, np.int32)
-      texts = self._box_label_texts(split) if self.config.regions.method == "data" else None
-      index = {t: i for i, t in enumerate(self.labels)}
-      if texts is not None:
-        for i, image in enumerate(texts):
-          labels[i, :len(image)] = [index.get(t, -1) for t in image]
-      label_tokens = np.zeros((*valid.shape, LABEL_LEN), np.int32)
-      if self.labels:
-        ids, _ = self.tokenizer.encode_batch(list(self.labels), LABEL_LEN)
-        label_tokens = np.where((labels >= 0)[..., None], ids[np.maximum(labels, 0)], 0).astype(np.int32)
+      labels, label_tokens = self._object_labels(split, valid.shape)
       self._objects[key] = {"features": features * valid[..., None],
                             "geometry": regions.box_geometry(boxes, size, size) * valid[..., None],
                             "mask": valid, "boxes": boxes, "labels": labels, "label_tokens": label_tokens}
     return self._objects[key]
+
+  def _object_labels(self, split: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(labels int32 [N, R], label_tokens int32 [N, R, LABEL_LEN]) of the split's data boxes (objects())."""
+    labels = np.full(shape, -1, np.int32)
+    texts = self._box_label_texts(split) if self.config.regions.method == "data" else None
+    index = {t: i for i, t in enumerate(self.labels)}
+    if texts is not None:
+      for i, image in enumerate(texts):
+        labels[i, :len(image)] = [index.get(t, -1) for t in image]
+    label_tokens = np.zeros((*shape, LABEL_LEN), np.int32)
+    if self.labels:
+      ids, _ = self.tokenizer.encode_batch(list(self.labels), LABEL_LEN)
+      label_tokens = np.where((labels >= 0)[..., None], ids[np.maximum(labels, 0)], 0).astype(np.int32)
+    return labels, label_tokens
+
+  def image_predict_inputs(self, images, split=None, rows=None):
+    """FrozenTowerRegions' regions, plus (seed library on) the label text of the split's data boxes."""
+    out = super().image_predict_inputs(images, split, rows)
+    if split is not None and self.library is not None:
+      _, label_tokens = self._object_labels(split, self.boxes(split, evaluation=True)[1].shape)
+      out["label_tokens"] = label_tokens[np.arange(len(label_tokens)) if rows is None else np.asarray(rows)]
+    return out
 
   # ---- training
   def train_iterator(self, *, process_index, process_count):
@@ -326,18 +348,61 @@ class SingleStreamTask(FrozenTowerRegions, RetrievalTask):
     metrics.update({f"{name}_loss": value for name, value in losses.items()})
     return loss, metrics
 
-  # ---- predict functions
-  def embed_image(self, variables, features, geometry, object_mask, labels, label_tokens):
+  # ---- predict functions (raw images and tokenizer tokens)
+  def pair_image(self, variables, images, boxes=None, region_mask=None, label_tokens=None):
+    """uint8 images [n, S, S, 3] (+ boxes [n, R, 4] xyxy pixels, region_mask [n, R]; default: the grid; +
+    label_tokens [n, R, LABEL_LEN], the seed library's label text; default none) -> the objects: {"features"
+    [n, R, C], "geometry" [n, R, 7], "object_mask" [n, R], "label_tokens" [n, R, LABEL_LEN]} (as objects())."""
+    boxes, valid = self.regions_or_default(images, boxes, region_mask)
+    size = int(self.config.data.image_size)
+    feature_map = self.tower_feature_map(variables.get("frozen"), images)
+    keep = valid[..., None].astype(jnp.float32)
+    features = roi_align.pooled_region_features(feature_map, boxes, (size, size)) * keep
+    if label_tokens is None:
+      label_tokens = jnp.zeros((*valid.shape, LABEL_LEN), jnp.int32)
+    return {"features": features, "geometry": regions.box_geometry(boxes, size, size, xp=jnp) * keep,
+            "object_mask": valid, "label_tokens": jnp.asarray(label_tokens, jnp.int32)}
+
+  def pair_text(self, variables, tokens, mask):
+    """Tokenizer tokens int32 / mask bool [n, max_len] -> the units {"tokens", "mask"} [n, max_len + 1]: the
+    words then <eos> (as units())."""
+    del variables
+    n, length = tokens.shape
+    count = jnp.sum(mask.astype(jnp.int32), 1)
+    units = jnp.concatenate([jnp.asarray(tokens, jnp.int32), jnp.zeros((n, 1), jnp.int32)], 1)
+    units = units.at[jnp.arange(n), count].set(EOS)
+    return {"tokens": units, "mask": jnp.arange(length + 1)[None, :] <= count[:, None]}
+
+  def embed_image(self, variables, images, boxes=None, region_mask=None, label_tokens=None):
+    """-> the dual encoder's unit image vectors [n, D]."""
+    image = self.pair_image(variables, images, boxes, region_mask, label_tokens)
+    return self._embed_image(variables["params"], image["features"], image["geometry"], image["object_mask"],
+                             image["label_tokens"])
+
+  def embed_text(self, variables, tokens, mask):
+    """-> the dual encoder's unit text vectors [n, D]."""
+    return self.embed_text_units(variables, **self.pair_text(variables, tokens, mask))
+
+  def caption(self, variables, images, boxes=None, region_mask=None, label_tokens=None):
+    """uint8 images [n, S, S, 3] (regions as pair_image) -> caption_features' token rows [n, max_len + 1]."""
+    image = self.pair_image(variables, images, boxes, region_mask, label_tokens)
+    return self.caption_features(variables, image["features"], image["geometry"], image["object_mask"], None,
+                                 image["label_tokens"])
+
+  # ---- predict functions (cached objects and units: training's evaluators)
+  def embed_image_features(self, variables, features, geometry, object_mask, labels, label_tokens):
     del labels
     return self._embed_image(variables["params"], features, geometry, object_mask, label_tokens)
 
-  def embed_text(self, variables, tokens, mask):
+  def embed_text_units(self, variables, tokens, mask):
+    """units (tokens, mask [n, max_len + 1]) -> unit vectors [n, D]."""
     return self._embed_text(variables["params"], tokens, mask)
 
   def score_pairs(self, variables, image, text):
-    """Aligned pairs (image inputs [P, ...], text inputs [P, L]) -> matching logits [P]."""
+    """Aligned pairs (objects [P, ...] as pair_image / objects() give them, units [P, max_len + 1] as pair_text /
+    units() give them) -> matching logits float32 [P]."""
     return self._apply(variables["params"], image["features"], image["geometry"], image["object_mask"],
-                       text["tokens"], text["mask"], image["label_tokens"])["itm_logit"]
+                       text["tokens"], text["mask"], image["label_tokens"])["itm_logit"].astype(jnp.float32)
 
   def object_score_pairs(self, variables, image, text):
     """Retrieval by predicted objects ([0071]): with every object of the image masked (boxes kept) and the text
@@ -363,7 +428,7 @@ class SingleStreamTask(FrozenTowerRegions, RetrievalTask):
                       masked_objects=masked_objects)
     return jnp.argmax(out["label_logits"], -1)
 
-  def caption(self, variables, features, geometry, object_mask, labels, label_tokens):
+  def caption_features(self, variables, features, geometry, object_mask, labels, label_tokens):
     """Captions by iterative mask filling ([0072], our reading): max_len + 1 slots of [MASK]; each pass fills one
     slot (the leftmost, or the most confident with caption.order="confidence") with its argmax; the units after
     the first <eos> are dropped -> token rows int32 [n, max_len + 1] (<pad> after the caption)."""
@@ -438,7 +503,7 @@ class SingleStreamTask(FrozenTowerRegions, RetrievalTask):
                     "labels": obj["labels"], "label_tokens": obj["label_tokens"]}
     out = EvalData(image_inputs=image_inputs, text_inputs={"tokens": tokens, "mask": valid},
                    text_to_image=self.tokens(split).text_to_image,
-                   title=f"{self.config.data.source} {split}: {len(data)} images")
+                   title=f"{self.config.data.source} {split}: {len(data)} images", extras=self.example_extras(split))
     specs = [s for s in self.config.evals.values() if s.split == split]
     if any(s.type == "masked_prediction" for s in specs):
       out.extras["masked"] = self._masked_protocols(split, obj)
