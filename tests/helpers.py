@@ -56,6 +56,16 @@ def subprocess_xla_flags() -> str:
                   if not flag.startswith("--xla_force_host_platform_device_count"))
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
+  """SIGTERM, then SIGKILL if the process has not exited after `timeout` seconds."""
+  process.terminate()
+  try:
+    process.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    process.kill()
+    process.wait()
+
+
 def cli_env(**extra):
   """The environment of an `xmodal` subprocess: CPU, one device (no fake-device XLA_FLAGS), quiet TensorFlow."""
   env = dict(os.environ, XLA_FLAGS=subprocess_xla_flags())

@@ -3,7 +3,6 @@ encoders; resumption after a crash mid-export, idempotence, refusal of other inp
 the in-library ones."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -153,3 +152,135 @@ def test_other_inputs_in_an_export_dir_are_refused_unless_overwritten(clip_run, 
 def test_export_of_a_directory_without_a_run_names_it(tmp_path):
   with pytest.raises(errors.MissingError, match="config.json not found.*made by `xmodal train`"):
     _export(str(tmp_path / "nothing"), str(tmp_path / "out"))
+
+
+# ------------------------------------------------------------------------------------------ export --images=DIR
+
+
+def _photo_folder(root, task) -> dict[str, np.ndarray]:
+  """A user's folder: val images as lossless PNG / WebP, a 16-bit greyscale PNG, an RGBA PNG, a JPEG stored
+  sideways with an EXIF rotation, a corrupt JPEG and a truncated PNG (in subfolders), a text file and a hidden
+  file. Returns {relative path: the upright RGB pixels} of the good ones (those that can be compared exactly)."""
+  from PIL import Image
+  images = task.eval_images("val")
+  (root / "trip" / "day2").mkdir(parents=True)
+  good = {"a.png": images[0], "trip/b.webp": images[1]}
+  Image.fromarray(images[0]).save(root / "a.png")
+  Image.fromarray(images[1]).save(root / "trip" / "b.webp", lossless=True)
+  gray = np.tile(np.linspace(0, 65535, 64, dtype=np.uint16), (64, 1))   # a 16-bit horizontal ramp
+  Image.fromarray(gray).save(root / "trip" / "ramp16.png")
+  assert Image.open(root / "trip" / "ramp16.png").mode.startswith("I")
+  rgba = np.concatenate([images[2], np.full([64, 64, 1], 255, np.uint8)], axis=-1)
+  Image.fromarray(rgba, "RGBA").save(root / "trip" / "day2" / "alpha.png")
+  good["trip/day2/alpha.png"] = images[2]
+  sideways = Image.fromarray(np.ascontiguousarray(np.rot90(images[3])))  # stored rotated; EXIF 6 turns it back
+  exif = Image.Exif()
+  exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+  sideways.save(root / "trip" / "rotated.jpg", quality=98, exif=exif)
+  (root / "trip" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+  with open(root / "a.png", "rb") as f:
+    (root / "trip" / "day2" / "cut.png").write_bytes(f.read()[:200])
+  (root / "notes.txt").write_text("not an image")
+  (root / ".hidden.jpg").write_bytes(b"junk")
+  return good
+
+
+def test_export_of_a_photo_folder_skips_bad_files_and_keeps_their_paths(clip_run, tmp_path, capsys):
+  model = systems.load_run(clip_run, mesh_shape=(-1, 1))
+  task = model.task
+  good = _photo_folder(tmp_path / "photos", task)
+  out = str(tmp_path / "out")
+  summary = _export(clip_run, out, images_dir=str(tmp_path / "photos"), shard_size=3)
+  stderr = capsys.readouterr().err
+  assert summary["skipped"] == 2 and summary["written"] == {"images": 3}  # 7 files in 3 shards
+  assert "trip/broken.jpg" in stderr and "trip/day2/cut.png" in stderr and "skipped 2 of 7" in stderr
+  manifest = fmt.read_manifest(out)
+  assert sorted(s["file"] for s in manifest["skipped"]) == ["trip/broken.jpg", "trip/day2/cut.png"]
+  assert "corrupt" in manifest["skipped"][0]["reason"] and "split" not in manifest
+  assert manifest["kinds"]["images"]["count"] == 5 and list(manifest["kinds"]) == ["images"]
+  items = fmt.read_items(out, "images")
+  paths = ["a.png", "trip/b.webp", "trip/day2/alpha.png", "trip/ramp16.png", "trip/rotated.jpg"]
+  assert [item["path"] for item in items] == paths and all(item["captions"] == [] for item in items)
+  ids, vectors, _ = fmt.read_embeddings(out, "images")
+  assert [item["id"] for item in items] == ids.tolist() == [0, 1, 3, 5, 6]  # positions in the sorted file list
+  lossless = [p for p in paths if p in good]
+  reference = model.predict("embed_image", {"images": np.stack([good[p] for p in lossless])})
+  np.testing.assert_allclose(vectors[[paths.index(p) for p in lossless]], reference, atol=1e-5)
+  from PIL import Image
+  shown = {item["path"]: np.asarray(Image.open(os.path.join(out, item["file"]))).astype(int) for item in items}
+  upright = task.eval_images("val")[3].astype(int)
+  error = np.abs(shown["trip/rotated.jpg"] - upright).mean()
+  assert error < 8 and error < np.abs(np.rot90(shown["trip/rotated.jpg"]) - upright).mean() / 2  # EXIF applied
+  ramp = shown["trip/ramp16.png"][32, :, 0]
+  assert ramp[0] < 8 and ramp[-1] > 247 and np.all(np.diff(ramp.astype(float)) > -6)  # 16 bits scaled, not clipped
+  # Idempotent; another file list is refused (unless overwritten); texts are not there.
+  before = _snapshot(out)
+  again = _export(clip_run, out, images_dir=str(tmp_path / "photos"), shard_size=3)
+  assert again["written"] == {"images": 0} and again["encoders"] == "kept" and _snapshot(out) == before
+  (tmp_path / "photos" / "new.png").write_bytes((tmp_path / "photos" / "a.png").read_bytes())
+  with pytest.raises(errors.WorkdirError, match="images_fingerprint.*--overwrite"):
+    _export(clip_run, out, images_dir=str(tmp_path / "photos"), shard_size=3)
+  with pytest.raises(errors.ConfigError, match="has no captions.*--what=images"):
+    _export(clip_run, str(tmp_path / "texts"), images_dir=str(tmp_path / "photos"), what=("images", "texts"))
+
+
+def test_a_folder_without_usable_images_is_one_clear_error(clip_run, tmp_path):
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  (bad / "x.jpg").write_bytes(b"nope")
+  (bad / "y.png").write_bytes(b"")
+  with pytest.raises(errors.DataError, match=r"none of its 2 image files could be read.*x\.jpg.*y\.png"):
+    _export(clip_run, str(tmp_path / "out"), images_dir=str(bad), encoders=False)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  (empty / "readme.md").write_text("no photos")
+  with pytest.raises(errors.DataError, match="no JPEG / PNG / WebP file.*1 other files ignored"):
+    _export(clip_run, str(tmp_path / "out2"), images_dir=str(empty))
+  with pytest.raises(errors.MissingError, match="no such folder"):
+    _export(clip_run, str(tmp_path / "out3"), images_dir=str(tmp_path / "absent"))
+
+
+# ------------------------------------------------------------------------------------------------ pair sets
+
+
+def test_pair_sets_are_read_by_position_from_memory_mapped_shards(tmp_path):
+  """read_pair_sets over shards written by write_pair_shard (one with a skipped row, one empty): any positions in
+  any order across shards, float16 storage widened back to the computed dtype, ids <-> positions, damage found."""
+  out = str(tmp_path)
+  rng = np.random.default_rng(0)
+  regions = rng.normal(size=[7, 3, 4]).astype(np.float32)
+  mask = rng.random([7, 3]) > 0.5
+  ids = np.asarray([10, 11, 12, 14, 15, 16, 17])         # row 3 of the input was skipped, rows 7..8 all bad
+  bounds, kept = [(0, 4), (4, 7), (7, 9)], [(0, 3), (3, 6), (6, 6)]
+  records = []
+  for index, ((start, stop), (a, b)) in enumerate(zip(bounds, kept)):
+    skipped = [{"file": f"f{stop - 1 - i}", "reason": "corrupt"} for i in range((stop - start) - (b - a))]
+    records.append(fmt.write_pair_shard(out, "images", index, 3, (start, stop), ids[a:b],
+                                        {"regions": regions[a:b].astype(np.float16), "mask": mask[a:b]}, skipped))
+  arrays = {"regions": {"shape": [3, 4], "dtype": "float32"}, "mask": {"shape": [3], "dtype": "bool"}}
+  fmt.write_json_atomic(os.path.join(out, fmt.MANIFEST), {
+      "format": fmt.FORMAT, "version": fmt.VERSION, "dim": 4,
+      "kinds": {"images": {"count": 6, "shards": [], "pairs": {"shards": records, "arrays": arrays, "dtype": "float16"}},
+                "texts": {"count": 0, "shards": []}}})
+  assert records[1]["count"] == 3 and records[0]["skipped"] == [{"file": "f3", "reason": "corrupt"}]
+  positions = [5, 0, 3, 3, 2]
+  got = fmt.read_pair_sets(out, "images", positions)
+  assert got["regions"].dtype == np.float32 and got["regions"].shape == (5, 3, 4)
+  np.testing.assert_allclose(got["regions"], regions[:6][positions], atol=1e-2)   # float16 storage
+  np.testing.assert_array_equal(got["mask"], mask[:6][positions])
+  sets = fmt.PairSets(out, "images")
+  np.testing.assert_array_equal(sets.ids, [10, 11, 12, 14, 15, 16])
+  np.testing.assert_array_equal(sets.positions([16, 10, 14]), [5, 0, 3])
+  assert isinstance(sets._shard(0)["pair/regions"], np.memmap)  # pylint: disable=protected-access
+  with pytest.raises(errors.DataError, match=r"ids not in the images.*\[13\]"):
+    sets.positions([13])
+  with pytest.raises(errors.DataError, match=r"positions must be in \[0, 6\)"):
+    sets.read([6])
+  with pytest.raises(errors.DataError, match="no pair sets of texts.*without --rerank"):
+    fmt.read_pair_sets(out, "texts", [0])
+  sets.verify()
+  with open(os.path.join(out, records[1]["file"]), "r+b") as f:
+    f.seek(-4, os.SEEK_END)
+    f.write(b"\x00\x00\x00\x01")
+  with pytest.raises(errors.DataError, match="images-pairs-00001-of-00003.npz does not match its sha256"):
+    sets.verify()
