@@ -16,7 +16,7 @@ import time
 import httpx
 import numpy as np
 
-from tests.helpers import REPO
+from tests.helpers import REPO, stop_process
 from tests.test_search_service import COLOURS, NAMES, FakeEncoders, FakeIndex, colour_vector, image_id, \
     text_vector, write_fake_export
 
@@ -106,12 +106,7 @@ def test_two_thousand_queries_at_concurrency_16(tmp_path):
   try:
     latencies, failures, seconds, health = asyncio.run(_load(url))
   finally:
-    process.terminate()
-    try:
-      process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-      process.kill()
-      process.wait()
+    stop_process(process)
   assert not failures, f"{len(failures)} of {REQUESTS} failed, e.g. {failures[:3]}\n" + "".join(log[-20:])
   assert len(latencies) == REQUESTS and health["text_queries"] == REQUESTS
   ms = np.asarray(latencies) * 1000

@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from xmodal_jax import errors
+from xmodal_jax.data.text import WordVocab
 from xmodal_jax.serving import embedding_export, search_service
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40),
@@ -93,17 +94,59 @@ def write_fake_export(root) -> str:
   return out
 
 
+def last_first_vector(text: str) -> np.ndarray:
+  """The pair scorer's view of a text: the colours it names weighted by REVERSE order of appearance (the last one
+  counts most), so re-ranking visibly reorders what the cosine (`text_vector`) ranked."""
+  words = [w.strip(".,!?&<>") for w in text.lower().split()]
+  seen = [w for i, w in enumerate(words) if w in COLOURS and w not in words[:i]]
+  v = np.zeros(DIM, np.float32)
+  for rank, word in enumerate(reversed(seen)):
+    v[NAMES.index(word)] += 1.0 / (rank + 1)
+  return v
+
+
+def colour_set(indices) -> dict:
+  """Image pair sets: {"colour": one-hot float32 [n, DIM]} (a dict: pair sets are pytrees)."""
+  return {"colour": np.eye(DIM, dtype=np.float32)[np.asarray(indices, np.int64)]}
+
+
+def fake_read_pair_sets(export_dir, kind, rows):
+  """`embedding_export.read_pair_sets` over the fake export: images -> colour_set, texts -> {"words": [n, DIM]}."""
+  items = embedding_export.read_items(export_dir, kind)
+  rows = np.asarray(rows, np.int64)
+  if kind == "images":
+    return colour_set([next(NAMES.index(c) for c in NAMES if image_id(c) == items[r]["id"]) for r in rows])
+  return {"words": np.stack([last_first_vector(items[r]["text"]) for r in rows]).reshape(len(rows), DIM)}
+
+
 class FakeEncoders:
   """Known vectors: a text's colours (text_vector); an image's nearest colour by its mean RGB. Records the size
   of every encode_texts call; `delay_s` per call simulates the jitted encoder, `gate` (a threading.Event) blocks
-  each call until set, `fail` raises."""
+  each call until set, `fail` raises. `tokenizer`: a word vocabulary of the fake captions. `pairs=True`: a pair
+  scorer too (`score_pairs` = colour one-hot . last_first_vector), recording the pair count of every call."""
 
-  def __init__(self, *, max_batch=8, delay_s=0.0, gate=None, fail=False):
+  def __init__(self, *, max_batch=8, delay_s=0.0, gate=None, fail=False, pairs=False):
     self.image_size, self.max_len, self.max_batch, self.dim, self.step = 32, 16, max_batch, DIM, STEP
-    self.delay_s, self.gate, self.fail = delay_s, gate, fail
+    self.delay_s, self.gate, self.fail, self.has_pairs = delay_s, gate, fail, pairs
     self.text_calls: list[int] = []
     self.image_shapes: list[tuple] = []
+    self.pair_calls: list[int] = []
     self.started = threading.Event()
+    self.tokenizer = WordVocab.build([c for colour in NAMES for c in captions_of(colour)] + ["something then things"])
+
+  def pair_texts(self, texts):
+    return {"words": np.stack([last_first_vector(t) for t in texts])}
+
+  def pair_images(self, images):
+    return colour_set(self._nearest_colours(images))
+
+  def score_pairs(self, image_set, text_set):
+    assert set(image_set) == {"colour"} and set(text_set) == {"words"}
+    assert len(image_set["colour"]) == len(text_set["words"])
+    self.pair_calls.append(len(image_set["colour"]))
+    if self.delay_s:
+      time.sleep(self.delay_s)
+    return (image_set["colour"] * text_set["words"]).sum(-1)
 
   def encode_texts(self, texts):
     self.text_calls.append(len(texts))
@@ -118,14 +161,16 @@ class FakeEncoders:
       raise errors.DataError("Caption is empty after normalisation.")
     return np.stack([text_vector(t) for t in texts])
 
-  def encode_images(self, images):
+  def _nearest_colours(self, images):
     images = np.asarray(images)
     assert images.dtype == np.uint8 and images.shape[1:] == (self.image_size, self.image_size, 3), images.shape
-    self.image_shapes.append(images.shape)
     means = images.reshape(len(images), -1, 3).mean(axis=1)
     palette = np.asarray(list(COLOURS.values()), np.float64)
-    nearest = np.argmin(((means[:, None] - palette[None]) ** 2).sum(-1), axis=1)
-    return np.stack([colour_vector(i) for i in nearest])
+    return np.argmin(((means[:, None] - palette[None]) ** 2).sum(-1), axis=1)
+
+  def encode_images(self, images):
+    self.image_shapes.append(np.asarray(images).shape)
+    return np.stack([colour_vector(i) for i in self._nearest_colours(images)])
 
 
 class FakeIndex:
@@ -152,13 +197,23 @@ class FakeIndex:
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(scores, order, 1).astype(np.float32), self._ids[kind][order]
 
+  def vectors(self, kind, ids):
+    positions = [int(np.flatnonzero(self._ids[kind] == i)[0]) for i in ids]
+    return self._vectors[kind][positions].astype(np.float32)
 
-def make_app(tmp_path, limits=None, captions=None, **encoder_kwargs):
+
+def make_app(tmp_path, limits=None, captions=None, app_kwargs=None, **encoder_kwargs):
+  """create_app over the fake export, FakeIndex and FakeEncoders(**encoder_kwargs); app_kwargs go to create_app
+  (e.g. rerank=K, which also gives the encoders a pair scorer and reads the fake pair sets)."""
   export = write_fake_export(tmp_path)
+  app_kwargs = dict(app_kwargs or {})
+  if app_kwargs.get("rerank") is not None:
+    encoder_kwargs.setdefault("pairs", True)
+    app_kwargs.setdefault("read_pair_sets", fake_read_pair_sets)
   encoders = FakeEncoders(**encoder_kwargs)
   index = FakeIndex(export)
   app = search_service.create_app(index, encoders, limits=limits or search_service.ServiceLimits(),
-                                  captions=captions)
+                                  captions=captions, **app_kwargs)
   return app, encoders, index
 
 

@@ -149,6 +149,11 @@ class WordPieceTokenizer(TokenizerBase):
   def __len__(self) -> int:
     return self._tokenizer.get_vocab_size()
 
+  @property
+  def unk_id(self) -> int:
+    """The model's own [UNK] id (BERT: 100), not the shared layout's 1, which is [unused0] here."""
+    return int(self._tokenizer.token_to_id("[UNK]"))
+
   def __reduce__(self):
     return type(self), (self._json,)
 

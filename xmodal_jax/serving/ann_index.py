@@ -52,7 +52,7 @@ from typing import Any, Sequence
 from absl import logging
 import numpy as np
 
-from xmodal_jax import errors
+from xmodal_jax import errors, progress
 from xmodal_jax.serving import embedding_export
 
 # faiss's loader logs at INFO each optimised build it tries and lacks ("Could not load library with AVX512 support
@@ -82,6 +82,7 @@ OPTIONS = {"nlist", "nprobe", "train_size", "seed", "m", "ef_construction", "ef_
 # Manifest fields that change between two runs of the same export without changing what was exported.
 _VOLATILE = ("time", "date", "created", "seconds", "duration", "host", "pid")
 _CHUNK = 65536  # rows per block for input checks (no [N, D] boolean temporary)
+_ADD_CHUNK = 65536  # rows added to the index at once (a progress update each)
 
 
 def _faiss():
@@ -249,6 +250,22 @@ class AnnIndex:
       scores[short], positions[short] = self._exhaustive(queries[short], k)
     return scores.astype(np.float32, copy=False), self.ids[positions]
 
+  def vectors(self, ids: Sequence[int]) -> np.ndarray:
+    """The stored vectors of `ids` (ids this index returns) -> float32 [n, D] (faiss `reconstruct`; an IVF
+    index gets its direct map on first use). Unknown ids: errors.DataError naming them."""
+    if not hasattr(self, "_positions"):
+      self._positions = {int(i): p for p, i in enumerate(self.ids)}
+    missing = [int(i) for i in ids if int(i) not in self._positions]
+    if missing:
+      raise errors.DataError(f"ids {missing[:5]} are not in this index ({self.size} vectors).")
+    if self.method == "ivf" and not getattr(self, "_direct_map", False):
+      _faiss().extract_index_ivf(self.index).make_direct_map()
+      self._direct_map = True
+    out = np.zeros([len(ids), self.dim], np.float32)
+    for row, i in enumerate(ids):
+      out[row] = self.index.reconstruct(self._positions[int(i)])
+    return out
+
   def record(self) -> dict[str, Any]:
     """What index.json says about this index (no file names)."""
     return {"method": self.method, "requested_method": self.requested, "params": dict(self.params),
@@ -333,7 +350,11 @@ def build_index(vectors: Any, ids: Any, method: str = "auto", **options) -> AnnI
     index.hnsw.efConstruction = int(options.get("ef_construction") or DEFAULT_EF_CONSTRUCTION)
     params = {"m": m, "ef_construction": int(index.hnsw.efConstruction),
               "ef_search": int(options.get("ef_search") or DEFAULT_EF_SEARCH)}
-  index.add(vectors)
+  with progress.bar(n, f"Building the {built} index", unit="vectors",
+                    enabled=None if n > _ADD_CHUNK else False) as bar:
+    for begin in range(0, n, _ADD_CHUNK):  # one block for small indexes (no bar): the same index as one add
+      index.add(vectors[begin:begin + _ADD_CHUNK])
+      bar.update(min(_ADD_CHUNK, n - begin))
   return AnnIndex(index=index, ids=ids, method=built, params=params, requested=method,
                   build_seconds=time.perf_counter() - start, num_threads=num_threads)
 
@@ -464,6 +485,12 @@ class SearchIndex:
       raise errors.DataError(f"{self.out_dir} has no {kind!r} index (it has {list(self.indexes)}); rebuild it with "
                              f"`xmodal index --export={self.export_dir} --out={self.out_dir}` (all exported kinds).")
     return self.indexes[kind].search(queries, k, **options)
+
+  def vectors(self, kind: str, ids: Sequence[int]) -> np.ndarray:
+    """`AnnIndex.vectors` of kind's index: the indexed vectors of `ids` -> float32 [n, D]."""
+    if kind not in self.indexes:
+      raise errors.DataError(f"{self.out_dir} has no {kind!r} index (it has {list(self.indexes)}).")
+    return self.indexes[kind].vectors(ids)
 
 
 def default_out_dir(export_dir: str) -> str:

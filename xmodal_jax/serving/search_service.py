@@ -12,6 +12,8 @@ the status below. No pickle is read or written anywhere.
   POST /api/search/image       multipart field `image` (JPEG, PNG or WebP), ?k=10&target=images|captions
   POST /api/search/captions    {"query": str, "k": int = 10, "attribute": str?} ?scoring=sum|cosine -> images by
                                word match on their captions (TF-IDF); attribute / scoring: caption databases only
+  GET  /api/search/similar     ?image_id=ID&k=10&target=images|captions (or POST the same as JSON): "more like
+                               this" by an indexed image; target=images leaves the image itself out
   GET  /images/<name>          an exported image (only files inside EXPORT/images/)
   GET  /api/openapi.json       the OpenAPI description of the above
 
@@ -24,6 +26,12 @@ the status below. No pickle is read or written anywhere.
         "image_url": "/images/6.jpg"}, ...], "took_ms": 12.0}     (target=images: results as for text search)
   curl -s localhost:8000/api/search/captions -H 'Content-Type: application/json' -d '{"query": "red circle"}'
     -> results as for text search, each with the best-matching caption as "text"
+
+Every result has "rank", "score" and "score_kind" ("cosine" | "tfidf" | "reranked"; re-ranked ones add "ann_score"
+and "ann_rank"); every answer "score_kind" and "rerank" ({"k", "took_ms"} | null); text search adds
+"unknown_words" {"count", "total", "words"} and "warning" (`serving/query_words.py`). With `rerank=K`
+(`xmodal serve --rerank=K`, `serving/rerank.py`) text -> images, image -> captions and similar captions are
+re-ranked by the export's score_pairs over a shortlist of max(K, k), micro-batched like text queries.
 
 Errors: 400 malformed JSON, a missing or ill-typed field, an empty or too long query (`max_query_chars`), k
 outside [1, max_k], NaN / Infinity / an overflowing float / an integer of over 30 digits anywhere in a JSON body, a
@@ -60,6 +68,7 @@ import json
 import math
 import os
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -78,7 +87,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xmodal_jax import errors
 from xmodal_jax.data import records as records_lib
-from xmodal_jax.serving import caption_search, embedding_export
+from xmodal_jax.serving import caption_search, embedding_export, query_words
 
 WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
 _STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
@@ -338,8 +347,17 @@ class CaptionDatabaseSearch:
   """
   scorings = caption_search.SCORINGS  # ("sum", "cosine"): "sum" the default
 
-  def __init__(self, db: caption_search.CaptionDatabase):
-    self.db = db
+  def __init__(self, db: caption_search.CaptionDatabase, directory: str | None = None):
+    self.db, self.directory = db, directory
+
+  @property
+  def image_ids(self) -> np.ndarray:
+    """int64 [N]: the database's images (the service warns about those its export lacks)."""
+    return self.db.image_ids
+
+  def example_captions(self) -> list[str]:
+    """Each image's first generated caption, in database order."""
+    return [captions[0] for captions in self.db.captions]
 
   def search(self, query: str, k: int, attribute: str | None = None, scoring: str | None = None) -> list[dict]:
     hits = self.db.search(query, k, attribute, scoring or self.scorings[0])
@@ -349,7 +367,7 @@ class CaptionDatabaseSearch:
 
 def load_caption_db_search(directory: str) -> CaptionDatabaseSearch:
   """`CaptionDatabaseSearch` over the caption database in `directory` (errors name the file and the fix)."""
-  return CaptionDatabaseSearch(caption_search.CaptionDatabase.load(directory))
+  return CaptionDatabaseSearch(caption_search.CaptionDatabase.load(directory), directory)
 
 
 def load_caption_search(export_dir: str):
@@ -373,10 +391,62 @@ class TextQuery(pydantic.BaseModel):
   k: int | None = None
 
 
+class SimilarQuery(pydantic.BaseModel):
+  """The body of POST /api/search/similar: an indexed image's id, k, and what to find."""
+  model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+  image_id: int
+  k: int | None = None
+  target: str = "images"
+
+
 class CaptionQuery(TextQuery):
   """The body of POST /api/search/captions: a text query, and optionally an attribute word the image's generated
   captions must have (caption databases only)."""
   attribute: str | None = None
+
+
+def _answer(results: list[dict], score_kind: str, rerank: dict | None) -> dict[str, Any]:
+  """The ranked part of a search answer: results numbered from 1, the kind of their scores, the re-ranking."""
+  for rank, result in enumerate(results, 1):
+    result["rank"] = rank
+  return {"results": results, "score_kind": score_kind, "rerank": rerank}
+
+
+def caption_db_warnings(captions, image_items: dict, export_dir: str) -> list[str]:
+  """A warning when a caption database (`captions.image_ids`, `--caption_db`) has images the export lacks: their
+  results show text only (the database was built from another split than the export's)."""
+  db_ids = getattr(captions, "image_ids", None)
+  if db_ids is None:
+    return []
+  db_ids = [int(i) for i in db_ids]
+  missing = [i for i in db_ids if i not in image_items]
+  if not missing:
+    return []
+  source = getattr(captions, "directory", None) or "the caption database"
+  return [f"{source} has {len(db_ids)} images, {len(missing)} of which are not in the export {export_dir} (e.g. "
+          f"image ids {missing[:3]}): their results show text only, without the picture. Build the database from "
+          "the export's split (`xmodal caption --workdir=RUN --all --split=SPLIT`) or export the database's split "
+          "(`xmodal export --split=SPLIT`)."]
+
+
+def example_queries(captions, text_items: dict | None, image_items: dict, n: int = 6) -> list[str]:
+  """Up to `n` distinct captions spread over the caption database (when it has `.example_captions`), else the
+  export's texts, else its images' captions: queries the page offers to try."""
+  if captions is not None and hasattr(captions, "example_captions"):
+    pool = list(captions.example_captions())
+  elif text_items:
+    pool = [str(item.get("text", "")) for item in text_items.values()]
+  else:
+    pool = [str(c) for item in image_items.values() for c in item.get("captions", [])[:1]]
+  pool = [text for text in pool if text.strip()]
+  step = max(1, len(pool) // n)
+  out = []
+  for text in pool[::step] + pool:
+    if text not in out:
+      out.append(text)
+    if len(out) == n:
+      break
+  return out
 
 
 def _image_url(item: dict) -> str:
@@ -504,20 +574,26 @@ def _check_form(form) -> None:
                      "charset= other than utf-8).", {"field": name, "problem": f"lone surrogate in the {what}"})
 
 
-async def _text_query(request: Request, limits: ServiceLimits, model: type[TextQuery] = TextQuery):
-  """A JSON body -> (query, k) (and the parsed body with `model` other than TextQuery), or the ApiError for a wrong
-  content type (415), bad JSON or fields (400)."""
+async def _json_body(request: Request, limits: ServiceLimits, model: type[pydantic.BaseModel], shape: str):
+  """A JSON body -> the `model` it holds, or the ApiError for a wrong content type (415), bad JSON or fields (400,
+  naming the expected `shape`)."""
   kind = _content_type(request)
   if kind != "application/json" and not kind.endswith("+json"):
     raise ApiError(415, f"send the query as JSON (Content-Type: application/json), not {kind or 'no type'!r}.")
   value = _parse_json(await request.body(), limits)
   try:
-    parsed = model.model_validate(value)
+    return model.model_validate(value)
   except pydantic.ValidationError as e:
-    shape = '{"query": str, "k": int, "attribute": str}' if model is CaptionQuery else '{"query": str, "k": int}'
     raise ApiError(400, f"the body must be {shape}: " + "; ".join(
         f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()),
                    e.errors(include_url=False, include_context=False)) from None
+
+
+async def _text_query(request: Request, limits: ServiceLimits, model: type[TextQuery] = TextQuery):
+  """A JSON body -> (query, k) (and the parsed body with `model` other than TextQuery), or the ApiError for a wrong
+  content type (415), bad JSON or fields (400)."""
+  shape = '{"query": str, "k": int, "attribute": str}' if model is CaptionQuery else '{"query": str, "k": int}'
+  parsed = await _json_body(request, limits, model, shape)
   query, k = _check_query(parsed.query, limits), _check_k(parsed.k, limits)
   return (query, k) if model is TextQuery else (query, k, parsed)
 
@@ -569,7 +645,8 @@ class _Guard:
     await self.app(scope, counted_receive, send_with_headers)
 
 
-def create_app(index, encoders, *, limits: ServiceLimits = ServiceLimits(), captions=None) -> FastAPI:
+def create_app(index, encoders, *, limits: ServiceLimits = ServiceLimits(), captions=None, rerank: int | None = None,
+               warm_up: bool = False, warnings: Sequence[str] = (), read_pair_sets: Callable | None = None) -> FastAPI:
   """The service's FastAPI app over a loaded index and encoders (module docstring: endpoints and errors).
 
   Args:
@@ -578,7 +655,13 @@ def create_app(index, encoders, *, limits: ServiceLimits = ServiceLimits(), capt
     encoders: `.encode_texts(list[str])`, `.encode_images(uint8 [n, S, S, 3])` -> unit vectors float32 [n, D],
       `.image_size` (S), `.max_len`, `.max_batch` (`serving/exported_encoder.py`).
     limits: request limits and queue sizes.
-    captions: an optional caption database, `.search(query, k) -> [{"image_id", "score", ...}]`.
+    captions: an optional caption database, `.search(query, k) -> [{"image_id", "score", ...}]`; with
+      `.image_ids` (a `--caption_db`), images it has that the export lacks are a warning (`caption_db_warnings`).
+    rerank: K: re-rank the ANN shortlist of max(K, k) items with the encoders' `score_pairs` (`serving/rerank.py`;
+      the encoders must have `.has_pairs`, else errors.ConfigError); None: rank by the embedding alone.
+    warm_up: compile the encoders (and the pair scorer) at start-up, before the first request is answered.
+    warnings: more start-up warnings for /api/health's "warnings" (the caption database's are added here).
+    read_pair_sets: `(export_dir, kind, rows) -> pair sets` (default `embedding_export.read_pair_sets`).
 
   Raises:
     errors.MissingError / DataError: the export lacks images.jsonl (or texts.jsonl for an index with texts), or
@@ -599,6 +682,15 @@ def create_app(index, encoders, *, limits: ServiceLimits = ServiceLimits(), capt
                              f"{expected}: the export is inconsistent; rerun `xmodal export`.")
   encoder_lock = threading.Lock()
   image_size = int(encoders.image_size)
+  tokenizer = getattr(encoders, "tokenizer", None)
+  warnings = [*warnings, *caption_db_warnings(captions, image_items, export_dir)]
+  examples = example_queries(captions, text_items or None, image_items)
+  reranker = None
+  if rerank is not None:
+    from xmodal_jax.serving import rerank as rerank_lib  # pylint: disable=import-outside-toplevel  (imports jax)
+    rows = {"images": {i: row for row, i in enumerate(image_items)},
+            "texts": {i: row for row, i in enumerate(text_items)}}
+    reranker = rerank_lib.Reranker(encoders, export_dir, rerank, rows, read_sets=read_pair_sets)
 
   def encode_texts(texts: list[str]) -> list[np.ndarray | ApiError]:
     """One encoder call for the batch; a text the tokenizer refuses (errors.DataError, e.g. no words at all) gets
@@ -620,19 +712,49 @@ def create_app(index, encoders, *, limits: ServiceLimits = ServiceLimits(), capt
 
   batcher = MicroBatcher(encode_texts, max_batch=int(encoders.max_batch), max_wait_s=limits.batch_wait_ms / 1000,
                          max_pending=limits.max_pending)
+  rerank_batcher = None
+  if reranker is not None:
+    def score_jobs(jobs):
+      with encoder_lock:
+        return reranker.score_jobs(jobs)
+    rerank_batcher = MicroBatcher(score_jobs, max_batch=max(1, int(encoders.max_batch) // 4),
+                                  max_wait_s=limits.batch_wait_ms / 1000, max_pending=limits.max_pending)
   uploads_in_progress = 0
+  warmup_ms = None
+
+  def warm() -> float:
+    """One call of each encoder (and of the pair scorer with K pairs per direction) -> milliseconds taken."""
+    start = time.perf_counter()
+    with encoder_lock:
+      encoders.encode_texts([examples[0] if examples else "a photo"])
+      encoders.encode_images(np.zeros([1, image_size, image_size, 3], np.uint8))
+      if reranker is not None:
+        jobs = [rerank_lib.RerankJob("text", examples[0] if examples else "a photo", "images",
+                                     list(image_items)[:reranker.k])]
+        if "texts" in kinds:
+          jobs.append(rerank_lib.RerankJob("image", np.zeros([image_size, image_size, 3], np.uint8), "texts",
+                                           list(text_items)[:reranker.k]))
+        for job in jobs:  # one job per call: the shape of a lone query, the common case
+          reranker.score_jobs([job])
+    return 1000 * (time.perf_counter() - start)
 
   def limit_for(path: str) -> int:
     return limits.max_upload_bytes + _MULTIPART_SLACK if path == "/api/search/image" else limits.max_json_bytes
 
   async def lifespan(_):
+    nonlocal warmup_ms
+    if warm_up:
+      warmup_ms = round(await run_in_threadpool(warm), 1)
     yield
     await batcher.close()
+    if rerank_batcher is not None:
+      await rerank_batcher.close()
 
   app = FastAPI(title="xmodal search", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                 openapi_url="/api/openapi.json")  # no docs pages: they load scripts from a CDN
   app.add_middleware(_Guard, limit_for=limit_for)
   app.state.batcher, app.state.limits, app.state.captions = batcher, limits, captions
+  app.state.reranker, app.state.rerank_batcher, app.state.warnings = reranker, rerank_batcher, warnings
 
   @app.exception_handler(ApiError)
   async def _api_error(_, exc: ApiError):
@@ -657,16 +779,37 @@ def create_app(index, encoders, *, limits: ServiceLimits = ServiceLimits(), capt
     if kind not in kinds:
       raise ApiError(404, f"this index has no {kind} vectors (it has {list(kinds)}); build it with {kind}.")
 
-  def image_result(image_id: int, score: float) -> dict[str, Any]:
+  def image_result(image_id: int, score: float, score_kind: str = "cosine") -> dict[str, Any]:
     item = image_items.get(int(image_id))
-    return {"image_id": int(image_id), "score": float(score), "image_url": _image_url(item) if item else None,
+    return {"image_id": int(image_id), "score": float(score), "score_kind": score_kind,
+            "image_url": _image_url(item) if item else None,
             "captions": list(item.get("captions", [])) if item else []}
 
-  def caption_result(text_id: int, score: float) -> dict[str, Any]:
+  def caption_result(text_id: int, score: float, score_kind: str = "cosine") -> dict[str, Any]:
     item = text_items.get(int(text_id), {})
     image = image_items.get(int(item["image_id"])) if "image_id" in item else None
     return {"text_id": int(text_id), "text": item.get("text"), "image_id": item.get("image_id"),
-            "score": float(score), "image_url": _image_url(image) if image else None}
+            "score": float(score), "score_kind": score_kind, "image_url": _image_url(image) if image else None}
+
+  def shortlist_size(k: int) -> int:
+    return max(k, reranker.k) if reranker is not None else k
+
+  async def ranked(query_kind: str, query: Any, kind: str, hits: list[tuple[int, float]], k: int) -> dict[str, Any]:
+    """The answer's results (and "score_kind", "rerank") for the ANN `hits` of `kind`: re-ranked by the pair
+    scorer when the service re-ranks and `kind` can be (a text or image query against the other modality)."""
+    result = image_result if kind == "images" else caption_result
+    if reranker is None or query_kind == "image" and kind == "images" or not hits:
+      return _answer([result(i, s) for i, s in hits[:k]], "cosine", None)
+    start = time.perf_counter()
+    job = rerank_lib.RerankJob(query_kind, query, kind, [i for i, _ in hits])
+    scores = await rerank_batcher.submit(job)
+    order = np.argsort(-np.asarray(scores), kind="stable")[:k]
+    results = []
+    for position in order:
+      (item_id, ann_score), score = hits[int(position)], scores[int(position)]
+      results.append({**result(item_id, score, "reranked"), "ann_score": float(ann_score),
+                      "ann_rank": int(position) + 1})
+    return _answer(results, "reranked", {"k": len(hits), "took_ms": round(1000 * (time.perf_counter() - start), 3)})
 
   async def nearest(kind: str, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
     k = min(k, counts[kind])
@@ -687,12 +830,15 @@ def create_app(index, encoders, *, limits: ServiceLimits = ServiceLimits(), capt
 
   @app.get("/api/health")
   async def health():
-    return {"status": "ok", "model_step": manifest.get("step", getattr(encoders, "step", None)),
+    return {"status": "ok", "ready": True, "model_step": manifest.get("step", getattr(encoders, "step", None)),
             "dim": manifest.get("dim", getattr(encoders, "dim", None)), "kinds": list(kinds), "counts": counts,
             "image_size": image_size, "max_len": int(encoders.max_len), "max_batch": batcher.max_batch,
             "caption_search": captions is not None, "pending_queries": batcher.pending,
             "text_batches": batcher.batches, "text_queries": batcher.items,
-            "limits": dataclasses.asdict(limits)}
+            "limits": dataclasses.asdict(limits), "warnings": list(warnings), "example_queries": examples,
+            "rerank": None if reranker is None else {"k": reranker.k, "batches": reranker.calls,
+                                                     "pairs": reranker.pairs},
+            "warmup_ms": warmup_ms}
 
   body_schema = {"requestBody": {"required": True,
                                  "content": {"application/json": {"schema": TextQuery.model_json_schema()}}}}
@@ -706,8 +852,10 @@ def create_app(index, encoders, *, limits: ServiceLimits = ServiceLimits(), capt
     vector = await batcher.submit(query)
     if isinstance(vector, ApiError):
       raise vector
-    results = [image_result(i, s) for i, s in await nearest("images", vector, k)]
-    return {"query": query, "results": results, "took_ms": round(1000 * (time.perf_counter() - start), 3)}
+    out = await ranked("text", query, "images", await nearest("images", vector, shortlist_size(k)), k)
+    unknown = query_words.unknown_words(tokenizer, query)
+    return {"query": query, **out, "unknown_words": unknown, "warning": query_words.warning(unknown),
+            "took_ms": round(1000 * (time.perf_counter() - start), 3)}
 
   caption_schema = {"requestBody": {"required": True,
                                     "content": {"application/json": {"schema": CaptionQuery.model_json_schema()}}}}
@@ -735,10 +883,11 @@ def create_app(index, encoders, *, limits: ServiceLimits = ServiceLimits(), capt
       raise ApiError(400, str(e)) from None
     results = []
     for hit in hits[:k]:
-      result = image_result(hit["image_id"], hit["score"])
+      result = image_result(hit["image_id"], hit["score"], "tfidf")
       result.update({key: hit[key] for key in ("text", "text_id", "generated_captions") if key in hit})
       results.append(result)
-    out = {"query": query, "results": results, "took_ms": round(1000 * (time.perf_counter() - start), 3)}
+    out = {"query": query, **_answer(results, "tfidf", None),
+           "took_ms": round(1000 * (time.perf_counter() - start), 3)}
     if offered:
       out.update(scoring=scoring or offered[0], attribute=body.attribute)
     return out
@@ -773,11 +922,44 @@ def create_app(index, encoders, *, limits: ServiceLimits = ServiceLimits(), capt
       vector = await run_in_threadpool(encode_image, image)
     finally:
       uploads_in_progress -= 1
-    if target == "images":
-      results = [image_result(i, s) for i, s in await nearest("images", vector, k)]
+    kind = "images" if target == "images" else "texts"
+    out = await ranked("image", image, kind, await nearest(kind, vector, shortlist_size(k)), k)
+    return {"target": target, **out, "took_ms": round(1000 * (time.perf_counter() - start), 3)}
+
+  async def similar(image_id: Any, k: Any, target: Any) -> dict[str, Any]:
+    start = time.perf_counter()
+    if isinstance(image_id, bool) or not isinstance(image_id, int):
+      raise ApiError(400, f"image_id={image_id!r}: give the id of an indexed image, an integer (a result's "
+                     "\"image_id\").", {"image_id": image_id})
+    k = _check_k(k, limits)
+    if target not in ("images", "captions"):
+      raise ApiError(400, f"target={target!r}: use \"images\" (similar images) or \"captions\".", {"target": target})
+    kind = "images" if target == "images" else "texts"
+    need_kind("images")
+    need_kind(kind)
+    if image_id not in image_items:
+      raise ApiError(404, f"no indexed image has image_id={image_id}.", {"image_id": image_id})
+    vector = (await run_in_threadpool(index.vectors, "images", [image_id]))[0]
+    if kind == "images":  # the image itself is not "more like this": ask for one more and leave it out
+      hits = [(i, s) for i, s in await nearest("images", vector, k + 1) if i != image_id][:k]
     else:
-      results = [caption_result(i, s) for i, s in await nearest("texts", vector, k)]
-    return {"target": target, "results": results, "took_ms": round(1000 * (time.perf_counter() - start), 3)}
+      hits = await nearest("texts", vector, shortlist_size(k))
+    out = await ranked("image_id", image_id, kind, hits, k)
+    return {"target": target, "image_id": image_id, **out, "took_ms": round(1000 * (time.perf_counter() - start), 3)}
+
+  @app.get("/api/search/similar")
+  async def search_similar_get(image_id: int, k: int | None = None,
+                               target: Literal["images", "captions"] = "images"):
+    """More like this: an indexed image (its id) -> similar images (itself left out), or its nearest captions."""
+    return await similar(image_id, k, target)
+
+  @app.post("/api/search/similar", openapi_extra={"requestBody": {"required": True, "content": {
+      "application/json": {"schema": SimilarQuery.model_json_schema()}}}})
+  async def search_similar_post(request: Request):
+    """As GET, with the JSON body {"image_id": int, "k": int, "target": "images" | "captions"}."""
+    body = await _json_body(request, limits, SimilarQuery,
+                            '{"image_id": int, "k": int, "target": "images" | "captions"}')
+    return await similar(body.image_id, body.k, body.target)
 
   @app.get("/images/{name:path}")
   async def image_file(name: str):
@@ -868,8 +1050,8 @@ def _caption_mode(captions, caption_db: str | None) -> str:
 
 def serve(index_dir: str, host: str = "127.0.0.1", port: int = 8000, *, allow_remote: bool = False,
           limits: ServiceLimits = ServiceLimits(), max_batch: int | None = None, log_level: str = "info",
-          caption_db: str | None = None) -> None:
-  """Serves the index in `index_dir` until interrupted (Ctrl-C); prints the URL first.
+          caption_db: str | None = None, rerank: int | None = None, warm_up: bool = True) -> None:
+  """Serves the index in `index_dir` until interrupted (Ctrl-C); prints the URL first, and warnings on stderr.
 
   Args:
     index_dir: a directory written by the index builder (`serving/ann_index.py`); its export's encoders are
@@ -878,17 +1060,29 @@ def serve(index_dir: str, host: str = "127.0.0.1", port: int = 8000, *, allow_re
     max_batch: the text encoder's largest batch (default: the encoders' own).
     caption_db: a caption database directory (`xmodal caption --all`) for /api/search/captions, instead of the
       export's texts.
+    rerank: K (`--rerank=K`): re-rank each ANN shortlist of K items with the export's pair scorer (S2, S4
+      exports); an export without pair sets is refused (errors.ConfigError).
+    warm_up: compile the encoders before answering (the first query then takes milliseconds, not seconds).
   """
   check_host(host, allow_remote)  # before loading anything
+  if rerank is not None:
+    from xmodal_jax.serving import rerank as rerank_lib  # pylint: disable=import-outside-toplevel
+    rerank_lib.check_k(rerank)
   from xmodal_jax.serving import ann_index, exported_encoder  # pylint: disable=import-outside-toplevel
   db_search = load_caption_db_search(caption_db) if caption_db else None  # a bad directory fails before the rest
   index = ann_index.load_search_index(index_dir)
   encoders = exported_encoder.load_encoders(index.export_dir, **({"max_batch": max_batch} if max_batch else {}))
   captions = db_search if db_search is not None else load_caption_search(index.export_dir)
-  app = create_app(index, encoders, limits=limits, captions=captions)
+  if rerank is not None and not getattr(encoders, "has_pairs", False):
+    raise errors.ConfigError(rerank_lib.no_pairs_message(index.export_dir, rerank))
+  app = create_app(index, encoders, limits=limits, captions=captions, rerank=rerank, warm_up=warm_up)
+  for warning in app.state.warnings:
+    print(f"xmodal serve: warning: {warning}", file=sys.stderr, flush=True)
   sock = open_socket(host, port, allow_remote=allow_remote)
   counts = ", ".join(f"{n} {kind}" for kind, n in
                      ((kind, index.manifest.get("kinds", {}).get(kind, {}).get("count", "?")) for kind in index.kinds))
-  print(f"xmodal serve: {socket_url(sock)} ({counts}, model step {index.manifest.get('step')}; caption search "
-        f"{_caption_mode(captions, caption_db)}). Ctrl-C stops.", flush=True)
+  ranking = f"re-ranking the top {rerank} by the pair scorer" if rerank is not None else "ranking by cosine"
+  print(f"xmodal serve: {socket_url(sock)} ({counts}, model step {index.manifest.get('step')}; {ranking}; caption "
+        f"search {_caption_mode(captions, caption_db)}){'; compiling the encoders first' if warm_up else ''}. "
+        "Ctrl-C stops.", flush=True)
   uvicorn_server(app, log_level=log_level).run(sockets=[sock])
