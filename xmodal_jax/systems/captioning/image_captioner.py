@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xmodal_jax import errors, systems
+from xmodal_jax import errors, progress, systems
 from xmodal_jax.data import prepared, preprocess, records
 from xmodal_jax.serving import caption_search
 from xmodal_jax.systems.captioning import scorers
@@ -44,7 +44,7 @@ from xmodal_jax.train import inference
 TASK = "captioning"
 SAMPLE_TEMPERATURE = 1.0   # the extra captions of captions_per_image > 1
 SEED = 0                   # of the sampling keys
-_CHUNK = 1024              # images loaded, captioned and logged at once by build_database
+_CHUNK = 1024              # images loaded and captioned at once by build_database (a progress update each)
 
 
 def read_captioning_config(workdir: str, command: str = "caption") -> ml_collections.ConfigDict:
@@ -177,14 +177,13 @@ class ImageCaptioner:
     if not n:
       raise errors.DataError(f"split {split!r} of {self.config.data.source} has no images; nothing to caption.")
     start_time, captions = time.time(), []
-    for start in range(0, n, _CHUNK):
-      rows = np.arange(start, min(n, start + _CHUNK))
-      images = data.load_images(rows, self.image_size)
-      captions += self.caption(images, options, captions_per_image=captions_per_image, batch_size=batch_size,
-                               first_row=start)
-      seconds = time.time() - start_time
-      logging.info("caption --all: %d/%d images of %s captioned (%.1f images/s)", len(captions), n, split,
-                   len(captions) / max(seconds, 1e-9))
+    with progress.bar(n, f"Captioning {split} ({options.method})", unit="images") as bar:
+      for start in range(0, n, _CHUNK):
+        rows = np.arange(start, min(n, start + _CHUNK))
+        images = data.load_images(rows, self.image_size)
+        captions += self.caption(images, options, captions_per_image=captions_per_image, batch_size=batch_size,
+                                 first_row=start)
+        bar.update(len(rows))
     image_emb = caption_emb = None
     scorer = self.reward_scorer()
     if scorer is not None:
