@@ -17,6 +17,7 @@ setup(
     package_data={"xmodal_jax.serving": ["web/*.html", "web/*.js", "web/*.css"]},  # the search page
     python_requires=">=3.11",
     install_requires=_REQUIREMENTS,
-    extras_require={"test": ["pytest", "pytest-xdist", "httpx==0.28.1", "selenium==4.50.0"]},  # httpx: FastAPI's TestClient
+    extras_require={"test": ["pytest", "pytest-xdist", "httpx==0.28.1", "selenium==4.50.0"],  # httpx: TestClient
+                    "docs": ["matplotlib==3.11.2"]},  # docs/figures/make_figures.py (training curves)
     entry_points={"console_scripts": ["xmodal=xmodal_jax.main:run"]},
 )

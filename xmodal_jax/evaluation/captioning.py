@@ -13,7 +13,9 @@
 Scorers are objects with `name`, `image_embeddings()` [N, D], `reference_embeddings()` ([M, D], owner [M]),
 `caption_embeddings(strings)` [n, D] and `grammar(strings)` ([n] or None); `extras["decode_text"]` turns the
 predicted token rows into strings and `extras["references"]` holds the human captions per image. `last_captions`
-keeps the strings of the latest evaluation (the command line writes them next to the metrics).
+keeps the strings of the latest evaluation (the command line writes them next to the metrics). Example pictures
+(`summaries`, written to TensorBoard by the trainer): `examples` images spread over the split with their generated
+captions (an image grid) and a table of those captions beside their references.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import numpy as np
 
 from xmodal_jax.evaluation import caption_metrics
 from xmodal_jax.evaluation import evaluator as evaluator_lib
+from xmodal_jax.evaluation import summary_images
 from xmodal_jax.evaluation import tables
 
 
@@ -33,7 +36,8 @@ class CaptioningEvaluator(evaluator_lib.Evaluator):
                   max_images=0,            # > 0: only the first N images of the split (quick checks)
                   coco=True,               # the pycocoevalcap metrics (METEOR starts Java)
                   grammar_threshold=0.5,   # g(c) >= this counts as grammatical
-                  reward_weight=2.5)       # CLIP-S's w
+                  reward_weight=2.5,       # CLIP-S's w
+                  examples=8)              # images whose captions TensorBoard shows
 
   def __init__(self, name, spec):
     super().__init__(name, spec)
@@ -50,6 +54,7 @@ class CaptioningEvaluator(evaluator_lib.Evaluator):
     captions = extras["decode_text"](tokens)
     self.last_captions = captions
     references = extras["references"][:n]
+    self.summaries = self._examples(data, captions, references)
     metrics: dict[str, float] = {}
     if self.spec.coco:
       metrics.update(caption_metrics.coco_metrics(captions, references))
@@ -80,6 +85,14 @@ class CaptioningEvaluator(evaluator_lib.Evaluator):
       out[f"{scorer.name}/grammar"] = float(np.mean(g))
       out[f"{scorer.name}/grammatical"] = float(100.0 * np.mean(g >= float(self.spec.grammar_threshold)))
     return out
+
+  def _examples(self, data, captions, references):
+    if not self.examples:
+      return None
+    rows = summary_images.spread(self.examples, len(captions))
+    images = summary_images.display_images(data)
+    return summary_images.caption_examples(None if images is None else images[rows], [captions[r] for r in rows],
+                                           [references[r] for r in rows], rows=rows)
 
   def format(self, metrics: dict[str, float], title: str) -> str:
     return tables.markdown_table(["metric", "value"], [(k, v) for k, v in sorted(metrics.items())], title=title)

@@ -1,9 +1,11 @@
-"""Classification: accuracy and mean per-class accuracy (balanced accuracy), and their evaluator."""
+"""Classification: accuracy and mean per-class accuracy (balanced accuracy), and their evaluator (whose example
+pictures show `examples` images spread over the labelled ones with their top-3 classes)."""
 from __future__ import annotations
 
 import numpy as np
 
 from xmodal_jax.evaluation import evaluator as evaluator_lib
+from xmodal_jax.evaluation import summary_images
 from xmodal_jax.evaluation import tables
 
 
@@ -42,7 +44,19 @@ class ClassificationEvaluator(evaluator_lib.Evaluator):
     num_classes = len(data.label_names) or int(scores.shape[-1])
     predictions = np.argmax(scores, axis=-1)
     self.items = {"correct": predictions == labels[rows], "labels": labels[rows]}  # per image, for statistics
+    self.summaries = self._examples(data, rows, np.asarray(scores), labels[rows])
     return classification_metrics(predictions, labels[rows], num_classes)
+
+  def _examples(self, data, rows, scores, labels, k: int = 3):
+    if not self.examples:
+      return None
+    shown = summary_images.spread(self.examples, len(rows))
+    names = list(data.label_names) or [str(c) for c in range(scores.shape[-1])]
+    top = np.argsort(-scores[shown], axis=1, kind="stable")[:, :k]
+    images = summary_images.display_images(data)
+    return summary_images.label_examples(None if images is None else images[rows[shown]],
+                                         [[names[c] for c in row] for row in top],
+                                         [[names[labels[i]]] for i in shown], rows=rows[shown])
 
   def format(self, metrics, title):
     return format_classification_table(metrics, title)

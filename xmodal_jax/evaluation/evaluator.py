@@ -11,6 +11,9 @@ functions sharded over the mesh; it returns flat metrics {name: float}, logged a
 may also keep per-item scores of its last evaluation in `items` ({name: array over the split's items}, e.g. each
 query's rank): the trainer saves those of the final evaluation as WORKDIR/eval_items/<prefix>.npz, so that
 statistics over the evaluation items (a bootstrap CI of a difference between runs) can be computed later.
+An evaluator may also leave example pictures of its last evaluation in `summaries` (evaluation/summary_images.py:
+e.g. retrieval's queries and their top results), `examples` of them (0 = none); the trainer writes them to
+TensorBoard beside the scalars.
 
 Shared types (used by two or more systems): "retrieval" (evaluation/retrieval_evaluator.py), "classification"
 (evaluation/classification.py), "zero_shot" (evaluation/zero_shot.py: CLIP-style classification by embedded class
@@ -56,6 +59,7 @@ COMMON_DEFAULTS = dict(
     prefix="",          # log prefix; '' = the entry's name in config.evals
     best_metric="",     # a metric of this evaluator that picks the best checkpoint ('' = none)
     best_mode="max",    # max | min
+    examples=4,         # queries / images shown in TensorBoard per evaluation (0 = no pictures)
 )
 
 
@@ -72,7 +76,9 @@ class EvalData:
   label_sets: per image, int array of its true label ids (multi-label ranking).
   complete_truth: optional bool [N, num_labels]: every label that is true of each image, when the data knows
     more than the listed label_sets (shapes world knows every query true of an image).
-  extras: anything a project evaluator needs besides (e.g. S1's held-out query pairs).
+  extras: anything a project evaluator needs besides (e.g. S1's held-out query pairs), and what example pictures
+    show (evaluation/summary_images.py): "captions" (the string of each text row), "references" (per image),
+    "display_images" (uint8 [N, H, W, 3] when image_inputs are not images).
   title: a description of what is evaluated, shown above the result table.
   """
   image_inputs: dict[str, Any] | None = None
@@ -107,6 +113,8 @@ class Evaluator(abc.ABC):
     self.every = int(spec.every)
     self.at_end = bool(spec.at_end)
     self.items: dict[str, np.ndarray] | None = None  # per-item scores of the last `evaluate` (module docstring)
+    self.summaries: Any = None  # summary_images.Summaries of the last `evaluate`, or None (module docstring)
+    self.examples = int(spec.get("examples", COMMON_DEFAULTS["examples"]))
     if self.every < 0:
       raise errors.ConfigError(f"config.evals.{name}.every={self.every}: use a number of steps, or 0 for the end only.")
     if spec.best_mode not in ("max", "min"):

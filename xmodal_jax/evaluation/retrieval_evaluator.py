@@ -13,6 +13,9 @@ Three ways to score, one rank definition and tie rule (evaluation/retrieval.py):
 `fold_size` also reports the mean over consecutive folds of that many images (COCO 1K).
 Per-query ranks of the whole split (`items`: i2t_rank [N], t2i_rank [M], text_to_image [M]; R@K of one query is
 rank <= K) are kept for statistics over queries (the trainer saves them beside results.json).
+Example pictures (`summaries`, written to TensorBoard by the trainer): `examples` images spread over the split as
+queries -> their top-5 captions, and the first caption of each as queries -> their top-5 images, scored as the
+metrics are (embeddings, or the pairwise scorer over every candidate of those few queries).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from xmodal_jax import errors
 from xmodal_jax.evaluation import evaluator as evaluator_lib
 from xmodal_jax.evaluation import pair_scoring
 from xmodal_jax.evaluation import retrieval
+from xmodal_jax.evaluation import summary_images
 
 
 @evaluator_lib.register
@@ -78,8 +82,11 @@ class RetrievalEvaluator(evaluator_lib.Evaluator):
       image_inputs = jax.tree.map(lambda x: x[:num_images], image_inputs)
       text_inputs = jax.tree.map(lambda x: np.asarray(x)[texts], text_inputs)
       text_to_image = text_to_image[texts]
+      extras = dict(data.extras)
+      if "captions" in extras:
+        extras["captions"] = [extras["captions"][t] for t in texts]
       data = dataclasses.replace(data, image_inputs=image_inputs, text_inputs=text_inputs,
-                                 text_to_image=text_to_image)
+                                 text_to_image=text_to_image, extras=extras)
     image_emb = text_emb = scorer = None
     if self.spec.scorer == "embeddings" or self.spec.rerank_k:
       image_emb, text_emb = self._embeddings(predict_fns, variables, data, runtime)
@@ -88,6 +95,7 @@ class RetrievalEvaluator(evaluator_lib.Evaluator):
     i2t, t2i = self._ranks(image_emb, text_emb, scorer, text_to_image, num_images)
     metrics = retrieval.metrics_from_ranks(i2t, t2i, ks=tuple(self.spec.ks))
     self.items = {"i2t_rank": np.asarray(i2t), "t2i_rank": np.asarray(t2i), "text_to_image": text_to_image}
+    self.summaries = self._examples(data, image_emb, text_emb, scorer, text_to_image, num_images)
     fold = int(self.spec.fold_size)
     if fold and num_images > fold and num_images % fold == 0:
       if scorer is None:
@@ -104,6 +112,27 @@ class RetrievalEvaluator(evaluator_lib.Evaluator):
         folds = {k: float(np.mean([m[k] for m in per_fold])) for k in per_fold[0]}
       metrics.update({f"fold{fold}_{k}": v for k, v in folds.items()})
     return metrics
+
+  def _examples(self, data, image_emb, text_emb, scorer, text_to_image, num_images, k: int = 5):
+    """summary_images.retrieval_examples of `examples` image queries spread over the split (those with a text)
+    and the first text of each as text queries; None when examples=0."""
+    if not self.examples:
+      return None
+    images = summary_images.spread(self.examples, num_images)
+    images = images[np.isin(images, text_to_image)]
+    if not len(images):
+      return None
+    texts = np.asarray([np.flatnonzero(text_to_image == i)[0] for i in images], np.int64)
+    if scorer is None:
+      t2i, i2t = text_emb[texts] @ image_emb.T, image_emb[images] @ text_emb.T
+    else:  # the pairwise scorer over every candidate of these few queries
+      num_texts = len(text_to_image)
+      t2i = scorer(np.tile(np.arange(num_images), len(texts)), np.repeat(texts, num_images))
+      i2t = scorer(np.repeat(images, num_texts), np.tile(np.arange(num_texts), len(images)))
+      t2i, i2t = t2i.reshape(len(texts), num_images), i2t.reshape(len(images), num_texts)
+    return summary_images.retrieval_examples(t2i, i2t, texts, images, text_to_image,
+                                             summary_images.display_images(data),
+                                             summary_images.caption_strings(data), k=k)
 
   def format(self, metrics: dict[str, float], title: str) -> str:
     table = retrieval.format_retrieval_table({k: v for k, v in metrics.items() if not k.startswith("fold")},

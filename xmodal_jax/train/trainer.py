@@ -28,8 +28,9 @@ from absl import logging
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
-from xmodal_jax import disk_space, errors, fileio, host_memory
+from xmodal_jax import disk_space, errors, fileio, host_memory, progress
 from xmodal_jax.evaluation import evaluator as evaluator_lib
+from xmodal_jax.evaluation import summary_images
 from xmodal_jax.train import checkpointing
 from xmodal_jax.train import inference
 from xmodal_jax.train import optimizer as optimizer_lib
@@ -41,6 +42,7 @@ from xmodal_jax.train.task import StepContext, Task
 
 FROZEN_FILE = "frozen_params.json"
 ITEMS_DIR = evaluator_lib.ITEMS_DIR  # per-item scores of the final evaluation (save_items)
+PARAMETERS_FILE = "parameters.txt"  # the table of trainable parameters (shown at --verbosity=1)
 
 
 class NonFiniteLossError(errors.UserError, FloatingPointError):
@@ -284,7 +286,8 @@ def evaluate(task: Task, runtime: Runtime, variables: dict[str, Any], evaluators
     start = time.time()
     metrics = evaluator.evaluate(predict_fns, variables, task.eval_data(evaluator.split), runtime)
     out.update({f"{evaluator.prefix}/{k}": float(v) for k, v in metrics.items()})
-    logging.info("Evaluated %s (%s) in %.1fs: %s", evaluator.name, evaluator.split, time.time() - start, metrics)
+    logging.info("Evaluated %s (%s) in %.1fs: %s", evaluator.name, evaluator.split, time.time() - start,
+                 ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
   return out
 
 
@@ -369,6 +372,18 @@ def _state_bytes(state: TrainState) -> int:
              if hasattr(x, "shape") and hasattr(x, "dtype"))
 
 
+def _start_up_summary(task: Task, setup: Any, state: TrainState, data: Any) -> str:
+  """One line: the task, parameters, mesh, data size and workdir ("Task vsepp in /tmp/run: 13,648 trainable
+  parameters, mesh data 1 x model 1, global batch 32, 20 steps = 0.7 epochs of 960 examples.")."""
+  cfg = task.config.train
+  params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+  mesh = " x ".join(f"{axis} {size}" for axis, size in setup.mesh.shape.items())
+  batches = getattr(data, "batches_per_epoch", None)  # full batches of the training set
+  epochs = f" = {cfg.num_steps / batches:.1f} epochs of {batches * cfg.batch_size:,} examples" if batches else ""
+  return (f"Task {task.config.task} in {task.workdir}: {params:,} trainable parameters, mesh {mesh}, global batch "
+          f"{cfg.batch_size}, {cfg.num_steps} steps{epochs}.")
+
+
 def _train_and_evaluate(task: Task, watcher: _PreemptionWatcher, *, stop_at_step: int | None, devices: list[jax.Device] | None,
                         allow_config_change: bool) -> dict[str, Any]:
   from clu import metric_writers, parameter_overview, periodic_actions  # TensorFlow: keep it off the import path
@@ -388,6 +403,8 @@ def _train_and_evaluate(task: Task, watcher: _PreemptionWatcher, *, stop_at_step
   _check_frozen(setup, workdir, resuming)
   data = task.train_iterator(process_index=jax.process_index(), process_count=jax.process_count())
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+  # Example pictures and texts: to TensorBoard only (the default writer would also log every text in full).
+  pictures = metric_writers.SummaryWriter(workdir) if jax.process_index() == 0 else None
   lr_schedule = optimizer_lib.learning_rate_schedule(config.optimizer, cfg.num_steps)
 
   if resuming:
@@ -404,10 +421,11 @@ def _train_and_evaluate(task: Task, watcher: _PreemptionWatcher, *, stop_at_step
     writer.write_hparams(_hparams(config))
   if jax.process_index() == 0:  # the run is accepted: record its config (only now)
     workdir_lib.write_config(workdir, current_config)
-  parameter_overview.log_parameter_overview(state.params, include_stats=False, msg="Trainable params")
-  logging.info("Task %s: %.2fM trainable parameters, mesh %s, global batch %d, %d steps.", config.task,
-               sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)) / 1e6, dict(setup.mesh.shape),
-               cfg.batch_size, cfg.num_steps)
+  parameter_overview.log_parameter_overview(state.params, include_stats=False, msg="Trainable params")  # -v=1
+  if jax.process_index() == 0:  # the parameter table, always: in the workdir
+    with fileio.open(os.path.join(workdir, PARAMETERS_FILE), "w") as f:
+      f.write(parameter_overview.get_parameter_overview(state.params, include_stats=False) + "\n")
+  logging.info("%s", _start_up_summary(task, setup, state, data))
 
   step_fn = make_train_step(setup)
   checkpoint_bytes = _state_bytes(state) + (1 << 20)  # + metadata and the data position
@@ -422,16 +440,19 @@ def _train_and_evaluate(task: Task, watcher: _PreemptionWatcher, *, stop_at_step
   final_metrics: dict[str, float] = {}
   eval_seconds = 0.0
   stop_reason = None
+  samples_written = resuming  # the data sample grid: once per run, at its first evaluation
   lost = [e for e in evaluators if start_step and start_step < cfg.num_steps and e.due(start_step)
           and isinstance(writer, workdir_lib.LoggedStepFilter) and writer.missing(start_step, e.prefix)]
   if lost and jax.process_count() == 1:  # killed between the checkpoint and its evaluation's scalars
     logging.info("Evaluating step %d again: its %s results never reached TensorBoard.", start_step,
                  ", ".join(e.prefix for e in lost))
     writer.write_scalars(start_step, evaluate(task, setup.runtime, setup.variables(state), lost))
+    write_summaries(pictures, start_step, lost)
   if stop_at_step is not None and start_step >= stop_at_step and start_step < cfg.num_steps:
     logging.warning("The run is at step %d already, not below --stop_at_step=%d: nothing to train.", start_step,
                     stop_at_step)
     stopped_early, stop_reason = True, "stop_at_step"
+  train_bar = progress.bar(cfg.num_steps, "Training", unit="steps", initial=start_step)
   try:
     while step < cfg.num_steps and not stopped_early:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -453,6 +474,8 @@ def _train_and_evaluate(task: Task, watcher: _PreemptionWatcher, *, stop_at_step
         scalars = {f"train/{k}": v for k, v in averager.pop().items()}
         scalars["train/learning_rate"] = float(lr_schedule(step - 1))
         writer.write_scalars(step, scalars)
+        train_bar.set_postfix(f"loss {scalars['train/loss']:.4g}" if "train/loss" in scalars else "")
+      train_bar.update(1)  # after the loss it shows, before the evaluations' lines
       due = [] if stopped_early else [e for e in evaluators if (e.at_end if final else e.due(step))]
       eval_metrics = {}
       if due:
@@ -461,6 +484,8 @@ def _train_and_evaluate(task: Task, watcher: _PreemptionWatcher, *, stop_at_step
         with report_progress.timed("eval"):
           eval_metrics = evaluate(task, setup.runtime, setup.variables(state), due)
         writer.write_scalars(step, eval_metrics)
+        write_summaries(pictures, step, due, task=None if samples_written else task)
+        samples_written = True
         if final:
           final_metrics, eval_seconds = eval_metrics, time.time() - eval_start
       ranked = metric_name is not None and metric_name in eval_metrics
@@ -475,6 +500,7 @@ def _train_and_evaluate(task: Task, watcher: _PreemptionWatcher, *, stop_at_step
         logging.warning("Stopping at step %d (%s); rerun the same command to resume.", step,
                         {"preempted": "preemption signal", "interrupted": "Ctrl-C"}.get(stop_reason, stop_reason))
         break
+    train_bar.close()
     train_seconds = time.time() - train_start - eval_seconds
     results: dict[str, Any] = {"step": step, "train_seconds": train_seconds, "stopped_early": stopped_early,
                                "stop_reason": stop_reason}
@@ -504,7 +530,22 @@ def _train_and_evaluate(task: Task, watcher: _PreemptionWatcher, *, stop_at_step
           json.dump(results, f, indent=2, sort_keys=True)
     return dict(results, state=state)
   finally:
-    _run_all(writer.flush, ckpt.wait, ckpt.close, writer.close)
+    train_bar.close(finished=sys.exc_info()[1] is None)
+    _run_all(writer.flush, ckpt.wait, ckpt.close, writer.close, *([pictures.close] if pictures else []))
+
+
+def write_summaries(writer: Any, step: int, evaluators: list[evaluator_lib.Evaluator], task: Task | None = None
+                    ) -> None:
+  """The example pictures of the evaluators' last evaluation (Evaluator.summaries) as TensorBoard images
+  "<prefix>/examples/..." and texts "<prefix>/example_texts/..." (nothing when `writer` is None: processes other
+  than 0); with `task`, also a grid of samples of the first evaluator's split ("data/examples/samples"), written
+  once per run."""
+  if writer is None:
+    return
+  for e in evaluators:
+    summary_images.write(writer, step, e.prefix, e.summaries)
+  if task is not None and evaluators:
+    summary_images.write(writer, step, "data", summary_images.data_samples(task.eval_data(evaluators[0].split)))
 
 
 def save_items(workdir: str, evaluators: list[evaluator_lib.Evaluator]) -> None:

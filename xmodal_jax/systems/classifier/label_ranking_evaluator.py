@@ -3,7 +3,8 @@
 For each image with at least one true label: p@k = fraction of its top k labels that are true (averaged over
 images), r@k = fraction of its true labels found in its top k. With `EvalData.complete_truth` (every label true
 of each image, when the data knows more than the listed ones) also p@k against that, over all images.
-S1 reports its generated search-query phrases this way (the labels are the queries).
+S1 reports its generated search-query phrases this way (the labels are the queries); its example pictures
+(`summaries`, TensorBoard) show `examples` images spread over the split with their top-5 labels (S1: phrases).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from xmodal_jax import errors
 from xmodal_jax.evaluation import evaluator as evaluator_lib
+from xmodal_jax.evaluation import summary_images
 from xmodal_jax.evaluation import tables
 
 
@@ -60,9 +62,22 @@ class LabelRankingEvaluator(evaluator_lib.Evaluator):
       self._fns[(scores_fn, k)] = functools.partial(_top_ids, scores_fn, k=k)
     top = runtime.map_batches(self._fns[(scores_fn, k)], variables, data.need("image_inputs", self.name),
                               self.spec.batch_size)
+    self.summaries = self._examples(data, np.asarray(top))
     return ranking_metrics(np.asarray(top), data.need("label_sets", self.name),
                            precision_at=tuple(self.spec.precision_at), recall_at=tuple(self.spec.recall_at),
                            complete_truth=data.complete_truth)
+
+  def _examples(self, data, top, k: int = 5):
+    if not self.examples or not data.label_names:
+      return None
+    rows = summary_images.spread(self.examples, len(top))
+    names = list(data.label_names)
+    truth = data.label_sets
+    images = summary_images.display_images(data)
+    return summary_images.label_examples(None if images is None else images[rows],
+                                         [[names[int(c)] for c in top[r, :k]] for r in rows],
+                                         None if truth is None else [[names[int(c)] for c in truth[r]] for r in rows],
+                                         rows=rows)
 
   def format(self, metrics, title):
     columns = [k for k in metrics if k.startswith(("p_at_", "r_at_"))]
