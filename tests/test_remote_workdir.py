@@ -103,8 +103,12 @@ def dir_gcs(monkeypatch, tmp_path):
   from clu import metric_writers
   from tensorboard.backend.event_processing import event_file_loader
   real_writer, real_loader = metric_writers.create_default_writer, event_file_loader.EventFileLoader
+  real_summary_writer = metric_writers.SummaryWriter
   monkeypatch.setattr(metric_writers, "create_default_writer",
                       lambda logdir, **kw: real_writer(local(logdir) if logdir.startswith("gs://") else logdir, **kw))
+  monkeypatch.setattr(metric_writers, "SummaryWriter",  # the trainer's writer of example pictures
+                      lambda logdir, **kw: real_summary_writer(local(logdir) if logdir.startswith("gs://") else logdir,
+                                                               **kw))
   monkeypatch.setattr(event_file_loader, "EventFileLoader",
                       lambda path, *a, **kw: real_loader(local(path) if path.startswith("gs://") else path, *a, **kw))
 
