@@ -112,3 +112,22 @@ def test_the_other_retrieval_tasks_take_images_alone(tmp_path):
   images = np.zeros((2, 8, 8, 3), np.uint8)
   assert not task.has_pairwise_scoring
   assert list(task.image_predict_inputs(images, "val", np.arange(2))) == ["images"]
+
+
+@pytest.mark.parametrize("config_path,old,new", [
+    (S2_TINY, {"embed_image": "embed_image", "pair_image": "pair_image"},
+     {"embed_image": "embed_image_features", "pair_image": "pair_image_features"}),
+    (S4_TINY, {"embed_image": "embed_image", "embed_text": "embed_text"},
+     {"embed_image": "embed_image_features", "embed_text": "embed_text_units"}),
+])
+def test_a_config_written_before_the_raw_interface_evaluates_on_the_cached_variants(config_path, old, new, tmp_path):
+  """A run's config.json from before the raw-input predict functions names `embed_image` / `pair_image` /
+  `embed_text` in its evaluators; evaluation data holds cached features, so the task maps them to the cached
+  variants (instead of a TypeError from the raw functions on feature inputs)."""
+  config = load_config(config_path)
+  name = next(n for n, spec in config.evals.items() if spec.type == "retrieval")
+  with config.unlocked():
+    config.evals[name].update(old)
+  task = make_task(config, str(tmp_path))
+  assert {field: task.config.evals[name][field] for field in new} == new
+  assert all(task.config.evals[name][field] in task.predict_fns() for field in new)

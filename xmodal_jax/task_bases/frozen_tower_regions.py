@@ -18,6 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from xmodal_jax import errors
 from xmodal_jax.data import feature_cache, regions, sources
@@ -44,6 +45,24 @@ class FrozenTowerRegions:
     super().__init__(config, workdir)
     self._maps: dict[str, feature_cache.FeatureCache] = {}
     self._boxes: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = {}
+
+  # A raw-input predict function -> its cached-input variant, for evaluators (subclasses fill it in).
+  CACHED_VARIANTS: dict[str, str] = {}
+
+  def use_cached_variants_in_evals(self) -> None:
+    """Evaluation data holds the cached features, not pixels, so an evaluator field naming a raw-input predict
+    function (what configs written before the raw-input interface name: `embed_image`, `pair_image`, ...) means its
+    cached variant; rewritten in config.evals, with one warning, instead of failing on the wrong inputs."""
+    renamed = []
+    for name, spec in self.config.evals.items():
+      for field, value in spec.items():
+        if field != "type" and isinstance(value, str) and value in self.CACHED_VARIANTS:
+          spec[field] = self.CACHED_VARIANTS[value]
+          renamed.append(f"evals.{name}.{field}")
+    if renamed:
+      logging.warning("config %s named raw-image predict functions; evaluation reads cached features, so they use "
+                      "%s (a config written before the raw-input interface).", ", ".join(renamed[:4]),
+                      ", ".join(sorted(set(self.CACHED_VARIANTS.values()))))
 
   def check_regions_config(self) -> None:
     r = self.config.regions

@@ -52,8 +52,11 @@ from xmodal_jax.task_bases.retrieval_task import RetrievalTask
 class RegionWordAlignmentTask(FrozenTowerRegions, RetrievalTask):
   """See the module docstring."""
 
+  CACHED_VARIANTS = {"embed_image": "embed_image_features", "pair_image": "pair_image_features"}
+
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     super().__init__(config, workdir)
+    self.use_cached_variants_in_evals()
     cfg = config
     self.check_regions_config()
     unknown = set(cfg.similarity.weights) - set(LAYERS)

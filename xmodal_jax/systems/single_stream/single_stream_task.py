@@ -69,8 +69,12 @@ LABEL_LEN = 4  # label-text tokens per object ("large red circle")
 class SingleStreamTask(FrozenTowerRegions, RetrievalTask):
   """See the module docstring."""
 
+  CACHED_VARIANTS = {"embed_image": "embed_image_features", "embed_text": "embed_text_units",
+                     "caption": "caption_features"}
+
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     super().__init__(config, workdir)
+    self.use_cached_variants_in_evals()
     self.check_regions_config()
     m = config.masking
     checks = [(m.text_mode in text_masking.MODES, f"config.masking.text_mode={m.text_mode!r}: use one of "
