@@ -89,7 +89,7 @@ COMMANDS: dict[str, Command] = {
         notes={"caption_db": "Answer /api/search/captions from this caption database (written by `xmodal caption "
                              "--all`) instead of the export's texts."}),
     "caption": Command(
-        "Caption image files with a captioning run, or a whole split (--all) into a caption database.",
+        "Caption image files with an S5 captioning or S4 single-stream run; S5: a whole split (--all) into a database.",
         "--workdir=RUN IMAGE [IMAGE ...]\n--workdir=RUN --all [--split=val]",
         ("workdir", "all", "split", "checkpoint", "decode", "beam_size", "captions_per_image", "batch_size", "json",
          "caption_db"),
