@@ -22,6 +22,8 @@ SHARED_BY_DESIGN = {
     "xmodal_jax.serving.caption_search": "serving/search_service.py and main.py (`xmodal search`) use it",
     "xmodal_jax.train.stages": "main.py and pipeline.py run any pipeline config (multi-stage runs) with it",
     "xmodal_jax.train.workdir": "the trainer, serving/export.py and pipeline.py use it",
+    "xmodal_jax.data.image_files": "serving/image_folder.py (export --images), main.py and S5's captioner read "
+                                   "user image files with it",
 }
 
 

@@ -214,7 +214,7 @@ def test_xmodal_caption_on_an_s4_run(tmp_path):
   from tests.helpers import run_cli
   from xmodal_jax import systems
   from xmodal_jax.data import shapes_world
-  from xmodal_jax.systems.captioning.image_captioner import load_image_file  # how `xmodal caption` reads files
+  from xmodal_jax.data.image_files import load_image_file  # how `xmodal caption` reads files
   from xmodal_jax.systems.single_stream import image_captioner
   from xmodal_jax.train import trainer
   work = str(tmp_path / "run")

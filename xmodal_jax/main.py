@@ -471,11 +471,11 @@ def _caption_db_dir() -> str:
 
 def _read_image_files(paths: list[str], data_config) -> tuple[list[str], list, int]:
   """(readable paths, their uint8 images, how many could not be read); each unreadable one reported on stderr."""
-  from xmodal_jax.systems.captioning import image_captioner  # pylint: disable=import-outside-toplevel
+  from xmodal_jax.data import image_files  # pylint: disable=import-outside-toplevel
   names, images, failed = [], [], 0
   for path in paths:
     try:
-      images.append(image_captioner.load_image_file(path, data_config))
+      images.append(image_files.load_image_file(path, data_config))
       names.append(path)
     except errors.UserError as e:
       failed += 1

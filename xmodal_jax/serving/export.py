@@ -164,13 +164,12 @@ class _FolderRows:
   def __init__(self, task, folder: image_folder.ImageFolder):
     self.task, self.folder, self.kind = task, folder, "images"
     self.size = int(task.data_config().image_size)
-    self.resize_to = image_folder.resize_size(task.data_config())
 
   def __len__(self) -> int:
     return len(self.folder)
 
   def load(self, start: int, stop: int) -> tuple[np.ndarray, dict[str, Any], np.ndarray | None, list]:
-    images, ids, skipped = self.folder.load(range(start, stop), size=self.size, resize_to=self.resize_to)
+    images, ids, skipped = self.folder.load(range(start, stop), self.task.data_config())
     for bad in skipped:
       print(f"xmodal export: skipped {bad['reason']}", file=sys.stderr, flush=True)
     return ids, _image_inputs(self.task, images, None, None), images, skipped

@@ -1,14 +1,13 @@
 """A folder of a user's photos as export input (`xmodal export --images=DIR`): every JPEG / PNG / WebP file under
 DIR (recursive; hidden files and folders skipped; other files ignored), in sorted order of the relative path, and
-each decoded as the run's data is: `records.load_image` (upright by EXIF, 16-bit scaled, alpha over white, greyscale
-to RGB; a corrupt, truncated or extreme file is a `BadInputError`), the shorter side resized to the data's prepared
-size (`prepared.resize_shorter_side`, as `xmodal prepare` does; shapes world: the crop size), then the centre crop
-of `data.image_size` (`preprocess.center_crop`, as evaluation does).
+each decoded as the run's data is (`data/image_files.load_image_file`, as `xmodal caption` reads files: upright by
+EXIF, 16-bit scaled, alpha over white, greyscale to RGB, resized as the data was and centre-cropped at
+`data.image_size`; a corrupt, truncated or extreme file is a `BadInputError`).
 
   folder = ImageFolder(DIR)                      # lists the files (errors.DataError if there is none)
   folder.files, folder.fingerprint()             # relative paths; sha256 of (path, size, mtime) of every file
-  images, good, skipped = folder.load(range(0, 10), size=64, resize_to=64)
-      # uint8 [n_good, 64, 64, 3], int64 positions of the good files [n_good], [{"file", "reason"}] of the others
+  images, good, skipped = folder.load(range(0, 10), task.data_config())
+      # uint8 [n_good, S, S, 3], int64 positions of the good files [n_good], [{"file", "reason"}] of the others
 """
 from __future__ import annotations
 
@@ -20,18 +19,10 @@ from typing import Sequence
 import numpy as np
 
 from xmodal_jax import errors
-from xmodal_jax.data import preprocess, prepared
+from xmodal_jax.data import image_files
 from xmodal_jax.data import records as records_lib
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
-
-
-def resize_size(data_config) -> int:
-  """The shorter side an image is resized to before its centre crop, as the run's data was: shapes world is
-  generated at `image_size`; prepared data sets hold images at `prepare_size` (>= image_size)."""
-  if str(data_config.source) == "shapes":
-    return int(data_config.image_size)
-  return max(int(data_config.get("prepare_size", data_config.image_size)), int(data_config.image_size))
 
 
 class ImageFolder:
@@ -67,25 +58,25 @@ class ImageFolder:
       digest.update(f"{name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
-  def _decode(self, position: int, size: int, resize_to: int) -> np.ndarray | str:
-    """The centre crop uint8 [size, size, 3] of file `position`, or why it is unusable."""
+  def _decode(self, position: int, data_config) -> np.ndarray | str:
+    """The centre crop uint8 [S, S, 3] of file `position` (`image_files.load_image_file`), or why it is unusable."""
     path = os.path.join(self.root, self.files[position])
     try:
-      image = records_lib.load_image(path)
-      return preprocess.center_crop(prepared.resize_shorter_side(image, resize_to), size)
+      return image_files.load_image_file(path, data_config)
     except records_lib.BadInputError as e:
       return str(e)
     except (OSError, ValueError) as e:  # e.g. the file vanished or became unreadable since it was listed
       return f"{path}: {type(e).__name__}: {e}"
 
-  def load(self, positions: Sequence[int], *, size: int, resize_to: int, threads: int = 8
+  def load(self, positions: Sequence[int], data_config, threads: int = 8
            ) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
-    """The files at `positions` decoded (in threads) -> (uint8 [n_good, size, size, 3], int64 positions [n_good],
-    skipped [{"file": relative path, "reason": message}])."""
+    """The files at `positions` decoded (in threads) as a run of `data_config` reads them -> (uint8 [n_good, S, S, 3]
+    with S = data_config.image_size, int64 positions [n_good], skipped [{"file": relative path, "reason": message}])."""
     positions = [int(p) for p in positions]
     with concurrent.futures.ThreadPoolExecutor(max(1, min(threads, len(positions)))) as pool:
-      decoded = list(pool.map(lambda p: self._decode(p, size, resize_to), positions))
+      decoded = list(pool.map(lambda p: self._decode(p, data_config), positions))
     good = [(p, d) for p, d in zip(positions, decoded) if not isinstance(d, str)]
     skipped = [{"file": self.files[p], "reason": d} for p, d in zip(positions, decoded) if isinstance(d, str)]
+    size = int(data_config.image_size)
     images = np.stack([d for _, d in good]) if good else np.zeros([0, size, size, 3], np.uint8)
     return images, np.asarray([p for p, _ in good], np.int64), skipped

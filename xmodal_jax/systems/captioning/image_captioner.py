@@ -35,7 +35,7 @@ import numpy as np
 from absl import logging
 
 from xmodal_jax import errors, progress, systems
-from xmodal_jax.data import prepared, preprocess, records
+from xmodal_jax.data.image_files import load_image_file
 from xmodal_jax.serving import caption_search
 from xmodal_jax.systems.captioning import scorers
 from xmodal_jax.systems.captioning.captioner_task import DECODE_METHODS, DecodeOptions
@@ -63,13 +63,6 @@ def check_decode(method: str | None = None, beam_size: int | None = None) -> Non
     raise errors.ConfigError(f"--decode={method!r} is not a decoding method; use one of {DECODE_METHODS}.")
   if beam_size is not None and int(beam_size) < 1:
     raise errors.ConfigError(f"--beam_size={beam_size}: at least 1.")
-
-
-def load_image_file(path: str, data_config: ml_collections.ConfigDict) -> np.ndarray:
-  """One image file -> uint8 [size, size, 3] at data_config.image_size (module docstring); errors name the file."""
-  size = int(data_config.image_size)
-  resize_to = size if str(data_config.source).startswith("shapes") else max(size, int(data_config.prepare_size))
-  return preprocess.center_crop(prepared.resize_shorter_side(records.load_image(path), resize_to), size)
 
 
 def image_names(data, count: int) -> list[str]:
