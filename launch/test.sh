@@ -22,5 +22,7 @@ if [ ! -f "$_xm_test_stamp" ]; then
 fi
 # Tests that read a tiny run trained once per session run in one worker (tests/conftest.py schedules them), so
 # each tiny run is still trained once.
-# -rs: every skipped test is listed with its reason.
-exec python -m pytest tests -q -rs -p no:cacheprovider --durations=15 -n "${XMODAL_TEST_WORKERS:-auto}" "$@"
+# -rs: every skipped test is listed with its reason. --max-worker-restart=1: a worker that crashes is restarted once;
+# a second crash stops rescheduling instead of re-running a crashing test until the CI time limit.
+exec python -m pytest tests -q -rs -p no:cacheprovider --durations=15 -n "${XMODAL_TEST_WORKERS:-auto}" \
+  --max-worker-restart=1 "$@"

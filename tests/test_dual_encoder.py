@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from tests.helpers import load_config, make_task
+from tests.helpers import load_config, make_task, skip_without_pretrained_weights
 from xmodal_jax import errors
 from xmodal_jax.data import tokenizers
-from xmodal_jax.models import efficientnet_lite, efficientnet_weights, minilm
+from xmodal_jax.models import efficientnet_lite, minilm
 from xmodal_jax.systems.vse.pretrained_dual_encoder import PretrainedDualEncoder
 from xmodal_jax.train import trainer
 from xmodal_jax.train.task import with_frozen
@@ -24,11 +24,7 @@ CONFIG = "configs/retrieval/vsepp_flickr8k_pretrained.py:tiny"
 def _weights(tmp_path, monkeypatch):
   """Converted weights and feature caches go to a per-test cache root; skip if a weights package is absent."""
   monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
-  try:
-    efficientnet_weights.source_file("efficientnet-lite0")
-    minilm.model_dir()
-  except (errors.MissingError, ImportError, FileNotFoundError) as e:
-    pytest.skip(f"pretrained weights package missing ({e}); launch/env.sh installs them")
+  skip_without_pretrained_weights()
 
 
 def _task(workdir, *overrides):

@@ -13,9 +13,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import load_config, make_task
+from tests.helpers import load_config, make_task, skip_without_pretrained_weights
 from tests.serving_processes import export_and_index, served
-from xmodal_jax import errors, systems
+from xmodal_jax import systems
 from xmodal_jax.serving import embedding_export as fmt
 from xmodal_jax.train import trainer
 
@@ -27,15 +27,6 @@ SYSTEMS = {  # name: (config, --rerank=K or None, needs the pretrained weights p
     "region_word": ("configs/retrieval/region_word_shapes.py:tiny", K, True),
     "single_stream": ("configs/vlp/single_stream_shapes.py:tiny", K, True),
 }
-
-
-def _skip_without_weights():
-  from xmodal_jax.models import efficientnet_weights, minilm  # pylint: disable=import-outside-toplevel
-  try:
-    efficientnet_weights.source_file("efficientnet-lite0")
-    minilm.model_dir()
-  except (errors.MissingError, ImportError, FileNotFoundError) as e:
-    pytest.skip(f"pretrained weights package missing ({e}); launch/env.sh installs them")
 
 
 def _in_library_ranking(workdir: str, rerank: int | None) -> dict:
@@ -73,7 +64,7 @@ def _in_library_ranking(workdir: str, rerank: int | None) -> dict:
 def test_a_test_caption_finds_its_own_image_first_through_the_http_api(system, tmp_path, monkeypatch):
   config_path, rerank, pretrained = SYSTEMS[system]
   if pretrained:
-    _skip_without_weights()
+    skip_without_pretrained_weights()
   monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))  # the run's feature caches (children inherit it)
   workdir = str(tmp_path / "run")
   trainer.train_and_evaluate(make_task(load_config(config_path, "--config.mesh.shape=(-1,1)"), workdir))
