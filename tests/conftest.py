@@ -40,6 +40,23 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 import pytest  # noqa: E402  (after the environment set-up above)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+  """After each test file: drop JAX's in-memory compiled programs and trace caches, collect garbage and return
+  freed heap pages to the kernel. A pytest-xdist worker runs many files in one process; without this its resident
+  memory grows with every program compiled (about 5 GB by the end of the slow tier), which, beside the child
+  processes the end-to-end tests start, can exhaust a CI machine's memory. Programs needed again are reloaded
+  from the per-session persistent compilation cache above."""
+  yield
+  import gc  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  if "jax" in sys.modules:
+    sys.modules["jax"].clear_caches()
+  gc.collect()
+  from xmodal_jax import host_memory  # pylint: disable=import-outside-toplevel
+  host_memory.release()
+
+
 @pytest.fixture(scope="session")
 def s1_tiny_run(tmp_path_factory):
   """configs/s1/shapes.py:tiny trained once per session on a 2x4 mesh, interrupted in its first stage and resumed:
@@ -94,6 +111,23 @@ def s5_tiny_runs(clip_tiny_run, tmp_path_factory):
   return runs
 
 
+@pytest.fixture(scope="session")
+def dual_encoder_tiny_run(tmp_path_factory):
+  """configs/retrieval/vsepp_flickr8k_pretrained.py:tiny (the dual encoder over the pretrained towers, shapes world)
+  trained 2 steps once per session, no evaluations: its workdir. The reward / base run of S5's tests over the
+  pretrained towers (tests/test_captioning_pretrained.py, tests/test_reward_model_pretrained.py); read-only. Skips
+  without the pretrained weights packages."""
+  from tests.helpers import load_config, skip_without_pretrained_weights
+  from xmodal_jax import systems
+  from xmodal_jax.train import trainer
+  skip_without_pretrained_weights()
+  workdir = str(tmp_path_factory.mktemp("dual_encoder") / "run")
+  config = load_config("configs/retrieval/vsepp_flickr8k_pretrained.py:tiny", "--config.train.num_steps=2",
+                       "--config.evals.val.every=0", "--config.evals.test.at_end=False")
+  trainer.train_and_evaluate(systems.create(config, workdir))
+  return workdir
+
+
 # Test files that read a tiny run trained once per session (the fixtures above). Under pytest-xdist
 # (launch/test.sh) a session fixture is made once per worker, so each set of files below runs on one worker
 # (`pytest_xdist_make_scheduler`) and every other test is scheduled on its own. The table is by file because
@@ -104,8 +138,10 @@ _SHARED_RUN_FILES = {
     # S5's runs start from the clip run: one worker for both
     "clip_tiny_run": ("tests/test_clip.py", "tests/test_export.py", "tests/test_serving_end_to_end.py",
                       "tests/test_captioning.py", "tests/test_caption_cli.py"),
+    "dual_encoder_tiny_run": ("tests/test_captioning_pretrained.py", "tests/test_reward_model_pretrained.py"),
 }
-_FIXTURE_GROUP = {"s1_tiny_run": "s1_tiny_run", "clip_tiny_run": "clip_tiny_run", "s5_tiny_runs": "clip_tiny_run"}
+_FIXTURE_GROUP = {"s1_tiny_run": "s1_tiny_run", "clip_tiny_run": "clip_tiny_run", "s5_tiny_runs": "clip_tiny_run",
+                  "dual_encoder_tiny_run": "dual_encoder_tiny_run"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -101,12 +101,17 @@ def test_coco_metrics_user_errors(monkeypatch):
 def test_text_statistics_hand_cases():
   stats = cm.text_statistics(["a red circle , a red circle", "Red red square.", "", "a blue cross"])
   # Words: 6, 3, 0, 3; the first repeats "a red circle" back to back, the second "red"; bigram shares 2/5, 0, 0, 0.
+  # Only the first repeats a bigram (and a trigram) anywhere: "red red" occurs once.
   assert stats == {"mean_length": 3.0, "vocabulary": 6, "repetition_rate": 0.5,
-                   "repeated_ngram_share": pytest.approx(0.1)}
+                   "repeated_ngram_share": pytest.approx(0.1), "repeat_2": 0.25, "repeat_3": 0.25}
   reused = cm.text_statistics(["a red circle and a red square"])  # "a red" twice, but not back to back.
   assert reused["repetition_rate"] == 0.0 and reused["repeated_ngram_share"] == pytest.approx(1 / 6)
+  assert reused["repeat_2"] == 1.0 and reused["repeat_3"] == 0.0
   loop = cm.text_statistics(["a large red circle a large red circle"])  # Period 4: still caught.
   assert loop["repetition_rate"] == 1.0 and loop["repeated_ngram_share"] == pytest.approx(3 / 7)
+  assert loop["repeat_2"] == 1.0 and loop["repeat_3"] == 1.0
+  stutter = cm.text_statistics(["red red red square", "a dog in a field"])  # overlapping "red red"; "a" twice only
+  assert stutter["repeat_2"] == 0.5 and stutter["repeat_3"] == 0.0
   assert cm.caption_words("A Red circle, at: the top.") == ["a", "red", "circle", "at", "the", "top"]
   with pytest.raises(DataError, match="no predictions"):
     cm.text_statistics([])

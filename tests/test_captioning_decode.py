@@ -7,13 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xmodal_jax.data.text import SPECIALS, WordVocab
+from xmodal_jax.data.text import SPECIALS, TokenizerBase, WordVocab
 from xmodal_jax.systems.captioning import beam_search, sampling
 from xmodal_jax.systems.captioning.captioner_model import Captioner
-from xmodal_jax.systems.captioning.captioner_task import CaptioningTask, DecodeOptions, EOS, PAD
+from xmodal_jax.systems.captioning.captioner_task import CaptioningTask, DecodeOptions, PAD
 from tests.helpers import load_config
 
 _CONFIG = "configs/captioning/captioner_shapes.py"
+EOS = TokenizerBase.eos_id
 
 
 def _task(decoder: str, tmp_path, encoder: str = "cnn") -> tuple[CaptioningTask, dict]:

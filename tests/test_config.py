@@ -78,7 +78,20 @@ CONFIG_FILES = ("configs/retrieval/vsepp_shapes.py", "configs/retrieval/vsepp_sh
                 "configs/captioning/captioner_shapes.py:tiny", "configs/captioning/captioner_shapes.py:tiny_scst",
                 "configs/captioning/captioner_flickr8k.py", "configs/captioning/captioner_flickr8k.py:scst",
                 "configs/captioning/captioner_flickr8k.py:scst_grammar",
-                "configs/captioning/captioner_flickr8k.py:scst_attribute")
+                "configs/captioning/captioner_flickr8k.py:scst_attribute",
+                "configs/captioning/judge_flickr8k.py", "configs/captioning/judge_flickr8k.py:tiny",
+                "configs/captioning/reward_flickr8k_pretrained.py:grammar",
+                "configs/captioning/reward_flickr8k_pretrained.py:grammar_attribute",
+                "configs/captioning/reward_flickr8k_pretrained.py:attribute",
+                "configs/captioning/reward_flickr8k_pretrained.py:tiny",
+                "configs/captioning/captioner_flickr8k_pretrained.py",
+                "configs/captioning/captioner_flickr8k_pretrained.py:scst_clip",
+                "configs/captioning/captioner_flickr8k_pretrained.py:scst_cider",
+                "configs/captioning/captioner_flickr8k_pretrained.py:scst_mixed",
+                "configs/captioning/captioner_flickr8k_pretrained.py:scst_grammar",
+                "configs/captioning/captioner_flickr8k_pretrained.py:scst_attribute",
+                "configs/captioning/captioner_flickr8k_pretrained.py:tiny",
+                "configs/captioning/captioner_flickr8k_pretrained.py:tiny_scst")
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES)

@@ -8,7 +8,9 @@ import numpy as np
 from xmodal_jax.data.captions import teacher_forcing
 from xmodal_jax.objectives import scst
 from xmodal_jax.systems.captioning import sampling
-from xmodal_jax.systems.captioning.captioner_task import BOS, EOS, PAD
+from xmodal_jax.data.text import TokenizerBase
+
+BOS, EOS, PAD = TokenizerBase.bos_id, TokenizerBase.eos_id, TokenizerBase.pad_id
 
 
 def test_scst_loss_on_a_hand_made_case():

@@ -21,8 +21,10 @@ def vit(**fields) -> dict:
 
 
 def decoder(kind: str = "transformer", **fields) -> dict:
-  """A caption decoder (models/caption_decoder.py); the GRU reads width and dropout_rate only."""
-  return dict(dict(kind=kind, width=256, depth=3, num_heads=4, mlp_dim=0, dropout_rate=0.1), **fields)
+  """A caption decoder (models/caption_decoder.py); the GRU reads width and dropout_rate only. init_embeddings:
+  "" (random) or "minilm" (the token embeddings start from MiniLM's word embeddings: wordpiece, width 384)."""
+  return dict(dict(kind=kind, width=256, depth=3, num_heads=4, mlp_dim=0, dropout_rate=0.1, init_embeddings=""),
+              **fields)
 
 
 def captioner_config(data: ml_collections.ConfigDict, *, encoder: str, decoder_fields: dict,
@@ -34,6 +36,7 @@ def captioner_config(data: ml_collections.ConfigDict, *, encoder: str, decoder_f
   config.data = data
   config.model = ml_collections.ConfigDict(dict(
       dtype="float32",
+      output_vocab="all",      # "captions": the decoder emits only the train captions' tokens and <eos>
       encoder=dict(kind=encoder, cnn=cnn_fields or cnn(), vit=vit_fields or vit(), efficientnet=dict(variant=variant)),
       decoder=decoder_fields))
   config.init_from = ""        # SCST: the MLE run to start from
@@ -44,6 +47,8 @@ def captioner_config(data: ml_collections.ConfigDict, *, encoder: str, decoder_f
   config.scst = ml_collections.ConfigDict(dict(
       samples=1, baseline="greedy",            # greedy baseline (the seed) | leave_one_out (samples >= 2)
       temperature=1.0, top_k=0, top_p=1.0,     # the sampling policy
+      reward="clip",                           # clip | cider | cider+clip (captioner_task.py: _reward_of)
+      cider_weight=1.0,                        # lambda of "cider+clip": R = CIDEr-D + lambda * (w * max(cos, 0) ...)
       reward_weight=2.5,                       # w of R = w * max(cos, 0)
       grammar_weight=1.0))                     # lambda of R + lambda * g(c), when the reward model has a grammar head
   config.decode = ml_collections.ConfigDict(dict(method="greedy", beam_size=3, alpha=0.0, temperature=1.0, top_k=0,

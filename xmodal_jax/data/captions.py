@@ -7,9 +7,10 @@ from typing import Sequence
 import numpy as np
 from absl import logging
 
+from xmodal_jax.data.text import pad_token_ids
 from xmodal_jax.data.tokenizers import Tokenizer, TokenizerBase
 
-_BOS, _EOS, _PAD = TokenizerBase.bos_id, TokenizerBase.eos_id, TokenizerBase.pad_id
+_PAD = TokenizerBase.pad_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,8 +28,11 @@ class TokenizedCaptions:
 
 
 def tokenize_captions(captions: Sequence[Sequence[str]], vocab: Tokenizer, max_len: int,
-                      name: str = "") -> TokenizedCaptions:
-  """Flatten per-image caption lists and encode them; warns with a count when captions are cut at max_len."""
+                      name: str = "", *, words_only: bool = False) -> TokenizedCaptions:
+  """Flatten per-image caption lists and encode them; warns with a count when captions are cut at max_len.
+
+  words_only: the captions' tokens without special tokens (`encode_words`: a captioner's targets, cut at max_len),
+  else a text encoder's input (`encode_batch`: e.g. WordPiece's [CLS] .. [SEP], [SEP] kept when cut)."""
   flat, owner, offsets = [], [], [0]
   for i, caps in enumerate(captions):
     if not caps:
@@ -36,24 +40,28 @@ def tokenize_captions(captions: Sequence[Sequence[str]], vocab: Tokenizer, max_l
     flat.extend(caps)
     owner.extend([i] * len(caps))
     offsets.append(len(flat))
-  lengths = np.array([len(vocab.encode(c)) for c in flat])
+  ids = [(vocab.encode_words if words_only else vocab.encode)(c) for c in flat]
+  lengths = np.array([len(i) for i in ids])
   cut = int(np.sum(lengths > max_len))
   if cut:
     logging.warning("%d of %d captions of %s are longer than config.data.max_len=%d tokens and are truncated "
                     "(longest: %d).", cut, len(flat), name or "the split", max_len, int(lengths.max()))
-  tokens, mask = vocab.encode_batch(flat, max_len)
+  tokens, mask = pad_token_ids(ids, max_len) if words_only else vocab.encode_batch(flat, max_len)
   return TokenizedCaptions(tokens, mask, np.asarray(owner, np.int32), np.asarray(offsets, np.int64))
 
 
-def teacher_forcing(tokens: np.ndarray, seq_len: int) -> dict[str, np.ndarray]:
-  """Caption word ids [b, max_len] (right-padded) -> decoder inputs <bos> w_1 .. and targets w_1 .. <eos>
-  [b, seq_len]; a caption cut at max_len has no <eos> target."""
+def teacher_forcing(tokens: np.ndarray, seq_len: int, *, bos_id: int = TokenizerBase.bos_id,
+                    eos_id: int = TokenizerBase.eos_id) -> dict[str, np.ndarray]:
+  """Caption word ids [b, max_len] (right-padded, no special tokens) -> decoder inputs <bos> w_1 .. and targets
+  w_1 .. <eos> [b, seq_len] (a caption cut at max_len: its first max_len tokens, then <eos>). bos_id / eos_id: the tokenizer's
+  (WordPiece: [CLS] / [SEP], so <bos> + targets is the text tower's input)."""
   b, max_len = tokens.shape
   if seq_len != max_len + 1:
     raise ValueError(f"teacher_forcing: seq_len {seq_len} != max_len {max_len} + 1.")
   lengths = np.sum(tokens != _PAD, axis=1)
   targets = np.zeros((b, seq_len), np.int32)
   targets[:, :max_len] = tokens
-  targets[np.arange(b), lengths] = _EOS
-  inputs = np.concatenate([np.full((b, 1), _BOS, np.int32), np.where(targets == _EOS, _PAD, targets)[:, :-1]], axis=1)
+  targets[np.arange(b), lengths] = eos_id
+  inputs = np.concatenate([np.full((b, 1), bos_id, np.int32), np.where(targets == eos_id, _PAD, targets)[:, :-1]],
+                          axis=1)
   return {"inputs": inputs, "targets": targets}

@@ -44,11 +44,22 @@ def pad_token_ids(ids: Sequence[Sequence[int]], max_len: int) -> tuple[np.ndarra
 
 
 class TokenizerBase:
-  """What every tokenizer shares: the special ids (<pad>=0, <unk>=1, <bos>=2, <eos>=3) and batch encoding."""
+  """What every tokenizer shares: the special ids (<pad>=0, <unk>=1, <bos>=2, <eos>=3; a pretrained vocabulary
+  may name its own bos / eos, e.g. WordPiece's [CLS] / [SEP]) and batch encoding.
+
+  `encode` is a text encoder's input; `encode_words` the caption's tokens alone (a captioner's targets, before its
+  <eos>). They differ only for a tokenizer whose `encode` frames the words with bos / eos
+  (`encode_adds_specials`): then encode(t) == [bos_id] + encode_words(t) + [eos_id].
+  """
   pad_id, unk_id, bos_id, eos_id = 0, 1, 2, 3
+  encode_adds_specials = False
 
   def encode(self, text: str) -> list[int]:
     raise NotImplementedError
+
+  def encode_words(self, text: str) -> list[int]:
+    """The text's tokens without any special token (here: `encode`)."""
+    return self.encode(text)
 
   def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """texts -> (tokens int32 [n, max_len], mask bool [n, max_len]); longer texts are cut at max_len."""

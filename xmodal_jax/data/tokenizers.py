@@ -36,8 +36,14 @@ class Tokenizer(Protocol):
   def pad_id(self) -> int: ...
   @property
   def unk_id(self) -> int: ...
+  @property
+  def bos_id(self) -> int: ...
+  @property
+  def eos_id(self) -> int: ...
+  encode_adds_specials: bool
   def __len__(self) -> int: ...
   def encode(self, text: str) -> list[int]: ...
+  def encode_words(self, text: str) -> list[int]: ...
   def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]: ...
   def decode(self, ids: Iterable[int]) -> str: ...
   def save(self, path: str) -> None: ...
@@ -154,11 +160,28 @@ class WordPieceTokenizer(TokenizerBase):
     """The model's own [UNK] id (BERT: 100), not the shared layout's 1, which is [unused0] here."""
     return int(self._tokenizer.token_to_id("[UNK]"))
 
+  @property
+  def bos_id(self) -> int:
+    """[CLS] (BERT: 101): what `encode` puts first, and a captioner's start token."""
+    return int(self._tokenizer.token_to_id("[CLS]"))
+
+  @property
+  def eos_id(self) -> int:
+    """[SEP] (BERT: 102): what `encode` puts last, and a captioner's end token."""
+    return int(self._tokenizer.token_to_id("[SEP]"))
+
+  encode_adds_specials = True
+
   def __reduce__(self):
     return type(self), (self._json,)
 
   def encode(self, text: str) -> list[int]:
+    """[CLS] word pieces [SEP]."""
     return self._tokenizer.encode(str(text).strip()).ids
+
+  def encode_words(self, text: str) -> list[int]:
+    """The word pieces alone (no [CLS] / [SEP])."""
+    return self._tokenizer.encode(str(text).strip(), add_special_tokens=False).ids
 
   def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """texts -> (ids int32 [n, max_len], mask bool [n, max_len]); longer texts are cut, keeping [SEP] last."""

@@ -20,6 +20,7 @@ from xmodal_jax.errors import ConfigError, DataError, MissingError
 COCO_METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider_d")
 CLIP_SCORE_W = 2.5  # Hessel et al. (2021): rescales CLIP ViT-B/32 cosines (rarely above 0.4) towards [0, 1].
 REPEAT_MAX_N = 4  # text_statistics: longest n-gram whose back-to-back repetition makes a caption repetitive.
+REPEAT_ANYWHERE_N = (2, 3)  # text_statistics: "repeat_{n}", an n-gram occurring twice anywhere in a caption.
 _IGNORED_PUNCTUATION = ",:."
 _JAVA_FIX = ("install a Java runtime, e.g. `sudo apt-get install -y default-jre-headless` "
              "(or run `bash launch/install_java.sh`)")
@@ -174,13 +175,17 @@ def text_statistics(predictions: Sequence[str]) -> dict[str, float]:
     * repeated_ngram_share: per caption, 1 - distinct bigrams / bigrams (the share of its bigrams that repeat an
       earlier one, "seq-rep-2" of Welleck et al., 2020), averaged over all captions; a caption of fewer than 2
       words has share 0.
+    * repeat_2, repeat_3: share of captions in which some bigram (trigram) occurs at least twice, anywhere ("a dog
+      and a dog" repeats the bigram "a dog"). Unigrams are left out: articles and prepositions recur in ordinary
+      captions ("a dog in a field"). Honest captions of two alike things repeat bigrams too ("a man in a red shirt
+      and a woman in a red hat"), so compare with the references' rate.
 
   Args:
     predictions: [N] generated captions, N >= 1.
 
   Returns:
-    {"mean_length", "vocabulary", "repetition_rate", "repeated_ngram_share"}; rates are fractions in [0, 1],
-    vocabulary an int.
+    {"mean_length", "vocabulary", "repetition_rate", "repeated_ngram_share", "repeat_2", "repeat_3"}; rates are
+    fractions in [0, 1], vocabulary an int.
   """
   if isinstance(predictions, str) or not all(isinstance(p, str) for p in predictions):
     raise DataError("text_statistics: predictions must be a sequence of caption strings.")
@@ -192,6 +197,7 @@ def text_statistics(predictions: Sequence[str]) -> dict[str, float]:
       "vocabulary": len({word for w in words for word in w}),
       "repetition_rate": float(np.mean([_repeats_back_to_back(w) for w in words])),
       "repeated_ngram_share": float(np.mean([_repeated_bigram_share(w) for w in words])),
+      **{f"repeat_{n}": float(np.mean([_repeats_ngram(w, n) for w in words])) for n in REPEAT_ANYWHERE_N},
   }
 
 
@@ -199,6 +205,12 @@ def _repeats_back_to_back(words: Sequence[str], max_n: int = REPEAT_MAX_N) -> bo
   """Whether words[i:i + n] == words[i + n:i + 2n] for some i and n in 1..max_n."""
   return any(words[i:i + n] == words[i + n:i + 2 * n]
              for n in range(1, max_n + 1) for i in range(len(words) - 2 * n + 1))
+
+
+def _repeats_ngram(words: Sequence[str], n: int) -> bool:
+  """Whether some n-gram occurs at least twice in words (anywhere, overlaps included)."""
+  ngrams = list(zip(*(words[i:] for i in range(n))))
+  return len(set(ngrams)) < len(ngrams)
 
 
 def _repeated_bigram_share(words: Sequence[str]) -> float:

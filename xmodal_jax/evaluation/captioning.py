@@ -2,18 +2,27 @@
 
   * n-gram metrics against the human captions: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (evaluation/caption_metrics.py,
     pycocoevalcap);
-  * text statistics: mean length, vocabulary, repetition (caption_metrics.text_statistics; shares in percent);
+  * text statistics: mean length, vocabulary, repetition (caption_metrics.text_statistics; shares in percent),
+    and the share of empty captions;
+  * TF-IDF caption search (the seed's search by words; evaluation/caption_retrieval.py): each human caption of the
+    split as a query over the generated captions of its images: "search_r1/5/10", "search_medr";
   * each scorer model in `EvalData.extras["scorers"]` (two-tower models; typically the SCST reward model and an
     independent judge trained separately): CLIP-S and RefCLIP-S (Hessel et al. 2021), and its grammar score g(c)
     (mean, and the share at or above `grammar_threshold`) when it has a grammar head. Metrics are prefixed with the
     scorer's name ("judge/clip_s"); scoring with the reward model itself only shows that the optimiser worked;
+    and generated-caption retrieval (Cho et al. 2022; caption_retrieval.generated_caption_ranks): each image's
+    caption as a query over the split's images in the scorer's space, "judge/gen_r1/5/10", "judge/gen_medr" (an
+    empty caption ranks last);
   * on data that knows the truth of every caption (shapes world): attribute recall / precision of the named
     (colour, shape) pairs (`extras["true_pairs"]`, percent) and the share of captions its grammar parses (`extras["parses"]`).
 
 Scorers are objects with `name`, `image_embeddings()` [N, D], `reference_embeddings()` ([M, D], owner [M]),
 `caption_embeddings(strings)` [n, D] and `grammar(strings)` ([n] or None); `extras["decode_text"]` turns the
 predicted token rows into strings and `extras["references"]` holds the human captions per image. `last_captions`
-keeps the strings of the latest evaluation (the command line writes them next to the metrics). Example pictures
+keeps the strings of the latest evaluation (the command line writes them next to the metrics). `items` (saved by the
+trainer as eval_items/<prefix>.npz, for bootstrap CIs over images): per image [N] "<scorer>/clip_s",
+"<scorer>/refclip_s", "<scorer>/gen_rank"; per human caption [M] "search_rank" and "search_image" (its image row).
+Example pictures
 (`summaries`, written to TensorBoard by the trainer): `examples` images spread over the split with their generated
 captions (an image grid) and a table of those captions beside their references.
 """
@@ -24,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from xmodal_jax.evaluation import caption_metrics
+from xmodal_jax.evaluation import caption_retrieval
 from xmodal_jax.evaluation import evaluator as evaluator_lib
 from xmodal_jax.evaluation import summary_images
 from xmodal_jax.evaluation import tables
@@ -61,6 +71,8 @@ class CaptioningEvaluator(evaluator_lib.Evaluator):
     metrics.update(_as_percent(caption_metrics.text_statistics(captions)))
     nonempty = np.asarray([bool(c.strip()) for c in captions])
     metrics["empty_captions"] = float(100.0 * np.mean(~nonempty))
+    self.items = {}
+    metrics.update(self._search(captions, references))
     for scorer in extras.get("scorers", ()):
       metrics.update(self._scores(scorer, captions, nonempty, n))
     if "true_pairs" in extras:
@@ -75,16 +87,31 @@ class CaptioningEvaluator(evaluator_lib.Evaluator):
     caption_emb = scorer.caption_embeddings(captions)
     ref_emb, owner = scorer.reference_embeddings()
     keep = owner < n
-    clip_s = np.where(nonempty, caption_metrics.clip_score(image_emb, caption_emb, w), 0.0)
-    ref_s = np.where(nonempty, caption_metrics.ref_clip_score(image_emb, caption_emb, ref_emb[keep], owner[keep], w),
-                     0.0)
+    # A caption the scorer leaves without a word gets a zero row: it scores 0, and a placeholder row stands in for
+    # it so that the cosines (which refuse zero rows) can be computed for the others.
+    nonempty = nonempty & np.any(caption_emb != 0, axis=1)
+    filled = np.where(nonempty[:, None], caption_emb, 1.0)
+    clip_s = np.where(nonempty, caption_metrics.clip_score(image_emb, filled, w), 0.0)
+    ref_s = np.where(nonempty, caption_metrics.ref_clip_score(image_emb, filled, ref_emb[keep], owner[keep], w), 0.0)
+    gen_rank = caption_retrieval.generated_caption_ranks(image_emb, caption_emb, nonempty)
     out = {f"{scorer.name}/clip_s": float(np.mean(clip_s)), f"{scorer.name}/refclip_s": float(np.mean(ref_s))}
+    out.update({f"{scorer.name}/{k}": v for k, v in caption_retrieval.rank_metrics("gen", gen_rank).items()})
+    self.items.update({f"{scorer.name}/clip_s": clip_s, f"{scorer.name}/refclip_s": ref_s,
+                       f"{scorer.name}/gen_rank": gen_rank})
     g = scorer.grammar(captions)
     if g is not None:
       g = np.where(nonempty, g, 0.0)
       out[f"{scorer.name}/grammar"] = float(np.mean(g))
       out[f"{scorer.name}/grammatical"] = float(100.0 * np.mean(g >= float(self.spec.grammar_threshold)))
     return out
+
+  def _search(self, captions, references) -> dict[str, float]:
+    """TF-IDF caption search: every human caption of the n images as a query over their generated captions."""
+    queries = [r for refs in references for r in refs]
+    owner = np.repeat(np.arange(len(references)), [len(refs) for refs in references])
+    ranks = caption_retrieval.caption_search_ranks(captions, queries, owner)
+    self.items.update(search_rank=ranks, search_image=owner)
+    return caption_retrieval.rank_metrics("search", ranks)
 
   def _examples(self, data, captions, references):
     if not self.examples:
@@ -95,10 +122,23 @@ class CaptioningEvaluator(evaluator_lib.Evaluator):
                                            [references[r] for r in rows], rows=rows)
 
   def format(self, metrics: dict[str, float], title: str) -> str:
-    return tables.markdown_table(["metric", "value"], [(k, v) for k, v in sorted(metrics.items())], title=title)
+    """The caption metrics (metric | value), then one row per scorer (CLIP-S ... generated-caption R@K, grammar)."""
+    scored = {k for k in metrics if k.partition("/")[2] in _SCORER_COLUMNS}
+    table = tables.markdown_table(["metric", "value"], [(k, v) for k, v in sorted(metrics.items()) if k not in scored],
+                                  title=title)
+    names = list(dict.fromkeys(k.partition("/")[0] for k in sorted(scored)))
+    if not names:
+      return table
+    columns = [c for c in _SCORER_COLUMNS if any(f"{name}/{c}" in metrics for name in names)]
+    rows = [[name] + [metrics.get(f"{name}/{c}") for c in columns] for name in names]
+    return table + "\n\n" + tables.markdown_table(["scorer"] + columns, rows)
 
 
-_FRACTIONS = ("repetition_rate", "repeated_ngram_share", "attribute_recall", "attribute_precision")
+_FRACTIONS = ("repetition_rate", "repeated_ngram_share", *(f"repeat_{n}" for n in caption_metrics.REPEAT_ANYWHERE_N),
+              "attribute_recall", "attribute_precision")
+# The scorer table's columns, in this order: "<scorer>/<column>" metrics.
+_SCORER_COLUMNS = ("clip_s", "refclip_s", *(f"gen_r{k}" for k in caption_retrieval.KS), "gen_medr", "grammar",
+                   "grammatical")
 
 
 def _as_percent(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ _TASKS = {
     "clip": "xmodal_jax.systems.clip.clip_task:ClipTask",
     "captioning": "xmodal_jax.systems.captioning.captioner_task:CaptioningTask",
     "s5_reward_model": "xmodal_jax.systems.captioning.reward_model:RewardModelTask",
+    "s5_reward_model_dual_encoder": "xmodal_jax.systems.captioning.reward_model_dual:DualEncoderRewardTask",
     "s1_text_generator": "xmodal_jax.systems.classifier.text_generator_task:TextGeneratorTask",
     "s1_text_embedding": "xmodal_jax.systems.classifier.text_embedding:TextEmbeddingTask",
     "s1_pixel_embedding": "xmodal_jax.systems.classifier.pixel_embedding:PixelEmbeddingTask",

@@ -9,14 +9,21 @@ Objectives (`train.objective`):
   "mle":  teacher forcing on one human caption per image per epoch (objectives/scst.py: teacher_forcing_loss);
   "scst": self-critical sequence training (objectives/scst.py), warm-started from an MLE run (`init_from`): per
           image `scst.samples` captions sampled from the policy (temperature / top-k / top-p), rewarded by
-          R = w * max(cos(f_I, f_T), 0) under the frozen reward model (`reward.workdir`: a `clip` run or an S5
-          reward-model run of systems/captioning/reward_model.py) plus lambda * g(c) when that model has a grammar
-          head (`scst.grammar_weight`), against the greedy caption's reward ("greedy", the seed's default) or the
+          `scst.reward` (`_reward_of`): "clip" R = w * max(cos(f_I, f_T), 0) under the frozen reward model
+          (`reward.workdir`: a `clip` or `dual_encoder` run, or an S5 reward-model run over either) plus
+          gamma * g(c) when that model has a grammar head (`scst.grammar_weight`); "cider" R = CIDEr-D against
+          the image's train references (cider_reward.py, on host); "cider+clip" R = CIDEr-D + lambda * the clip
+          reward (`scst.cider_weight`). Against the greedy caption's reward ("greedy", the seed's default) or the
           leave-one-out mean of the other samples ("leave_one_out", needs samples >= 2). Sampling, the greedy
           baseline, the reward and the update are one jitted step.
 The reward model's image embeddings of the train images are computed once (centre crops) and travel with the
 batches; its text tower runs inside the step on the sampled captions. The captioner uses the reward model's
-tokenizer (copied into this workdir), so sampled tokens are the reward's text input as they are.
+tokenizer (copied into this workdir; with data.tokenizer="wordpiece" an MLE run builds MiniLM's own, the
+dual encoder's), so sampled tokens are the reward's text input as they are (scorers.text_inputs: WordPiece's
+[CLS] + the sampled words + [SEP]). <bos> / <eos> are the tokenizer's (WordPiece: [CLS] / [SEP]); the targets are
+the caption's tokens without specials (`encode_words`), then <eos>. `model.output_vocab="captions"` restricts the
+decoder's outputs to the train captions' tokens (stored in output_vocab.json); `model.decoder.init_embeddings=
+"minilm"` starts its token embeddings from MiniLM's (width 384).
 
 Decoding (`decode`): greedy, sampling or beam search (sampling.py, beam_search.py), over the decoder's cache, EOS-aware; the
 `caption` predict function returns tokens [batch, data.max_len + 1] (words, <eos>, padding).
@@ -29,6 +36,8 @@ parse rate.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -42,11 +51,11 @@ from xmodal_jax.data.captions import TokenizedCaptions, teacher_forcing, tokeniz
 from xmodal_jax.data.iterator import EpochBatchIterator
 from xmodal_jax.data.preprocess import normalize_images
 from xmodal_jax.evaluation.evaluator import EvalData
-from xmodal_jax.models import efficientnet_lite, efficientnet_weights, vit as vit_lib
+from xmodal_jax.models import efficientnet_lite, efficientnet_weights, layers, minilm, vit as vit_lib
 from xmodal_jax.models.caption_decoder import DECODERS, build_decoder
 from xmodal_jax.models.resnet import ResNetEncoder
 from xmodal_jax.objectives import scst
-from xmodal_jax.systems.captioning import beam_search, sampling, scorers
+from xmodal_jax.systems.captioning import beam_search, cider_reward, sampling, scorers
 from xmodal_jax.systems.captioning.captioner_model import Captioner
 from xmodal_jax.task_bases.base import ImageTextTask
 from xmodal_jax.train import optimizer as optimizer_lib
@@ -56,7 +65,11 @@ ENCODERS = ("cnn", "vit", "efficientnet")
 OBJECTIVES = ("mle", "scst")
 BASELINES = ("greedy", "leave_one_out")
 DECODE_METHODS = ("greedy", "beam", "sample")
-BOS, EOS, PAD = tokenizers.TokenizerBase.bos_id, tokenizers.TokenizerBase.eos_id, tokenizers.TokenizerBase.pad_id
+REWARDS = ("clip", "cider", "cider+clip")
+OUTPUT_VOCABS = ("all", "captions")
+INIT_EMBEDDINGS = ("", "minilm")
+PAD = tokenizers.TokenizerBase.pad_id   # every tokenizer's; <bos> / <eos> are the tokenizer's own (bos_id, eos_id)
+_OUTPUT_VOCAB_FILE = "output_vocab.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,13 +90,21 @@ def _check(config) -> None:
                                 ("model.decoder.kind", model.decoder.kind, DECODERS),
                                 ("train.objective", train.objective, OBJECTIVES),
                                 ("scst.baseline", config.scst.baseline, BASELINES),
+                                ("scst.reward", config.scst.get("reward", "clip"), REWARDS),
+                                ("model.output_vocab", model.get("output_vocab", "all"), OUTPUT_VOCABS),
+                                ("model.decoder.init_embeddings", model.decoder.get("init_embeddings", ""),
+                                 INIT_EMBEDDINGS),
                                 ("decode.method", config.decode.method, DECODE_METHODS)):
     if value not in choices:
       raise errors.ConfigError(f"config.{where}={value!r}; use one of {choices}.")
+  if model.decoder.get("init_embeddings", "") == "minilm" and int(model.decoder.width) != MINILM_WIDTH:
+    raise errors.ConfigError(f"config.model.decoder.init_embeddings='minilm' needs config.model.decoder.width="
+                             f"{MINILM_WIDTH} (MiniLM's word-embedding width), got {model.decoder.width}.")
   if train.objective == "scst":
-    if not config.reward.workdir:
-      raise errors.ConfigError("config.train.objective='scst' needs config.reward.workdir: a finished `clip` run (or an "
-                               "S5 reward-model run) whose frozen towers give the reward.")
+    if _uses_clip_reward(config) and not config.reward.workdir:
+      raise errors.ConfigError(f"config.scst.reward={config.scst.get('reward', 'clip')!r} needs config.reward.workdir: "
+                               "a finished two-tower run (clip, dual_encoder or an S5 reward model) whose frozen "
+                               "towers give the reward.")
     if not config.init_from:
       raise errors.ConfigError("config.train.objective='scst' needs config.init_from=WORKDIR of an MLE captioning run "
                                "(SCST starts from a trained captioner).")
@@ -97,6 +118,17 @@ def _check(config) -> None:
   width, heads = int(model.decoder.width), int(model.decoder.num_heads)
   if model.decoder.kind == "transformer" and width % heads:
     raise errors.ConfigError(f"config.model.decoder.width={width} is not divisible by num_heads={heads}.")
+
+
+MINILM_WIDTH = 384
+
+
+def _uses_clip_reward(config) -> bool:
+  return "clip" in str(config.scst.get("reward", "clip")).split("+")
+
+
+def _uses_cider_reward(config) -> bool:
+  return "cider" in str(config.scst.get("reward", "clip")).split("+")
 
 
 class CaptioningTask(ImageTextTask):
@@ -114,6 +146,8 @@ class CaptioningTask(ImageTextTask):
     self._reward_image_emb: np.ndarray | None = None
     self._encoder_weights: dict | None = None
     self._cache: feature_cache.FeatureCache | None = None
+    self._logit_bias: np.ndarray | None = None   # [vocab]: 0, or NEG_INF outside the output vocabulary
+    self._cider = None
     self._predict = {"caption": self.caption, "caption_log_probs": self.caption_log_probs,
                      "encode_context": self.encode_context}
 
@@ -127,6 +161,14 @@ class CaptioningTask(ImageTextTask):
   def objective(self) -> str:
     return str(self.config.train.objective)
 
+  @property
+  def bos_id(self) -> int:
+    return int(self.tokenizer.bos_id)
+
+  @property
+  def eos_id(self) -> int:
+    return int(self.tokenizer.eos_id)
+
   def setup(self, *, training: bool) -> None:
     if self.model is not None:
       return
@@ -135,6 +177,7 @@ class CaptioningTask(ImageTextTask):
       self._reward = scorers.load_scorer(str(cfg.reward.workdir), "config.reward.workdir",
                                          mesh_shape=tuple(cfg.mesh.shape))
     self.tokenizer = self._load_or_build_tokenizer(training)
+    self._logit_bias = self._load_or_build_output_vocab(training)
     self.model, self.decode_model = self._build(decode=False), self._build(decode=True)
     if cfg.model.encoder.kind == "efficientnet":
       weights = efficientnet_weights.load(cfg.model.encoder.efficientnet.variant)
@@ -167,6 +210,30 @@ class CaptioningTask(ImageTextTask):
                                "as they are. Train the MLE run with the same config.reward.workdir.")
     return tokenizer
 
+  def _load_or_build_output_vocab(self, training: bool) -> np.ndarray | None:
+    """config.model.output_vocab="captions": the decoder may emit only the tokens of the train captions and <eos>
+    (a pretrained vocabulary such as MiniLM's has ~30K pieces, most never in a caption: sampling them would feed
+    the reward text it never saw). The allowed ids are stored in this workdir (output_vocab.json), so evaluation and
+    `xmodal caption` decode alike without the train split. -> logit bias float32 [padded vocab] (0 or NEG_INF), or
+    None."""
+    if self.config.model.get("output_vocab", "all") == "all":
+      return None
+    path = os.path.join(self.workdir, _OUTPUT_VOCAB_FILE)
+    if fileio.exists(path):
+      with fileio.open(path) as f:
+        ids = json.load(f)["ids"]
+    elif training:
+      ids = sorted({int(i) for i in np.unique(self.tokens("train").tokens)} - {PAD} | {self.eos_id})
+      if jax.process_index() == 0:
+        with fileio.open(path, "w") as f:
+          json.dump({"ids": ids}, f)
+    else:
+      raise errors.MissingError(f"{path} not found: config.model.output_vocab='captions' stores the decoder's "
+                                "vocabulary there when training; point --workdir at the run that made it.")
+    bias = np.full(layers.padded_vocab_size(len(self.tokenizer)), sampling.NEG_INF, np.float32)  # as the logits
+    bias[np.asarray(ids, np.int64)] = 0.0
+    return bias
+
   def _build(self, decode: bool) -> Captioner:
     cfg = self.config.model
     dtype = jnp.dtype(cfg.dtype)
@@ -179,7 +246,8 @@ class CaptioningTask(ImageTextTask):
     else:
       encoder = efficientnet_lite.EfficientNetLite(cfg.encoder.efficientnet.variant, dtype=dtype)
     decoder = build_decoder(cfg.decoder.kind, vocab_size=len(self.tokenizer), max_len=self.seq_len,
-                            **{k: cfg.decoder[k] for k in cfg.decoder if k != "kind"}, decode=decode, dtype=dtype)
+                            **{k: cfg.decoder[k] for k in cfg.decoder if k not in ("kind", "init_embeddings")},
+                            decode=decode, dtype=dtype)
     return Captioner(encoder, decoder, width=int(cfg.decoder.width), dtype=dtype,
                      encoder_call=(("pool", False),) if kind == "efficientnet" else ())
 
@@ -201,19 +269,35 @@ class CaptioningTask(ImageTextTask):
     out = {}
     if self._encoder_weights is not None:
       out["captioner"] = self._encoder_weights
-    if self._reward is not None and self.objective == "scst":
+    if self._reward is not None and self.objective == "scst" and _uses_clip_reward(self.config):
       out["reward"] = jax.device_get(self._reward.loaded.variables)
     return out or None
 
   def pretrained_params(self):
-    """SCST starts from the MLE run's params (init_from)."""
+    """SCST starts from the MLE run's params (init_from); an MLE run with model.decoder.init_embeddings='minilm'
+    from MiniLM's word embeddings [vocab, 384] as the decoder's token embeddings (rows of the padded table beyond
+    the vocabulary: 0, never an input)."""
     if not self.config.init_from:
-      return None
+      return self._minilm_embeddings()
     from xmodal_jax import systems  # pylint: disable=import-outside-toplevel  (the registry, to load another run)
     loaded = systems.load_init_run(self.config.init_from, task="captioning", mesh_shape=tuple(self.config.mesh.shape))
     if not scorers.same_tokenizer(loaded.task.tokenizer, self.tokenizer):
       raise errors.ConfigError(f"config.init_from={self.config.init_from!r} has another tokenizer than this run's.")
     return jax.device_get(loaded.variables["params"])
+
+  def _minilm_embeddings(self):
+    if self.config.model.decoder.get("init_embeddings", "") != "minilm":
+      return None
+    try:
+      table = np.asarray(minilm.load_params()[1]["params"]["word_embeddings"]["embedding"], np.float32)
+    except (ImportError, FileNotFoundError) as e:
+      raise errors.MissingError(str(e)) from None
+    if not self.tokenizer.encode_adds_specials or len(self.tokenizer) != len(table):
+      raise errors.ConfigError("config.model.decoder.init_embeddings='minilm' needs MiniLM's vocabulary: set "
+                               "config.data.tokenizer='wordpiece'.")
+    padded = np.zeros((layers.padded_vocab_size(len(table)), table.shape[1]), np.float32)
+    padded[:len(table)] = table
+    return {"decoder": {"token_embed": {"embedding": padded}}}
 
   def _captioner_variables(self, params, frozen):
     return with_frozen(params, (frozen or {}).get("captioner"))
@@ -222,7 +306,7 @@ class CaptioningTask(ImageTextTask):
   def tokens(self, name: str) -> TokenizedCaptions:
     if name not in self._tokens:
       self._tokens[name] = tokenize_captions(self.split(name).captions, self.tokenizer, int(self.config.data.max_len),
-                                             name)
+                                             name, words_only=True)
     return self._tokens[name]
 
   def _features_cache(self) -> feature_cache.FeatureCache:
@@ -261,18 +345,23 @@ class CaptioningTask(ImageTextTask):
     data, toks = self.split("train"), self.tokens("train")
     # Built here, before any loader thread runs (building inside `load` would race between threads).
     cache = self._features_cache() if self._uses_cache() else None
-    reward_emb = self.reward_image_embeddings() if self.objective == "scst" else None
+    scst_run = self.objective == "scst"
+    reward_emb = self.reward_image_embeddings() if scst_run and _uses_clip_reward(cfg) else None
+    if scst_run and _uses_cider_reward(cfg):
+      self._cider_fn()
 
     def load(indices, keys):
       if cache is not None:
         batch = {"features": cache.read("train", indices)}
       else:
         batch = {"images": data.load_images(indices, int(cfg.data.image_size), keys=keys, flip=bool(cfg.data.flip))}
-      if self.objective == "mle":
+      if not scst_run:
         rows = toks.sample_one_per_image(indices, keys)
-        batch.update(teacher_forcing(toks.tokens[rows], self.seq_len))
+        batch.update(teacher_forcing(toks.tokens[rows], self.seq_len, bos_id=self.bos_id, eos_id=self.eos_id))
       else:
-        batch["reward_image_emb"] = reward_emb[indices]
+        batch["image_index"] = np.asarray(indices, np.int32)   # train rows: the CIDEr-D references
+        if reward_emb is not None:
+          batch["reward_image_emb"] = reward_emb[indices]
       return batch
 
     return EpochBatchIterator(len(data), cfg.train.batch_size, load, seed=cfg.seed, process_index=process_index,
@@ -289,16 +378,20 @@ class CaptioningTask(ImageTextTask):
     return self.model.apply(variables, self._normalize(batch["images"]), deterministic=deterministic,
                             method=Captioner.encode, rngs=rngs)
 
+  def _restrict(self, logits):
+    """Logits [..., vocab] outside config.model.output_vocab at NEG_INF (unchanged for "all")."""
+    return logits if self._logit_bias is None else logits + jnp.asarray(self._logit_bias)
+
   def _logits(self, variables, inputs, context, *, rng=None):
-    return self.model.apply(variables, inputs, context, deterministic=rng is None, method=Captioner.logits,
-                            rngs=None if rng is None else {"dropout": rng})
+    return self._restrict(self.model.apply(variables, inputs, context, deterministic=rng is None,
+                                           method=Captioner.logits, rngs=None if rng is None else {"dropout": rng}))
 
   def _step_fn(self, variables, context):
     """sampling.py / beam_search.py's step function over the decode model's cache, for `context` [n, ctx, width]."""
     def step(tokens, cache, position):
       logits, mutated = self.decode_model.apply(dict(variables, cache=cache), tokens, context, positions=position,
                                                 method=Captioner.logits, mutable=["cache"])
-      return logits[:, -1], mutated["cache"]
+      return self._restrict(logits[:, -1]), mutated["cache"]
     return step
 
   def _empty_cache(self, variables, context):
@@ -313,7 +406,7 @@ class CaptioningTask(ImageTextTask):
     """Captions of `context` [n, ctx, width] -> tokens int32 [n, seq_len] (sampling.py, beam_search.py)."""
     n = context.shape[0]
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    common = dict(bos_id=BOS, eos_id=EOS, pad_id=PAD)
+    common = dict(bos_id=self.bos_id, eos_id=self.eos_id, pad_id=PAD)
     if options.method == "beam":
       k = int(options.beam_size)
       beams = jnp.repeat(context, k, axis=0)
@@ -341,22 +434,23 @@ class CaptioningTask(ImageTextTask):
       return super().train_step(state, batch, rng, ctx)
     cfg = self.config.scst
     k = int(cfg.samples)
-    frozen_reward = ctx.frozen["reward"]
+    frozen_reward = (ctx.frozen or {}).get("reward")
     variables = self._captioner_variables(state.params, ctx.frozen)
     context = jax.lax.stop_gradient(self._context(variables, batch))
     options = DecodeOptions("sample", temperature=float(cfg.temperature), top_k=int(cfg.top_k), top_p=float(cfg.top_p))
     sampled = self.decode(variables, jnp.repeat(context, k, axis=0), options, rng)   # [b*k, T]
-    image_emb = jnp.repeat(batch["reward_image_emb"], k, axis=0)
-    reward, reward_metrics = self._reward_of(frozen_reward, sampled, image_emb)
+    repeat = lambda x: None if x is None else jnp.repeat(x, k, axis=0)
+    image_emb, rows = batch.get("reward_image_emb"), batch["image_index"]
+    reward, reward_metrics = self._reward_of(frozen_reward, sampled, repeat(image_emb), repeat(rows))
     if cfg.baseline == "greedy":
       greedy = self.decode(variables, context, DecodeOptions("greedy"))
-      greedy_reward, _ = self._reward_of(frozen_reward, greedy, batch["reward_image_emb"])
+      greedy_reward, _ = self._reward_of(frozen_reward, greedy, image_emb, rows)
       baseline = jnp.repeat(greedy_reward, k, axis=0)
       reward_metrics["greedy_reward"] = jnp.mean(greedy_reward)
     else:
       baseline = scst.leave_one_out_baseline(reward.reshape(-1, k)).reshape(-1)
-    inputs = jnp.concatenate([jnp.full((sampled.shape[0], 1), BOS, jnp.int32), sampled[:, :-1]], axis=1)
-    mask = sampling.caption_mask(sampled, EOS, PAD)
+    inputs = jnp.concatenate([jnp.full((sampled.shape[0], 1), self.bos_id, jnp.int32), sampled[:, :-1]], axis=1)
+    mask = sampling.caption_mask(sampled, self.eos_id, PAD)
 
     def loss_of(params):
       v = self._captioner_variables(params, ctx.frozen)
@@ -367,21 +461,43 @@ class CaptioningTask(ImageTextTask):
     metrics = dict(metrics, **reward_metrics, loss=loss, grad_norm=optimizer_lib.gradient_norm(grads))
     return state.apply_gradients(grads), metrics
 
-  def _reward_of(self, reward_variables, tokens, image_emb):
-    """(R [n], metrics) of decoded `tokens` [n, T] under the frozen reward model: w * max(cos, 0) + lambda * g(c);
-    an empty caption (immediate <eos>) gets 0."""
+  def _reward_of(self, reward_variables, tokens, image_emb, image_rows):
+    """(R [n], metrics) of decoded `tokens` [n, T] (words, <eos>, <pad>) of train images `image_rows` [n], by
+    config.scst.reward (w = scst.reward_weight, gamma = scst.grammar_weight, lambda = scst.cider_weight):
+      "clip":       R = w * max(cos(f_I, f_T), 0) + gamma * g(c)   (g: when the reward model has a grammar head;
+                    f_I = `image_emb` [n, D], f_T of the tokens as they are: the reward's text input is built
+                    from them without re-tokenising, Scorer.text_inputs)
+      "cider":      R = CIDEr-D(c, train references of the image)   (cider_reward.py, on the decoded text)
+      "cider+clip": R = CIDEr-D(c, refs) + lambda * (w * max(cos, 0) + gamma * g(c))
+    An empty caption (immediate <eos>) gets 0."""
     cfg = self.config.scst
-    words, mask = sampling.words_only(tokens, EOS, PAD)
-    words, mask = self._reward.fit_length(words, mask)
-    text_emb = self._reward.embed_text_fn(reward_variables, words, mask)
-    reward = scst.clip_reward(image_emb, text_emb, float(cfg.reward_weight))
-    metrics = {"clip_reward": jnp.mean(reward)}
-    if float(cfg.grammar_weight) and self._reward.has_grammar:
-      g = self._reward.grammar_fn(reward_variables, words, mask)
-      reward = reward + float(cfg.grammar_weight) * g
-      metrics["grammar"] = jnp.mean(g)
-    reward = jnp.where(jnp.any(mask, axis=1), reward, 0.0)
+    metrics = {}
+    nonempty = (tokens[:, 0] != self.eos_id) & (tokens[:, 0] != PAD)
+    reward = jnp.zeros(tokens.shape[:1], jnp.float32)
+    if _uses_clip_reward(self.config):
+      text, mask = self._reward.text_inputs(tokens)
+      text_emb = self._reward.embed_text_fn(reward_variables, text, mask)
+      clip = scst.clip_reward(image_emb, text_emb, float(cfg.reward_weight))
+      metrics["clip_reward"] = jnp.mean(clip)
+      if float(cfg.grammar_weight) and self._reward.has_grammar:
+        g = self._reward.grammar_fn(reward_variables, text, mask)
+        clip = clip + float(cfg.grammar_weight) * g
+        metrics["grammar"] = jnp.mean(g)
+      reward = clip * (float(cfg.cider_weight) if _uses_cider_reward(self.config) else 1.0)
+    if _uses_cider_reward(self.config):
+      cider = self._cider_fn()(tokens, image_rows)
+      metrics["cider_d"] = jnp.mean(cider)
+      reward = reward + cider
+    reward = jnp.where(nonempty, reward, 0.0)
     return reward, dict(metrics, reward=jnp.mean(reward))
+
+  def _cider_fn(self):
+    """(tokens int32 [n, T], train image rows int32 [n]) -> CIDEr-D float32 [n] against the train references,
+    a host callback usable inside jit (cider_reward.py); built once (document frequencies over train)."""
+    if self._cider is None:
+      reward = cider_reward.CiderDReward([list(c) for c in self.split("train").captions])
+      self._cider = cider_reward.jax_cider_reward(reward, self.decode_text)
+    return self._cider
 
   # ---- predict functions and evaluation data
   def predict_fns(self):
@@ -406,9 +522,9 @@ class CaptioningTask(ImageTextTask):
     """images [b, H, W, 3], decoded tokens [b, max_len + 1] -> float32 [b], sum of log p over words + <eos>."""
     v = self._captioner_variables(variables["params"], variables.get("frozen"))
     context = self._context(v, {"images": images})
-    inputs = jnp.concatenate([jnp.full((tokens.shape[0], 1), BOS, jnp.int32), tokens[:, :-1]], axis=1)
+    inputs = jnp.concatenate([jnp.full((tokens.shape[0], 1), self.bos_id, jnp.int32), tokens[:, :-1]], axis=1)
     logp = scst.token_log_probs(self._logits(v, inputs, context), tokens)
-    return jnp.sum(jnp.where(sampling.caption_mask(tokens, EOS, PAD), logp, 0.0), axis=-1)
+    return jnp.sum(jnp.where(sampling.caption_mask(tokens, self.eos_id, PAD), logp, 0.0), axis=-1)
 
   def decode_text(self, tokens: np.ndarray) -> list[str]:
     """Decoded token rows -> caption strings (words before the first <eos>)."""
@@ -416,7 +532,7 @@ class CaptioningTask(ImageTextTask):
     for row in np.asarray(tokens):
       ids = []
       for t in row.tolist():
-        if t in (EOS, PAD):
+        if t in (self.eos_id, PAD):
           break
         ids.append(t)
       out.append(self.tokenizer.decode(ids))

@@ -1,8 +1,9 @@
 """Two-tower models that score captions: the SCST reward model, and the evaluation's scorers (an independent judge,
 the base reward model, the grammar model).
 
-A scorer is a finished run of the `clip` task (or of S5's reward-model task, which adds a grammar head) loaded
-frozen from its workdir. It offers pure functions for use inside a jitted step (`embed_text_fn`, `grammar_fn`)
+A scorer is a finished two-tower run loaded frozen from its workdir: the `clip` task, the `dual_encoder` task
+(pretrained EfficientNet-Lite + MiniLM, WordPiece), or one of S5's reward-model tasks over either (a grammar head
+added). It offers pure functions for use inside a jitted step (`text_inputs`, `embed_text_fn`, `grammar_fn`)
 and host-side helpers for evaluation (`embed_images` of a split at the scorer's own image size, `embed_captions` of
 strings tokenised with the scorer's own tokenizer, `grammar` of strings). `SplitScorer` binds one to an evaluation
 split and is what the shared captioning evaluator (evaluation/captioning.py) receives.
@@ -19,9 +20,10 @@ import numpy as np
 from xmodal_jax import errors
 from xmodal_jax.data import sources
 from xmodal_jax.data.text import normalize_caption
+from xmodal_jax.systems.captioning import sampling
 from xmodal_jax.train.inference import LoadedModel
 
-SCORER_TASKS = ("clip", "s5_reward_model")
+SCORER_TASKS = ("clip", "s5_reward_model", "dual_encoder", "s5_reward_model_dual_encoder")
 # The data-section fields that decide which images a split holds and how they are stored.
 _IMAGE_FIELDS = ("source", "seed", "num_train", "num_val", "num_test", "prepare_size", "prepared_dir", "tfds_data_dir",
                  "skip_bad", "max_bad_fraction", "allow_outside_paths")
@@ -51,21 +53,17 @@ class Scorer:
     return "grammar_score" in self.loaded.task.predict_fns()
 
   # ---- pure functions (variables = self.loaded.variables, passed in as frozen params)
+  def text_inputs(self, tokens):
+    """A captioner's decoded tokens [n, T] -> this scorer's text input (tokens, mask) [n, max_len] (`text_inputs`)."""
+    return text_inputs(self.tokenizer, tokens, self.max_len)
+
   def embed_text_fn(self, variables, tokens, mask):
-    """Word tokens, mask [n, max_len] -> unit [n, D]."""
+    """Text-tower tokens, mask [n, max_len] (`text_inputs`) -> unit [n, D]."""
     return self.loaded.task.predict_fns()["embed_text"](variables, tokens, mask)
 
   def grammar_fn(self, variables, tokens, mask):
-    """Word tokens, mask [n, max_len] -> g(c) in [0, 1] [n]."""
+    """Text-tower tokens, mask [n, max_len] (`text_inputs`) -> g(c) in [0, 1] [n]."""
     return self.loaded.task.predict_fns()["grammar_score"](variables, tokens, mask)
-
-  def fit_length(self, tokens, mask):
-    """[n, L] -> [n, max_len]: cut, or right-padded with <pad>."""
-    length = tokens.shape[1]
-    if length >= self.max_len:
-      return tokens[:, :self.max_len], mask[:, :self.max_len]
-    pad = ((0, 0), (0, self.max_len - length))
-    return jnp.pad(tokens, pad), jnp.pad(mask, pad)
 
   # ---- host helpers
   def embed_images(self, data: sources.SplitData, data_config=None, batch_size: int = 256) -> np.ndarray:
@@ -106,6 +104,32 @@ class Scorer:
     tokens, mask, keep = self._encode(list(captions))
     out = np.asarray(self.loaded.predict("grammar_score", {"tokens": tokens, "mask": mask}, batch_size), np.float32)
     return np.where(keep, out, 0.0).astype(np.float32)
+
+
+def text_inputs(tokenizer, tokens, max_len: int):
+  """A captioner's decoded tokens [n, T] (words, <eos>, <pad>, in `tokenizer`'s ids) -> a text tower's input (tokens,
+  mask) [n, max_len], equal to `tokenizer.encode_batch(decoded texts, max_len)` whenever decoding and re-encoding
+  give the same pieces: the words, right-padded, for a word / SentencePiece tokenizer; [CLS] + words + [SEP] for
+  WordPiece (`encode_adds_specials`; a caption longer than max_len - 2 pieces is cut and still ends with [SEP])."""
+  words, mask = sampling.words_only(tokens, tokenizer.eos_id, tokenizer.pad_id)
+  if not tokenizer.encode_adds_specials:
+    return fit_length(words, mask, max_len)
+  words, mask = fit_length(words, mask, max_len - 2)
+  n = tokens.shape[0]
+  length = jnp.sum(mask, axis=1)
+  out = jnp.concatenate([jnp.full((n, 1), tokenizer.bos_id, words.dtype), words, jnp.zeros((n, 1), words.dtype)],
+                        axis=1)
+  out = out.at[jnp.arange(n), length + 1].set(tokenizer.eos_id)
+  return out, jnp.arange(max_len)[None, :] < (length + 2)[:, None]
+
+
+def fit_length(tokens, mask, max_len: int):
+  """[n, L] -> [n, max_len]: cut, or right-padded with <pad>."""
+  length = tokens.shape[1]
+  if length >= max_len:
+    return tokens[:, :max_len], mask[:, :max_len]
+  pad = ((0, 0), (0, max_len - length))
+  return jnp.pad(tokens, pad), jnp.pad(mask, pad)
 
 
 def has_words(text: str) -> bool:
