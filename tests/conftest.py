@@ -114,7 +114,7 @@ def s5_tiny_runs(clip_tiny_run, tmp_path_factory):
 @pytest.fixture(scope="session")
 def dual_encoder_tiny_run(tmp_path_factory):
   """configs/retrieval/vsepp_flickr8k_pretrained.py:tiny (the dual encoder over the pretrained towers, shapes world)
-  trained 2 steps once per session, no evaluations: its workdir. The reward / base run of S5's tests over the
+  trained once per session (the config's 4 steps), no evaluations: its workdir. The reward / base run of S5's tests over the
   pretrained towers (tests/test_captioning_pretrained.py, tests/test_reward_model_pretrained.py); read-only. Skips
   without the pretrained weights packages."""
   from tests.helpers import load_config, skip_without_pretrained_weights
@@ -122,8 +122,8 @@ def dual_encoder_tiny_run(tmp_path_factory):
   from xmodal_jax.train import trainer
   skip_without_pretrained_weights()
   workdir = str(tmp_path_factory.mktemp("dual_encoder") / "run")
-  config = load_config("configs/retrieval/vsepp_flickr8k_pretrained.py:tiny", "--config.train.num_steps=2",
-                       "--config.evals.val.every=0", "--config.evals.test.at_end=False")
+  config = load_config("configs/retrieval/vsepp_flickr8k_pretrained.py:tiny", "--config.evals.val.every=0",
+                       "--config.evals.test.at_end=False")
   trainer.train_and_evaluate(systems.create(config, workdir))
   return workdir
 

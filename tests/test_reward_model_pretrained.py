@@ -91,7 +91,7 @@ def test_a_missing_base_run_is_named(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_runs(dual_encoder_tiny_run, tmp_path_factory):
-  """The session's 2-step tiny dual-encoder run (tests/conftest.py) and the tiny reward fine-tune from it:
+  """The session's tiny dual-encoder run (tests/conftest.py) and the tiny reward fine-tune from it:
   (base dir, reward dir, results)."""
   root = tmp_path_factory.mktemp("reward_pretrained")
   reward_config = load_config(REWARD, f"--config.init_from={dual_encoder_tiny_run}")

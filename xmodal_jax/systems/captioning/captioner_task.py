@@ -21,9 +21,10 @@ batches; its text tower runs inside the step on the sampled captions. The captio
 tokenizer (copied into this workdir; with data.tokenizer="wordpiece" an MLE run builds MiniLM's own, the
 dual encoder's), so sampled tokens are the reward's text input as they are (scorers.text_inputs: WordPiece's
 [CLS] + the sampled words + [SEP]). <bos> / <eos> are the tokenizer's (WordPiece: [CLS] / [SEP]); the targets are
-the caption's tokens without specials (`encode_words`), then <eos>. `model.output_vocab="captions"` restricts the
-decoder's outputs to the train captions' tokens (stored in output_vocab.json); `model.decoder.init_embeddings=
-"minilm"` starts its token embeddings from MiniLM's (width 384).
+the caption's tokens without specials (`encode_words`), then <eos>. `model.output_vocab="captions"` gives the
+decoder its own vocabulary of the train captions' tokens (decoder_vocab.py, stored in output_vocab.json): its
+softmax covers those only (Flickr8k: 6,645 of MiniLM's 30,522 ids), mapped back to tokenizer ids at its edges;
+`model.decoder.init_embeddings="minilm"` starts its token embeddings from MiniLM's (width 384).
 
 Decoding (`decode`): greedy, sampling or beam search (sampling.py, beam_search.py), over the decoder's cache, EOS-aware; the
 `caption` predict function returns tokens [batch, data.max_len + 1] (words, <eos>, padding).
@@ -56,6 +57,7 @@ from xmodal_jax.models.caption_decoder import DECODERS, build_decoder
 from xmodal_jax.models.resnet import ResNetEncoder
 from xmodal_jax.objectives import scst
 from xmodal_jax.systems.captioning import beam_search, cider_reward, sampling, scorers
+from xmodal_jax.systems.captioning.decoder_vocab import DecoderVocab
 from xmodal_jax.systems.captioning.captioner_model import Captioner
 from xmodal_jax.task_bases.base import ImageTextTask
 from xmodal_jax.train import optimizer as optimizer_lib
@@ -146,7 +148,8 @@ class CaptioningTask(ImageTextTask):
     self._reward_image_emb: np.ndarray | None = None
     self._encoder_weights: dict | None = None
     self._cache: feature_cache.FeatureCache | None = None
-    self._logit_bias: np.ndarray | None = None   # [vocab]: 0, or NEG_INF outside the output vocabulary
+    self._vocab: DecoderVocab | None = None     # model.output_vocab="captions": the decoder's own ids
+    self._logit_bias: np.ndarray | None = None   # [decoder vocab]: 0, or NEG_INF at ids never emitted
     self._cider = None
     self._predict = {"caption": self.caption, "caption_log_probs": self.caption_log_probs,
                      "encode_context": self.encode_context}
@@ -169,6 +172,26 @@ class CaptioningTask(ImageTextTask):
   def eos_id(self) -> int:
     return int(self.tokenizer.eos_id)
 
+  # The decoder's ids: the tokenizer's, or with model.output_vocab="captions" indices into DecoderVocab
+  # (decoder_vocab.py). Everything the task returns or feeds a reward is tokenizer ids.
+  @property
+  def _decoder_size(self) -> int:
+    return len(self.tokenizer) if self._vocab is None else self._vocab.size
+
+  @property
+  def _decoder_bos(self) -> int:
+    return self.bos_id if self._vocab is None else self._vocab.bos
+
+  @property
+  def _decoder_eos(self) -> int:
+    return self.eos_id if self._vocab is None else self._vocab.eos
+
+  def _to_decoder(self, tokens):
+    return tokens if self._vocab is None else self._vocab.to_decoder(tokens)
+
+  def _to_tokenizer(self, tokens):
+    return tokens if self._vocab is None else self._vocab.to_tokenizer(tokens)
+
   def setup(self, *, training: bool) -> None:
     if self.model is not None:
       return
@@ -177,7 +200,8 @@ class CaptioningTask(ImageTextTask):
       self._reward = scorers.load_scorer(str(cfg.reward.workdir), "config.reward.workdir",
                                          mesh_shape=tuple(cfg.mesh.shape))
     self.tokenizer = self._load_or_build_tokenizer(training)
-    self._logit_bias = self._load_or_build_output_vocab(training)
+    self._vocab = self._load_or_build_output_vocab(training)
+    self._logit_bias = None if self._vocab is None else self._vocab.logit_bias(sampling.NEG_INF)
     self.model, self.decode_model = self._build(decode=False), self._build(decode=True)
     if cfg.model.encoder.kind == "efficientnet":
       weights = efficientnet_weights.load(cfg.model.encoder.efficientnet.variant)
@@ -210,12 +234,10 @@ class CaptioningTask(ImageTextTask):
                                "as they are. Train the MLE run with the same config.reward.workdir.")
     return tokenizer
 
-  def _load_or_build_output_vocab(self, training: bool) -> np.ndarray | None:
-    """config.model.output_vocab="captions": the decoder may emit only the tokens of the train captions and <eos>
-    (a pretrained vocabulary such as MiniLM's has ~30K pieces, most never in a caption: sampling them would feed
-    the reward text it never saw). The allowed ids are stored in this workdir (output_vocab.json), so evaluation and
-    `xmodal caption` decode alike without the train split. -> logit bias float32 [padded vocab] (0 or NEG_INF), or
-    None."""
+  def _load_or_build_output_vocab(self, training: bool) -> DecoderVocab | None:
+    """config.model.output_vocab="captions": the decoder's softmax covers only the tokens of the train captions and
+    <eos> (decoder_vocab.py). The allowed ids are stored in this workdir (output_vocab.json), so evaluation and
+    `xmodal caption` decode alike without the train split. None for "all"."""
     if self.config.model.get("output_vocab", "all") == "all":
       return None
     path = os.path.join(self.workdir, _OUTPUT_VOCAB_FILE)
@@ -230,9 +252,8 @@ class CaptioningTask(ImageTextTask):
     else:
       raise errors.MissingError(f"{path} not found: config.model.output_vocab='captions' stores the decoder's "
                                 "vocabulary there when training; point --workdir at the run that made it.")
-    bias = np.full(layers.padded_vocab_size(len(self.tokenizer)), sampling.NEG_INF, np.float32)  # as the logits
-    bias[np.asarray(ids, np.int64)] = 0.0
-    return bias
+    return DecoderVocab.build(ids, tokenizer_size=len(self.tokenizer), pad_id=PAD, bos_id=self.bos_id,
+                              eos_id=self.eos_id)
 
   def _build(self, decode: bool) -> Captioner:
     cfg = self.config.model
@@ -245,7 +266,7 @@ class CaptioningTask(ImageTextTask):
       encoder = vit_lib.ViT(**dict(fields, mlp_dim=fields.get("mlp_dim") or None, pool="none"), dtype=dtype)
     else:
       encoder = efficientnet_lite.EfficientNetLite(cfg.encoder.efficientnet.variant, dtype=dtype)
-    decoder = build_decoder(cfg.decoder.kind, vocab_size=len(self.tokenizer), max_len=self.seq_len,
+    decoder = build_decoder(cfg.decoder.kind, vocab_size=self._decoder_size, max_len=self.seq_len,
                             **{k: cfg.decoder[k] for k in cfg.decoder if k not in ("kind", "init_embeddings")},
                             decode=decode, dtype=dtype)
     return Captioner(encoder, decoder, width=int(cfg.decoder.width), dtype=dtype,
@@ -295,8 +316,9 @@ class CaptioningTask(ImageTextTask):
     if not self.tokenizer.encode_adds_specials or len(self.tokenizer) != len(table):
       raise errors.ConfigError("config.model.decoder.init_embeddings='minilm' needs MiniLM's vocabulary: set "
                                "config.data.tokenizer='wordpiece'.")
-    padded = np.zeros((layers.padded_vocab_size(len(table)), table.shape[1]), np.float32)
-    padded[:len(table)] = table
+    rows = table if self._vocab is None else table[self._vocab.tokenizer_ids]
+    padded = np.zeros((layers.padded_vocab_size(len(rows)), table.shape[1]), np.float32)
+    padded[:len(rows)] = rows
     return {"decoder": {"token_embed": {"embedding": padded}}}
 
   def _captioner_variables(self, params, frozen):
@@ -357,7 +379,8 @@ class CaptioningTask(ImageTextTask):
         batch = {"images": data.load_images(indices, int(cfg.data.image_size), keys=keys, flip=bool(cfg.data.flip))}
       if not scst_run:
         rows = toks.sample_one_per_image(indices, keys)
-        batch.update(teacher_forcing(toks.tokens[rows], self.seq_len, bos_id=self.bos_id, eos_id=self.eos_id))
+        batch.update(teacher_forcing(self._to_decoder(toks.tokens[rows]), self.seq_len, bos_id=self._decoder_bos,
+                                     eos_id=self._decoder_eos))
       else:
         batch["image_index"] = np.asarray(indices, np.int32)   # train rows: the CIDEr-D references
         if reward_emb is not None:
@@ -403,10 +426,14 @@ class CaptioningTask(ImageTextTask):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
   def decode(self, variables, context, options: DecodeOptions, rng=None, *, cached: bool = True):
-    """Captions of `context` [n, ctx, width] -> tokens int32 [n, seq_len] (sampling.py, beam_search.py)."""
+    """Captions of `context` [n, ctx, width] -> tokenizer ids int32 [n, seq_len] (sampling.py, beam_search.py)."""
+    return self._to_tokenizer(self._decode_indices(variables, context, options, rng, cached=cached))
+
+  def _decode_indices(self, variables, context, options: DecodeOptions, rng=None, *, cached: bool = True):
+    """As `decode`, in the decoder's ids."""
     n = context.shape[0]
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    common = dict(bos_id=self.bos_id, eos_id=self.eos_id, pad_id=PAD)
+    common = dict(bos_id=self._decoder_bos, eos_id=self._decoder_eos, pad_id=PAD)
     if options.method == "beam":
       k = int(options.beam_size)
       beams = jnp.repeat(context, k, axis=0)
@@ -438,10 +465,11 @@ class CaptioningTask(ImageTextTask):
     variables = self._captioner_variables(state.params, ctx.frozen)
     context = jax.lax.stop_gradient(self._context(variables, batch))
     options = DecodeOptions("sample", temperature=float(cfg.temperature), top_k=int(cfg.top_k), top_p=float(cfg.top_p))
-    sampled = self.decode(variables, jnp.repeat(context, k, axis=0), options, rng)   # [b*k, T]
+    sampled = self._decode_indices(variables, jnp.repeat(context, k, axis=0), options, rng)   # [b*k, T]
     repeat = lambda x: None if x is None else jnp.repeat(x, k, axis=0)
     image_emb, rows = batch.get("reward_image_emb"), batch["image_index"]
-    reward, reward_metrics = self._reward_of(frozen_reward, sampled, repeat(image_emb), repeat(rows))
+    reward, reward_metrics = self._reward_of(frozen_reward, self._to_tokenizer(sampled), repeat(image_emb),
+                                             repeat(rows))
     if cfg.baseline == "greedy":
       greedy = self.decode(variables, context, DecodeOptions("greedy"))
       greedy_reward, _ = self._reward_of(frozen_reward, greedy, image_emb, rows)
@@ -449,8 +477,9 @@ class CaptioningTask(ImageTextTask):
       reward_metrics["greedy_reward"] = jnp.mean(greedy_reward)
     else:
       baseline = scst.leave_one_out_baseline(reward.reshape(-1, k)).reshape(-1)
-    inputs = jnp.concatenate([jnp.full((sampled.shape[0], 1), self.bos_id, jnp.int32), sampled[:, :-1]], axis=1)
-    mask = sampling.caption_mask(sampled, self.eos_id, PAD)
+    inputs = jnp.concatenate([jnp.full((sampled.shape[0], 1), self._decoder_bos, jnp.int32), sampled[:, :-1]],
+                             axis=1)
+    mask = sampling.caption_mask(sampled, self._decoder_eos, PAD)
 
     def loss_of(params):
       v = self._captioner_variables(params, ctx.frozen)
@@ -522,9 +551,10 @@ class CaptioningTask(ImageTextTask):
     """images [b, H, W, 3], decoded tokens [b, max_len + 1] -> float32 [b], sum of log p over words + <eos>."""
     v = self._captioner_variables(variables["params"], variables.get("frozen"))
     context = self._context(v, {"images": images})
-    inputs = jnp.concatenate([jnp.full((tokens.shape[0], 1), self.bos_id, jnp.int32), tokens[:, :-1]], axis=1)
+    tokens = self._to_decoder(tokens)
+    inputs = jnp.concatenate([jnp.full((tokens.shape[0], 1), self._decoder_bos, jnp.int32), tokens[:, :-1]], axis=1)
     logp = scst.token_log_probs(self._logits(v, inputs, context), tokens)
-    return jnp.sum(jnp.where(sampling.caption_mask(tokens, self.eos_id, PAD), logp, 0.0), axis=-1)
+    return jnp.sum(jnp.where(sampling.caption_mask(tokens, self._decoder_eos, PAD), logp, 0.0), axis=-1)
 
   def decode_text(self, tokens: np.ndarray) -> list[str]:
     """Decoded token rows -> caption strings (words before the first <eos>)."""
