@@ -76,6 +76,21 @@ def test_cider_d_orders_a_better_caption_above_a_worse_one():
 
 
 @needs_java
+def test_per_image_cider_d_is_in_image_order_and_averages_to_the_metric():
+  """coco_metrics_and_items: per-image CIDEr-D [N] (the bootstrap's items) whose mean is the metric; only the
+  changed image's score moves when one prediction changes."""
+  rest = [refs[0] for refs in _REFERENCES[1:]]
+  scores, items = cm.coco_metrics_and_items(["a large red circle at the top left"] + rest, _REFERENCES,
+                                            metrics=("bleu_4", "cider_d"))
+  assert list(items) == ["cider_d"] and items["cider_d"].shape == (len(_REFERENCES),)
+  assert np.mean(items["cider_d"]) == pytest.approx(scores["cider_d"])
+  _, worse = cm.coco_metrics_and_items(["a small blue circle at the bottom"] + rest, _REFERENCES,
+                                       metrics=("cider_d",))
+  assert worse["cider_d"][0] < items["cider_d"][0]
+  np.testing.assert_allclose(worse["cider_d"][1:], items["cider_d"][1:])
+
+
+@needs_java
 def test_coco_metrics_scores_empty_predictions_without_crashing():
   scores = cm.coco_metrics(["", " , ", "", "."], _REFERENCES, metrics=("bleu_4", "rouge_l", "cider_d"))
   assert scores == {"bleu_4": pytest.approx(0.0, abs=1e-6), "rouge_l": 0.0, "cider_d": 0.0}

@@ -63,6 +63,14 @@ def coco_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]]
     ConfigError: an unknown metric name.
     MissingError: `java` is not installed.
   """
+  return coco_metrics_and_items(predictions, references, metrics=metrics)[0]
+
+
+def coco_metrics_and_items(predictions: Sequence[str], references: Sequence[Sequence[str]], *,
+                           metrics: Sequence[str] = COCO_METRICS) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+  """`coco_metrics`, and the per-image scores of the metrics that are means over images (CIDEr-D: "cider_d"
+  float64 [N], x100, whose mean is the metric; BLEU and METEOR are corpus-level, ROUGE-L is left out), for
+  bootstrap confidence intervals over images."""
   metrics = _check_metric_names(metrics)
   _check_coco_inputs(predictions, references)
   if shutil.which("java") is None:
@@ -78,10 +86,12 @@ def coco_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]]
   if "rouge_l" in metrics:
     from pycocoevalcap.rouge.rouge import Rouge
     scores["rouge_l"] = Rouge().compute_score(gts, res)[0]
+  items = {}
   if "cider_d" in metrics:
     from pycocoevalcap.cider.cider import Cider
-    scores["cider_d"] = Cider().compute_score(gts, res)[0]
-  return {name: 100.0 * float(scores[name]) for name in metrics}
+    scores["cider_d"], per_image = Cider().compute_score(gts, res)
+    items["cider_d"] = 100.0 * np.asarray(per_image, np.float64)  # in gts order: image rows 0..N-1
+  return {name: 100.0 * float(scores[name]) for name in metrics}, items
 
 
 def _check_metric_names(metrics: Sequence[str]) -> tuple[str, ...]:

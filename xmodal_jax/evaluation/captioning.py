@@ -20,7 +20,7 @@ Scorers are objects with `name`, `image_embeddings()` [N, D], `reference_embeddi
 `caption_embeddings(strings)` [n, D] and `grammar(strings)` ([n] or None); `extras["decode_text"]` turns the
 predicted token rows into strings and `extras["references"]` holds the human captions per image. `last_captions`
 keeps the strings of the latest evaluation (the command line writes them next to the metrics). `items` (saved by the
-trainer as eval_items/<prefix>.npz, for bootstrap CIs over images): per image [N] "<scorer>/clip_s",
+trainer as eval_items/<prefix>.npz, for bootstrap CIs over images): per image [N] "cider_d", "<scorer>/clip_s",
 "<scorer>/refclip_s", "<scorer>/gen_rank"; per human caption [M] "search_rank" and "search_image" (its image row).
 Example pictures
 (`summaries`, written to TensorBoard by the trainer): `examples` images spread over the split with their generated
@@ -66,12 +66,14 @@ class CaptioningEvaluator(evaluator_lib.Evaluator):
     references = extras["references"][:n]
     self.summaries = self._examples(data, captions, references)
     metrics: dict[str, float] = {}
+    self.items = {}
     if self.spec.coco:
-      metrics.update(caption_metrics.coco_metrics(captions, references))
+      coco, coco_items = caption_metrics.coco_metrics_and_items(captions, references)
+      metrics.update(coco)
+      self.items.update(coco_items)
     metrics.update(_as_percent(caption_metrics.text_statistics(captions)))
     nonempty = np.asarray([bool(c.strip()) for c in captions])
     metrics["empty_captions"] = float(100.0 * np.mean(~nonempty))
-    self.items = {}
     metrics.update(self._search(captions, references))
     for scorer in extras.get("scorers", ()):
       metrics.update(self._scores(scorer, captions, nonempty, n))
