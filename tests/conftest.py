@@ -42,16 +42,22 @@ import pytest  # noqa: E402  (after the environment set-up above)
 
 @pytest.fixture(scope="module", autouse=True)
 def _release_compiled_programs():
-  """After each test file: drop JAX's in-memory compiled programs and trace caches, collect garbage and return
-  freed heap pages to the kernel. A pytest-xdist worker runs many files in one process; without this its resident
-  memory grows with every program compiled (about 5 GB by the end of the slow tier), which, beside the child
-  processes the end-to-end tests start, can exhaust a CI machine's memory. Programs needed again are reloaded
-  from the per-session persistent compilation cache above."""
+  """After each test file: drop JAX's in-memory compiled programs and trace caches and the library's memoised
+  loads (functools.lru_cache at module level: loaded scorer runs, generated shapes worlds), collect garbage and
+  return freed heap pages to the kernel. A pytest-xdist worker runs many files in one process; without this its
+  resident memory grows with every program compiled and run loaded (about 5 GB by the end of the slow tier),
+  which, beside the child processes the end-to-end tests start, can exhaust a CI machine's memory. Programs needed
+  again are reloaded from the per-session persistent compilation cache above."""
   yield
   import gc  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
   if "jax" in sys.modules:
     sys.modules["jax"].clear_caches()
+  for name, module in list(sys.modules.items()):
+    if name.startswith("xmodal_jax.") and module is not None:
+      for value in list(vars(module).values()):
+        if hasattr(value, "cache_info") and callable(getattr(value, "cache_clear", None)):
+          value.cache_clear()
   gc.collect()
   from xmodal_jax import host_memory  # pylint: disable=import-outside-toplevel
   host_memory.release()
