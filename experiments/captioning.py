@@ -147,6 +147,7 @@ PRETRAINED_COLUMNS = (
            items_of="val"),
     Metric("CLIP-S reward", "val/clip/clip_s", fmt=".3f"),
     Metric("grammatical %", "val/grammar/grammatical"),
+    Metric("colour prec. %", "val/colour_precision"), Metric("colour recall %", "val/colour_recall"),
     Metric("repeat-2 %", "val/repeat_2"), Metric("vocabulary", "val/vocabulary", fmt=".0f"),
     Metric("length", "val/mean_length"), Metric("search R@10", "val/search_r10"))
 
@@ -186,7 +187,11 @@ def pretrained_experiment() -> Experiment:
             "repeat-2 %"),
       Claim("the grammar head raises the grammatical share", "scst_grammar", "scst_clip", "grammatical %"),
       Claim("... at equal judge CLIP-S (difference within 0.02 either way: A - B >= -0.02)", "scst_grammar",
-            "scst_clip", "CLIP-S judge", threshold=-0.02))
+            "scst_clip", "CLIP-S judge", threshold=-0.02),
+      Claim("attribute negatives raise the share of colour words the references confirm (vs + grammar head)",
+            "scst_attribute", "scst_grammar", "colour prec. %"),
+      Claim("... and the colours the references agree on that the caption names", "scst_attribute",
+            "scst_grammar", "colour recall %"))
   return Experiment(
       name="captioning:flickr8k_pretrained",
       title="S5 over the pretrained towers: MLE and SCST under CIDEr-D / CLIP rewards, Flickr8k val",
@@ -200,8 +205,9 @@ def pretrained_experiment() -> Experiment:
       budget_note="the configs' own: MLE 3,000 steps (val every 500, best CIDEr-D), each SCST fine-tune 1,000 "
                   "(val every 250)",
       notes="CIDEr-D, CLIP-S, RefCLIP-S and generated-caption R@K have per-image scores: their claims are "
-            "bootstrapped over images and seeds; the other columns over seeds alone. The attribute claim on "
-            "Flickr8k (colour words that match the references) has no metric yet.")
+            "bootstrapped over images and seeds; the other columns over seeds alone. Colour precision / recall: "
+            "evaluation/caption_metrics.attribute_word_agreement (a colour the caption names that some reference "
+            "of the image uses; a colour >= 2 references use that the caption names).")
 
 
 def get_experiment(variant: str) -> Experiment:

@@ -250,3 +250,19 @@ def test_mentioned_pairs_and_attribute_scores_hand_cases():
     grammar.attribute_scores(["a", "b"], [set()])
   with pytest.raises(DataError, match="no captions"):
     grammar.parse_rate([])
+
+
+def test_attribute_word_agreement_counts_words_the_references_share():
+  """Precision over the colours captions name (some reference of the image uses it), recall over the colours
+  >= 2 references agree on; hand-counted."""
+  colours = frozenset({"red", "black", "white", "blue"})
+  references = [["a black dog on grass", "A black dog runs", "a dog in a red collar"],
+                ["a white cat", "the white cat sleeps", "a cat"]]
+  out = cm.attribute_word_agreement(["a black and blue dog", "a cat"], references, colours)
+  # Caption 1 names black (matched) and blue (not in a reference); caption 2 names none. Agreed: black, white.
+  assert out == {"precision": pytest.approx(50.0), "recall": pytest.approx(50.0), "mentions": pytest.approx(1.0)}
+  perfect = cm.attribute_word_agreement(["a black dog", "a white cat"], references, colours)
+  assert perfect["precision"] == perfect["recall"] == pytest.approx(100.0)
+  assert cm.attribute_word_agreement(["a dog", "a cat"], references, colours)["precision"] == 0.0
+  with pytest.raises(DataError):
+    cm.attribute_word_agreement(["a dog"], references, colours)

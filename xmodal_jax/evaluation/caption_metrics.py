@@ -159,6 +159,37 @@ def _close_meteor(meteor) -> None:
     pipe.close()
 
 
+# ------------------------------------------------------------------------------------- attribute-word agreement
+
+
+def attribute_word_agreement(predictions: Sequence[str], references: Sequence[Sequence[str]],
+                             words: frozenset[str], *, consensus: int = 2) -> dict[str, float]:
+  """How well the attribute words (e.g. colours) of generated captions agree with the image's references, x100:
+
+  precision: of the distinct words of `words` in each generated caption, the share (over all captions' such words)
+             that some reference of that image also uses;
+  recall:    of the distinct words of `words` that at least `consensus` references of an image use (what the
+             annotators agree the image shows), the share the generated caption names;
+  mentions:  the mean number of distinct such words per generated caption.
+  Words are `caption_words` (lower-cased, punctuation dropped). Precision / recall are 0 where nothing counts.
+  Our reading of the seed's "attribute words that match the image" on data without attribute labels."""
+  if len(predictions) != len(references):
+    raise DataError(f"attribute_word_agreement: {len(predictions)} predictions but {len(references)} reference "
+                    "lists.")
+  said = matched = wanted = named = 0
+  for prediction, refs in zip(predictions, references):
+    mine = set(caption_words(prediction)) & words
+    counts: dict[str, int] = {}
+    for ref in refs:
+      for word in set(caption_words(ref)) & words:
+        counts[word] = counts.get(word, 0) + 1
+    agreed = {w for w, c in counts.items() if c >= consensus}
+    said, matched = said + len(mine), matched + len(mine & set(counts))
+    wanted, named = wanted + len(agreed), named + len(agreed & mine)
+  return {"precision": 100.0 * matched / said if said else 0.0, "recall": 100.0 * named / wanted if wanted else 0.0,
+          "mentions": said / max(len(predictions), 1)}
+
+
 # --------------------------------------------------------------------------------------------- text statistics
 
 

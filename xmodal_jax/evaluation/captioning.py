@@ -13,6 +13,8 @@
     and generated-caption retrieval (Cho et al. 2022; caption_retrieval.generated_caption_ranks): each image's
     caption as a query over the split's images in the scorer's space, "judge/gen_r1/5/10", "judge/gen_medr" (an
     empty caption ranks last);
+  * attribute-word agreement with the references, per word set of `extras["attribute_words"]` ({kind: words}):
+    "<kind>_precision", "<kind>_recall", "<kind>_mentions" (caption_metrics.attribute_word_agreement);
   * on data that knows the truth of every caption (shapes world): attribute recall / precision of the named
     (colour, shape) pairs (`extras["true_pairs"]`, percent) and the share of captions its grammar parses (`extras["parses"]`).
 
@@ -79,6 +81,9 @@ class CaptioningEvaluator(evaluator_lib.Evaluator):
       metrics.update(self._scores(scorer, captions, nonempty, n))
     if "true_pairs" in extras:
       metrics.update(_as_percent(_attribute_scores(captions, extras["true_pairs"][:n])))
+    for kind, words in extras.get("attribute_words", {}).items():   # {"colour": {...}, ...}: agreement with refs
+      agreement = caption_metrics.attribute_word_agreement(captions, references, frozenset(words))
+      metrics.update({f"{kind}_{k}": v for k, v in agreement.items()})
     if "parses" in extras:
       metrics["parse_rate"] = float(100.0 * np.mean([bool(extras["parses"](c)) for c in captions]))
     return metrics

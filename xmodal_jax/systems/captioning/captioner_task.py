@@ -56,7 +56,7 @@ from xmodal_jax.models import efficientnet_lite, efficientnet_weights, layers, m
 from xmodal_jax.models.caption_decoder import DECODERS, build_decoder
 from xmodal_jax.models.resnet import ResNetEncoder
 from xmodal_jax.objectives import scst
-from xmodal_jax.systems.captioning import beam_search, cider_reward, sampling, scorers
+from xmodal_jax.systems.captioning import beam_search, caption_corruption, cider_reward, sampling, scorers
 from xmodal_jax.systems.captioning.decoder_vocab import DecoderVocab
 from xmodal_jax.systems.captioning.captioner_model import Captioner
 from xmodal_jax.task_bases.base import ImageTextTask
@@ -571,6 +571,8 @@ class CaptioningTask(ImageTextTask):
   def make_eval_data(self, split: str) -> EvalData:
     data = self.split(split)
     extras: dict[str, Any] = {"references": [list(c) for c in data.captions], "decode_text": self.decode_text,
+                              "attribute_words": {"colour": caption_corruption.COLOUR_WORDS,
+                                                  "background": caption_corruption.BACKGROUND_WORDS},
                               "scorers": scorers.eval_scorers(self.config, data)}
     if str(self.config.data.source) == "shapes":
       extras["true_pairs"] = shapes_caption_grammar.true_pairs_of(data.extras)
